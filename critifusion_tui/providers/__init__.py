@@ -1,0 +1,1 @@
+"""Chat backends (Together, Ollama, offline rules) behind one protocol."""

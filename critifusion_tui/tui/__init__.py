@@ -1,0 +1,1 @@
+"""The Textual app. Nothing here imports torch at module level."""
