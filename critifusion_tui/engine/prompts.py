@@ -1,0 +1,425 @@
+"""Tag rules of CritiFusion (SPEC.md sections 1 and 5): presets, style hints, splitting,
+de-duplication, bucket ordering, the quality floor, and the merge of a critique with tags.
+
+Everything here is a pure function over strings: no I/O, no model calls. The only dependency
+is the CLIP token counter, for the final CLIP-77 truncation.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from critifusion_tui.engine.tokens import CLIP_MAX_TOKENS, clip77_strict
+
+__all__ = [
+    "BUCKETS",
+    "DEFAULT_NEGATIVE",
+    "DEFAULT_PRESET",
+    "PRESETS",
+    "QUALITY_FLOOR",
+    "STYLE_RULES",
+    "Preset",
+    "UnknownPresetError",
+    "bucket_of",
+    "cleanup_commas",
+    "dedup_keep_order",
+    "fallback_tags",
+    "get_preset",
+    "merge_critique_with_tags",
+    "negative_tags",
+    "order_tags",
+    "postprocess_tags",
+    "seed_tags",
+    "split_tags",
+    "style_hints",
+    "tag_key",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Presets, quality floor, default negative
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Seed tags of a preset: positives go to the tag models, negatives are the negative prompt."""
+
+    name: str
+    positives: tuple[str, ...]
+    negatives: tuple[str, ...]
+
+
+PRESETS: Mapping[str, Preset] = MappingProxyType(
+    {
+        "hq_preference": Preset(
+            name="hq_preference",
+            positives=(
+                "balanced composition",
+                "natural color palette",
+                "vibrant colors",
+                "balanced contrast",
+                "high detail",
+                "highly detailed",
+                "hyperdetailed",
+                "sharp focus",
+                "UHD",
+                "8k",
+            ),
+            negatives=(
+                "low quality",
+                "blurry",
+                "watermark",
+                "jpeg artifacts",
+                "overexposed",
+                "underexposed",
+                "color banding",
+                "extra fingers",
+                "missing limbs",
+                "disfigured",
+                "mutated hands",
+            ),
+        ),
+    }
+)
+DEFAULT_PRESET = "hq_preference"
+
+# Tags every positive prompt ends up with (SPEC 1.4), appended in this order when missing.
+QUALITY_FLOOR: tuple[str, ...] = ("high detailed", "sharp focus", "8k", "UHD")
+
+# The negative prompt of the comparison base and of the refinement pass (SPEC 3 and 6).
+DEFAULT_NEGATIVE = (
+    "blurry, low quality, artifacts, watermark, extra fingers, missing limbs, over-sharpened, "
+    "harsh lighting, oversaturated"
+)
+
+
+class UnknownPresetError(KeyError, ValueError):
+    """A preset name that is not in PRESETS. Catchable as KeyError or ValueError."""
+
+    def __str__(self) -> str:  # KeyError's default str() would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+def get_preset(name: str | Preset) -> Preset:
+    """The preset called `name` (a Preset passes through unchanged)."""
+    if isinstance(name, Preset):
+        return name
+    try:
+        return PRESETS[name]
+    except KeyError:
+        known = ", ".join(sorted(PRESETS))
+        raise UnknownPresetError(f"unknown tag preset {name!r}; known presets: {known}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Style hints
+# --------------------------------------------------------------------------------------------
+
+
+def _words(*words: str) -> str:
+    # Whole words with an optional plural "s". The reference binds \b only to the first and last
+    # alternative of a row (a precedence slip), so "toilet", "soil" or "profile" would trigger
+    # painterly or cinematic hints; anchoring each word fixes that while "oil-painted",
+    # "movies" or "neon-lit" still match.
+    return r"\b(?:" + "|".join(words) + r")s?\b"
+
+
+# (pattern on the lower-cased prompt, hints), checked in this order (SPEC 1, style hints).
+STYLE_RULES: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
+    (
+        # Exactly SPEC's first row: "photo", "photograph", "photoreal", "photo realistic",
+        # "portrait", "realistic" as whole words; "photographer" and "photos" do not match.
+        re.compile(r"\bphoto(?:graph|real| realistic)?\b|\bportrait\b|\brealistic\b"),
+        ("photorealistic", "dslr look"),
+    ),
+    (
+        re.compile(_words("painting", "oil", "canvas", "brush", "painterly")),
+        ("painterly", "brush strokes"),
+    ),
+    (
+        re.compile(_words("poster", "cinematic", "film", "movie")),
+        ("cinematic composition", "matte painting"),
+    ),
+    (re.compile(_words("anime", "manga", "chibi", "kawaii")), ("clean line art", "illustration")),
+    (re.compile(_words("watercolor")), ("watercolor",)),
+    (re.compile(_words("cyberpunk", "neon")), ("neon lights", "cyberpunk")),
+)
+_MAX_STYLE_HINTS = 2
+
+
+def style_hints(prompt: str) -> list[str]:
+    """At most two style hints for `prompt`, rows in table order, both hints of a row in order."""
+    lowered = prompt.lower()
+    hints: list[str] = []
+    for pattern, row_hints in STYLE_RULES:
+        if len(hints) >= _MAX_STYLE_HINTS:
+            break
+        if pattern.search(lowered):
+            for hint in row_hints:
+                if len(hints) < _MAX_STYLE_HINTS and hint not in hints:
+                    hints.append(hint)
+    return hints
+
+
+# --------------------------------------------------------------------------------------------
+# Splitting, de-duplication, ordering, commas
+# --------------------------------------------------------------------------------------------
+
+# A list marker at the start of a line: "1.", "2)", "(3)", "-", "*", "•", "·", "+", "–", "—",
+# followed by white space. "8k" or "3.5mm" are untouched (no space after the marker).
+_LIST_MARKER = re.compile(r"^\s*(?:\(?\d{1,3}[.)]|[-*•·+–—])\s+")
+# A label on the first line, after an optional "Sure!": "Tags:", "Final merged tag list:",
+# "Positive prompt:", "Refined:", "Output:", "Here are the tags:" (up to three words before a
+# known label noun, or any short "here is/are ..." sentence), optionally in markdown bold.
+_LEAD_LABEL = re.compile(
+    r"""^\s*(?:(?:sure|okay|ok|certainly)\b[!,.]?\s*)?\**\s*(?:
+        here(?:'s|\s+is|\s+are)\b[^:\n]{0,80}
+      | (?:[\w-]+\s+){0,3}
+        (?:tags?|tag\s+list|lists?|prompts?|positives?|outputs?|answers?|results?|refined)
+    )\s*\**\s*:\s*\**""",
+    re.IGNORECASE | re.VERBOSE,
+)
+_CODE_FENCE = re.compile(r"^\s*```[\w-]*\s*$")
+# Quote-like characters stripped from either end of a tag even when unpaired: a model that
+# quotes its whole list leaves one on the first and one on the last tag.
+_LOOSE_QUOTES = "\"“”„«»`*"
+# Single quotes are stripped only when they enclose the tag ('a cat'), so that a tag such as
+# "the painters'" keeps its apostrophe.
+_SINGLE_QUOTES = "'‘’"
+_TAG_SEPARATORS = re.compile(r"[,，]")
+_WS = re.compile(r"\s+")
+
+
+def split_tags(text: str) -> list[str]:
+    """Split a model's answer into tags: on commas and newlines, stripped, empties dropped.
+
+    That is SPEC's rule; on top of it, for what models really answer:
+    - HTML entities are unescaped (twice, for double-escaped text): "&amp;" -> "&";
+    - lines that are only a code fence (```) are dropped;
+    - on the first non-empty line, a leading label is removed ("Tags:", "Final tag list:",
+      "Positive prompt:", "Refined:", "Here are the tags:");
+    - a list marker at the start of a line is removed ("1. ", "2) ", "(3) ", "- ", "* ", "• ");
+    - the full-width comma "，" splits like ",";
+    - per tag: white-space runs become one space; quote characters (" “ ” „ « » ` *) are
+      stripped from both ends, single quotes (' ‘ ’) only when they enclose the tag; trailing
+      periods and "…" are removed.
+    Nothing else is touched: weights such as "(best quality:1.2)" and brackets stay.
+    """
+    text = html.unescape(html.unescape(text))
+    tags: list[str] = []
+    first_line = True
+    for line in text.splitlines():
+        if _CODE_FENCE.match(line):
+            continue
+        if first_line and line.strip():
+            line = _LEAD_LABEL.sub("", line, count=1)
+            first_line = False
+        line = _LIST_MARKER.sub("", line, count=1)
+        for piece in _TAG_SEPARATORS.split(line):
+            tag = _clean_tag(piece)
+            if tag:
+                tags.append(tag)
+    return tags
+
+
+def _clean_tag(piece: str) -> str:
+    tag = _WS.sub(" ", piece).strip()
+    while True:
+        before = tag
+        tag = tag.strip(_LOOSE_QUOTES).strip()
+        if len(tag) >= 2 and tag[0] in _SINGLE_QUOTES and tag[-1] in _SINGLE_QUOTES:
+            tag = tag[1:-1].strip()
+        tag = tag.rstrip(".…").strip()
+        if tag == before:
+            return tag
+
+
+def tag_key(tag: str) -> str:
+    """A tag's identity for de-duplication: lower case, white-space runs folded to one space."""
+    return _WS.sub(" ", tag.lower()).strip()
+
+
+def dedup_keep_order(tags: Iterable[str]) -> list[str]:
+    """Tags without repeats (by `tag_key`), first occurrence wins, stripped, empties dropped."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for tag in tags:
+        key = tag_key(tag)
+        if key and key not in seen:
+            seen.add(key)
+            out.append(tag.strip())
+    return out
+
+
+# Buckets in output order after the subject; a tag goes to the first bucket one of whose
+# keywords is a substring of the lower-cased tag (SPEC 1, buckets). "other" takes the rest.
+BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "style",
+        ("style", "painterly", "illustration", "photorealistic", "neon", "poster",
+         "matte painting", "watercolor", "cyberpunk"),
+    ),
+    (
+        "composition",
+        ("composition", "rule of thirds", "centered", "symmetry", "balanced composition"),
+    ),
+    (
+        "lighting",
+        ("lighting", "light", "glow", "glowing", "aura", "rim", "sunset", "sunrise", "golden hour",
+         "global illumination", "cinematic"),
+    ),
+    (
+        "color",
+        ("color", "palette", "vibrant", "muted", "monochrome", "pastel", "warm", "cool",
+         "balanced contrast"),
+    ),
+    (
+        "detail",
+        ("detailed", "hyperdetailed", "texture", "textured", "intricate", "high detail",
+         "highly detailed", "sharp focus", "uhd", "8k"),
+    ),
+)
+
+
+def bucket_of(tag: str) -> str:
+    """The bucket of a non-subject tag: style, composition, lighting, color, detail or other."""
+    lowered = tag.lower()
+    for name, keywords in BUCKETS:
+        if any(k in lowered for k in keywords):
+            return name
+    return "other"
+
+
+def order_tags(subject: str | Iterable[str], rest: Iterable[str]) -> list[str]:
+    """Subject tags first, then `rest` by bucket (style, composition, lighting, color, detail,
+    other).
+
+    Order within a bucket is kept. A str `subject` is one tag ("" means no subject). Nothing is
+    de-duplicated or dropped here.
+    """
+    subjects = ([subject] if subject else []) if isinstance(subject, str) else list(subject)
+    buckets: dict[str, list[str]] = {name: [] for name, _ in BUCKETS}
+    buckets["other"] = []
+    for tag in rest:
+        buckets[bucket_of(tag)].append(tag)
+    return subjects + [tag for tags in buckets.values() for tag in tags]
+
+
+def cleanup_commas(text: str) -> str:
+    """", " between tags; no empty tags (", ,", ",,"), no leading or trailing commas or spaces."""
+    return ", ".join(part.strip() for part in text.split(",") if part.strip())
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: seed, post-processing, fallback, negative
+# --------------------------------------------------------------------------------------------
+
+
+def seed_tags(user_prompt: str, preset: str | Preset = DEFAULT_PRESET) -> list[str]:
+    """SPEC 1.1: the preset's positives followed by at most two style hints of the prompt."""
+    return dedup_keep_order([*get_preset(preset).positives, *style_hints(user_prompt)])
+
+
+def negative_tags(preset: str | Preset = DEFAULT_PRESET) -> str:
+    """SPEC 1.6: the preset's negatives joined with ", "."""
+    return ", ".join(get_preset(preset).negatives)
+
+
+def _prompt_subject(user_prompt: str) -> str:
+    """The prompt as a subject tag: white space folded, trailing commas and periods removed."""
+    return _WS.sub(" ", user_prompt).strip().rstrip(",.").strip()
+
+
+def _finish(tags: list[str], max_tokens: int) -> str:
+    """SPEC 1.4's tail: de-duplicate, add the missing quality floor, commas, CLIP-77 strict."""
+    # Flatten first: a subject taken from a prompt with commas ("a cat, oil painting") is several
+    # tags once joined, and the tags after it must not repeat them.
+    flat = dedup_keep_order(part for tag in tags for part in tag.split(","))
+    have = {tag_key(t) for t in flat}
+    flat += [q for q in QUALITY_FLOOR if tag_key(q) not in have]
+    text = clip77_strict(cleanup_commas(", ".join(flat)), max_tokens)
+    # The cut falls between words, so it can leave a trailing comma ("..., 8k,"); dropping it only
+    # removes a token, so the text stays CLIP-77 safe.
+    return cleanup_commas(text)
+
+
+def postprocess_tags(
+    merged_text: str,
+    user_prompt: str,
+    preset: str | Preset = DEFAULT_PRESET,
+    *,
+    max_tokens: int = CLIP_MAX_TOKENS,
+) -> str:
+    """SPEC 1.4: the aggregator's answer -> the positive prompt of the full method.
+
+    Split; drop empties; de-duplicate; find the prompt among the tags (case-insensitive, white
+    space folded, trailing ",." ignored on both sides). The subject is the prompt: the matching
+    tag moved to the front, as the model wrote it, or, when none matches, the prompt itself
+    inserted first. (The reference keeps the model's first tag as subject even when the prompt
+    sits further down, where bucketing can push it to the end and CLIP-77 cut it off; the
+    user's own words must lead.) With an empty prompt the model's first tag is the subject.
+    The other tags are ordered by bucket, missing quality-floor tags are appended, commas are
+    normalised and the text is truncated to `max_tokens` CLIP ids.
+
+    `preset` is accepted for symmetry with `fallback_tags` and validated; the rules of 1.4 do
+    not depend on it.
+    """
+    get_preset(preset)
+    tags = dedup_keep_order(split_tags(merged_text))
+    subject = _prompt_subject(user_prompt)
+    if not subject:
+        ordered = order_tags(tags[:1], tags[1:])
+    else:
+        key = tag_key(subject)
+        match = next((i for i, t in enumerate(tags) if tag_key(t.rstrip(",.")) == key), None)
+        if match is None:
+            ordered = order_tags([subject], tags)
+        else:
+            ordered = order_tags([tags[match]], tags[:match] + tags[match + 1 :])
+    return _finish(ordered, max_tokens)
+
+
+def fallback_tags(
+    user_prompt: str,
+    preset: str | Preset = DEFAULT_PRESET,
+    *,
+    max_tokens: int = CLIP_MAX_TOKENS,
+) -> str:
+    """SPEC 1.5, when no tag model answered: the prompt, then the seed tags, then the quality
+    floor, comma clean-up and CLIP-77 truncation. No bucket ordering; repeats are dropped."""
+    subject = _prompt_subject(user_prompt)
+    return _finish([subject, *seed_tags(user_prompt, preset)], max_tokens)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 5: merge the critique's refined prompt with the stage-1 tags
+# --------------------------------------------------------------------------------------------
+
+
+def merge_critique_with_tags(
+    refined: str,
+    tags: str,
+    *,
+    max_tokens: int = CLIP_MAX_TOKENS,
+) -> str:
+    """SPEC 5: the refinement prompt.
+
+    The refined text's first tag is the subject; the rest is its other tags followed by the
+    stage-1 tags, ordered by bucket; then de-duplicated (so the refined wording wins within a
+    bucket), empties dropped, commas normalised, CLIP-77 strict. With an empty refined text the
+    first stage-1 tag (the prompt) is the subject. No quality floor is added here.
+    """
+    refined_tags = split_tags(refined)
+    stage1_tags = split_tags(tags)
+    if refined_tags:
+        subject, rest = refined_tags[:1], refined_tags[1:] + stage1_tags
+    else:
+        subject, rest = stage1_tags[:1], stage1_tags[1:]
+    merged = dedup_keep_order(order_tags(subject, rest))
+    text = clip77_strict(cleanup_commas(", ".join(merged)), max_tokens)
+    return cleanup_commas(text)
