@@ -1,0 +1,366 @@
+"""Typed configuration: config.toml into pydantic models, with errors a person can act on.
+
+Lookup order (the first that exists wins, and only that one is read):
+``--config PATH``, ``$CRITIFUSION_CONFIG``, ``./config.toml``, the user config directory
+(``critifusion/config.toml`` under the platform's config folder), then built-in defaults.
+``--set section.key=value`` overrides single keys after the file is read.
+
+Every failure becomes one :class:`ConfigError` whose message names the file, the line or key,
+and what was expected, so the command line can print it and exit 2 without a traceback.
+Secrets never live here: a provider names the environment variable that holds its key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from critifusion_tui.engine.prompts import DEFAULT_NEGATIVE, PRESETS
+from critifusion_tui.providers.base import ModelRef, ModelRefError
+
+ENV_CONFIG = "CRITIFUSION_CONFIG"
+CONFIG_NAME = "config.toml"
+DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
+DEFAULT_SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+# Key names that would hold a secret: refused in files and in --set alike.
+SECRET_KEYS = frozenset({"api_key", "apikey", "api_token", "token", "secret", "password"})
+
+
+class ConfigError(Exception):
+    """A configuration problem, already worded for the person who has to fix it."""
+
+
+def _check_ref(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            ModelRef.parse(value)
+        except ModelRefError as exc:
+            raise ValueError(str(exc)) from None
+        return value.strip()
+    return value
+
+
+ModelRefStr = Annotated[str, BeforeValidator(_check_ref)]
+
+
+def _one_or_many(value: Any) -> Any:
+    # The aggregator may be one ref or a list tried in order; both spellings are natural.
+    return [value] if isinstance(value, str) else value
+
+
+class Section(BaseModel):
+    # Typos must not fall back silently to a default: unknown keys are errors.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TogetherConfig(Section):
+    api_key_env: str = Field("TOGETHER_API_KEY", min_length=1)
+    base_url: str = ""
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(2, ge=0)
+
+
+class OllamaConfig(Section):
+    host: str = Field(default_factory=lambda: os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST)
+    timeout_s: float = Field(120.0, gt=0)
+    keep_alive: str = "5m"
+
+
+class ProvidersConfig(Section):
+    together: TogetherConfig = Field(default_factory=TogetherConfig)
+    ollama: OllamaConfig = Field(default_factory=OllamaConfig)
+
+
+class CriticoreConfig(Section):
+    preset: str = "hq_preference"
+    candidates: list[ModelRefStr] = Field(
+        default_factory=lambda: [
+            "together:meta-llama/Llama-3.3-70B-Instruct-Turbo",
+            "together:Qwen/Qwen2.5-72B-Instruct-Turbo",
+            "together:Qwen/Qwen2.5-Coder-32B-Instruct",
+            "together:deepseek-ai/DeepSeek-V3",
+            "together:nvidia/NVIDIA-Nemotron-Nano-9B-v2",
+        ],
+        min_length=1,
+    )
+    aggregator: Annotated[list[ModelRefStr], BeforeValidator(_one_or_many)] = Field(
+        default_factory=lambda: ["together:Qwen/Qwen2.5-72B-Instruct-Turbo"], min_length=1
+    )
+    vlms: list[ModelRefStr] = Field(
+        default_factory=lambda: ["together:meta-llama/Llama-4-Maverick-17B-128E-Instruct-FP8"],
+        min_length=1,
+    )
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r}; known: {', '.join(sorted(PRESETS))}")
+        return value
+
+    def refs(self) -> dict[str, list[ModelRef]]:
+        """Every role's models, parsed."""
+        return {
+            "candidates": [ModelRef.parse(r) for r in self.candidates],
+            "aggregator": [ModelRef.parse(r) for r in self.aggregator],
+            "vlms": [ModelRef.parse(r) for r in self.vlms],
+        }
+
+
+Pixels = Annotated[int, Field(ge=64, le=4096)]
+
+
+class DiffusionConfig(Section):
+    model: str = Field(DEFAULT_SDXL, min_length=1)
+    device: str = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    width: Pixels = 1024
+    height: Pixels = 1024
+    steps: int = Field(50, ge=1, le=1000)
+    guidance: float = Field(4.5, ge=0)
+    seed: int = Field(2026, ge=0, lt=2**63)
+    negative: str = DEFAULT_NEGATIVE
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError("must be a multiple of 8 (the VAE works on 8x8 pixel cells)")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError(f"expected 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N', got {value!r}")
+        return value
+
+
+def _auto_is_none(value: Any) -> Any:
+    # TOML has no null: "auto" (or leaving the key out) means "use the last_k rule".
+    return None if value == "auto" else value
+
+
+class SpecFusionConfig(Section):
+    mode: Literal["fixed", "adaptive"] = "fixed"
+    total_steps: int = Field(50, ge=1, le=1000)
+    last_k: int = Field(37, ge=1, le=1000)
+    guidance: Annotated[float | None, BeforeValidator(_auto_is_none)] = Field(None, ge=0)
+    rho_t: float = Field(0.85, ge=0, le=1)
+    base_c: float = Field(0.5, gt=0, le=1)
+    noise_std: float = Field(0.001, ge=0)
+
+
+class OutputConfig(Section):
+    dir: str = Field("outputs", min_length=1)
+
+    def path(self) -> Path:
+        return Path(self.dir).expanduser()
+
+
+class TuiConfig(Section):
+    images: Literal["auto", "kitty", "sixel", "halfblock", "none"] = "auto"
+
+
+class Settings(Section):
+    providers: ProvidersConfig = Field(default_factory=ProvidersConfig)
+    criticore: CriticoreConfig = Field(default_factory=CriticoreConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    specfusion: SpecFusionConfig = Field(default_factory=SpecFusionConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    tui: TuiConfig = Field(default_factory=TuiConfig)
+
+
+@dataclass
+class LoadedConfig:
+    """The settings, and where they came from (doctor and the manifest say so)."""
+
+    settings: Settings
+    path: Path | None
+    source: str
+    overrides: list[str] = field(default_factory=list)
+
+
+def user_config_path() -> Path:
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("critifusion")) / CONFIG_NAME
+
+
+def find_config(explicit: str | os.PathLike | None = None) -> tuple[Path | None, str]:
+    """The file to read and why it was chosen, in the documented lookup order."""
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file (given with --config)")
+        return path, "--config"
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file (named by ${ENV_CONFIG})")
+        return path, f"${ENV_CONFIG}"
+    local = Path.cwd() / CONFIG_NAME
+    if local.is_file():
+        return local, "current directory"
+    user = user_config_path()
+    if user.is_file():
+        return user, "user config directory"
+    return None, "built-in defaults"
+
+
+def load_config(
+    explicit: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> LoadedConfig:
+    """Find, read and validate the configuration; apply ``--set`` overrides."""
+    path, source = find_config(explicit)
+    text = ""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from None
+        data = parse_toml(text, str(path))
+    _refuse_secrets(data, str(path), text)
+    for item in overrides:
+        apply_override(data, item)
+    settings = validate(data, str(path) if path else "built-in defaults", text, overrides)
+    return LoadedConfig(settings, path, source, list(overrides))
+
+
+def parse_toml(text: str, where: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib words it as "Expected ... (at line 3, column 7)": lead with the line.
+        msg = str(exc)
+        match = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+        if match:
+            reason = msg[: match.start()].strip()
+            raise ConfigError(
+                f"{where}:{match.group(1)}: TOML syntax error at column {match.group(2)}: {reason}"
+            ) from None
+        raise ConfigError(f"{where}: TOML syntax error: {msg}") from None
+
+
+def _refuse_secrets(data: dict[str, Any], where: str, text: str, prefix: str = "") -> None:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            _refuse_secrets(value, where, text, f"{dotted}.")
+        elif key.lower() in SECRET_KEYS:
+            line = _line_of(text, dotted)
+            env_hint = data.get("api_key_env") or "the variable api_key_env names"
+            raise ConfigError(
+                f"{where}{f':{line}' if line else ''}: {dotted}: a literal secret is refused in a"
+                f" config file; export it as an environment variable ({env_hint}) instead"
+            )
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one ``section.key=value``; the value is read as TOML, else taken as a string."""
+    dotted, sep, raw = item.partition("=")
+    dotted = dotted.strip()
+    parts = dotted.split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. diffusion.steps=30")
+    if parts[-1].lower() in SECRET_KEYS:
+        raise ConfigError(f"--set {dotted}: secrets are read from environment variables only")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word such as tiny-random or ollama:llava
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate(
+    data: dict[str, Any], where: str, text: str = "", overrides: list[str] | tuple[str, ...] = ()
+) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, where, text, overrides)) from None
+
+
+def _describe(exc: ValidationError, where: str, text: str, overrides) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+        index = next((p for p in err["loc"] if isinstance(p, int)), None)
+        dotted = ".".join(loc)
+        origin = _origin(dotted, where, text, overrides)
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(loc[:-1])
+            close = difflib.get_close_matches(loc[-1], known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            lines.append(f"{origin}: unknown key {dotted!r}{hint}; known keys here: {', '.join(known)}")
+            continue
+        message = err["msg"].removeprefix("Value error, ")
+        item = f" item {index + 1}" if index is not None else ""
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{origin}: {dotted}{item}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _origin(dotted: str, where: str, text: str, overrides) -> str:
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key == dotted or key.startswith(f"{dotted}."):
+            return f"--set {item}"
+    line = _line_of(text, dotted)
+    return f"{where}:{line}" if line else where
+
+
+def _known_keys(section: list[str]) -> list[str]:
+    model: type[BaseModel] = Settings
+    for name in section:
+        annotation = model.model_fields[name].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _line_of(text: str, dotted: str) -> int | None:
+    """The line where ``section.key`` is set, found by reading headers and assignments."""
+    *section, key = dotted.split(".")
+    current: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.fullmatch(r"\[\s*([^\]]+?)\s*\]\s*(#.*)?", stripped)
+        if header:
+            current = [p.strip().strip('"') for p in header.group(1).split(".")]
+            if current == section + [key]:
+                return number
+            continue
+        assign = re.match(r'"?([A-Za-z0-9_\-]+)"?\s*=', stripped)
+        if assign and current == section and assign.group(1) == key:
+            return number
+    return None
+
+
+def settings_for_manifest(settings: Settings) -> dict[str, Any]:
+    """The settings as plain data. Holds no secret: keys live only in the environment."""
+    return settings.model_dump(mode="json")

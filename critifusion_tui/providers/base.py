@@ -1,0 +1,225 @@
+"""What every chat backend shares: model references, the chat protocol, typed errors.
+
+A model reference names a backend and a model in one string, the form the config file and
+the command line use: ``together:<model id>``, ``ollama:<model name>``, or ``rules`` (the
+method's offline fallback, which needs no model at all).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+PROVIDERS = ("together", "ollama", "rules")
+REF_FORMS = "'together:<model id>', 'ollama:<model name>' or 'rules'"
+
+
+class ModelRefError(ValueError):
+    """A model reference that names no known provider or no model."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    provider: str
+    name: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        """Read ``provider:name``; ``rules`` stands alone."""
+        ref = text.strip()
+        if ref == "rules":
+            return cls("rules")
+        provider, sep, name = ref.partition(":")
+        if not sep:
+            raise ModelRefError(f"{text!r} names no provider; expected {REF_FORMS}")
+        if provider not in PROVIDERS or provider == "rules":
+            raise ModelRefError(f"unknown provider {provider!r} in {text!r}; expected {REF_FORMS}")
+        if not name.strip():
+            raise ModelRefError(f"{text!r} names no model; expected {REF_FORMS}")
+        return cls(provider, name.strip())
+
+    def __str__(self) -> str:
+        return self.provider if self.provider == "rules" else f"{self.provider}:{self.name}"
+
+
+# --- Messages and results -----------------------------------------------------------------
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat turn. CritiCore sends a system turn and a user turn."""
+
+    role: Role
+    content: str
+
+
+def system(content: str) -> Message:
+    return Message("system", content)
+
+
+def user(content: str) -> Message:
+    return Message("user", content)
+
+
+MessageLike = Message | Mapping[str, str]
+
+
+def as_messages(messages: Sequence[MessageLike]) -> list[Message]:
+    """Accept :class:`Message` objects or ``{"role": ..., "content": ...}`` mappings."""
+    result = []
+    for item in messages:
+        if isinstance(item, Message):
+            result.append(item)
+        else:
+            result.append(Message(item["role"], item["content"]))  # type: ignore[arg-type]
+    if not result:
+        raise ValueError("a chat needs at least one message")
+    return result
+
+
+def last_user_index(messages: Sequence[Message]) -> int:
+    """Where an image goes: the last user turn (an image needs a user turn to ride on)."""
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].role == "user":
+            return index
+    raise ValueError("an image needs a user message to attach to")
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """A finished answer: cleaned text (see :mod:`.hygiene`), who gave it, how long it took."""
+
+    text: str
+    model: ModelRef
+    seconds: float
+
+
+DeltaCallback = Callable[[str], None]
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    """One model behind one backend; the only interface the engine talks to.
+
+    ``chat`` sends the messages (the image, PNG bytes, rides on the last user message) and
+    returns the cleaned answer. With ``on_delta`` the call streams and passes each cleaned
+    piece of text as it arrives; the pieces concatenate to ``ChatResult.text``. Failures raise
+    a :class:`ProviderError` subclass; an answer that is empty after cleaning raises
+    :class:`UnusableAnswerError`. Cancelling the awaiting task closes the request.
+    """
+
+    ref: ModelRef
+
+    async def chat(
+        self,
+        messages: Sequence[MessageLike],
+        *,
+        temperature: float,
+        max_tokens: int,
+        image: bytes | None = None,
+        on_delta: DeltaCallback | None = None,
+    ) -> ChatResult: ...
+
+
+# --- Errors -------------------------------------------------------------------------------
+
+
+class ProviderError(Exception):
+    """A model call that failed, worded for the person who has to act on it.
+
+    ``ref`` is the model (as text, e.g. ``together:Qwen/...``), ``message`` says what went
+    wrong in one short sentence, ``fix`` what to do about it when there is something to do.
+    Raised as is for refusals with no better class (HTTP 400, 422, an error mid-stream).
+    ``code`` is a stable word for manifests and events.
+    """
+
+    code = "provider_error"
+
+    def __init__(
+        self,
+        ref: ModelRef | str,
+        message: str,
+        *,
+        fix: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        self.ref = str(ref)
+        self.message = message
+        self.fix = fix
+        self.status = status
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        text = f"{self.ref}: {self.message}"
+        return f"{text}; {self.fix}" if self.fix else text
+
+
+class AuthenticationError(ProviderError):
+    """No key, or a key the service refuses (HTTP 401/403)."""
+
+    code = "authentication"
+
+
+class ModelNotFoundError(ProviderError):
+    """The backend does not have (or does not serve) this model (HTTP 404)."""
+
+    code = "model_not_found"
+
+
+class RateLimitedError(ProviderError):
+    """Too many requests (HTTP 429), after the client's own retries were spent."""
+
+    code = "rate_limited"
+
+    def __init__(self, *args, retry_after: float | None = None, **kwargs) -> None:
+        self.retry_after = retry_after
+        super().__init__(*args, **kwargs)
+
+
+class ProviderTimeoutError(ProviderError):
+    """No answer within the configured ``timeout_s``."""
+
+    code = "timeout"
+
+
+class ProviderConnectionError(ProviderError):
+    """The service cannot be reached, or failed on its side (HTTP 5xx)."""
+
+    code = "connection"
+
+
+class UnusableAnswerError(ProviderError):
+    """An answer came, but nothing usable is in it (empty after cleaning, or not parseable)."""
+
+    code = "unusable_answer"
+
+
+def short_detail(text: object, limit: int = 200) -> str:
+    """A server's error text, cleaned and shortened for a one-line message."""
+    from critifusion_tui.providers.hygiene import clean_model_text
+
+    detail = " ".join(clean_model_text(str(text)).split())
+    return detail if len(detail) <= limit else detail[: limit - 1] + "…"
+
+
+def closest_names(missing: str, available: Iterable[str], n: int = 3) -> list[str]:
+    """Up to ``n`` available model names that look like ``missing`` (for "did you mean").
+
+    Compares case-insensitively and also on the part after the last "/", so a Together id
+    with the wrong organisation still finds its model.
+    """
+    names = list(dict.fromkeys(available))
+    by_key: dict[str, str] = {}
+    for name in names:
+        by_key.setdefault(name.lower(), name)
+        by_key.setdefault(name.rsplit("/", 1)[-1].lower(), name)
+    found: list[str] = []
+    for probe in (missing.lower(), missing.rsplit("/", 1)[-1].lower()):
+        for key in difflib.get_close_matches(probe, list(by_key), n=n * 2, cutoff=0.5):
+            if by_key[key] not in found:
+                found.append(by_key[key])
+    return found[:n]
