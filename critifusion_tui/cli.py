@@ -1,0 +1,143 @@
+"""The `critifusion` command: the app (default), `run`, `doctor`.
+
+Import cost is part of the interface: this module imports only the standard library at the
+top, so `critifusion --help` and configuration errors answer at once. Each subcommand
+imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from critifusion_tui import __version__
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+SUBCOMMANDS = ("tui", "run", "doctor")
+# Options that take a value, so a value is never mistaken for the prompt or a subcommand.
+VALUE_OPTIONS = ("--config", "-c", "--set", "-s")
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c", "--config", metavar="PATH",
+        help="config file (default: $CRITIFUSION_CONFIG, ./config.toml, the user config dir)",
+    )
+    common.add_argument(
+        "-s", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one config key, e.g. --set diffusion.steps=30 (repeatable)",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="critifusion",
+        description=(
+            "CritiFusion in the terminal: an LLM ensemble expands and decomposes your prompt, "
+            "SDXL draws a base image, a vision-language model criticises it, and SpecFusion "
+            "refines it. With no command, opens the app (PROMPT pre-filled if given)."
+        ),
+        epilog=(
+            "Every command takes --config PATH and --set SECTION.KEY=VALUE (see "
+            "'critifusion COMMAND --help'). Run 'critifusion doctor' to check your setup."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"critifusion-tui {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    tui = sub.add_parser("tui", parents=[common], help="open the app (the default)")
+    tui.add_argument("prompt", nargs="?", default="", help="prompt to start with")
+
+    run = sub.add_parser("run", parents=[common], help="run the whole method headless")
+    run.add_argument("prompt", help="what to draw")
+
+    doctor = sub.add_parser("doctor", parents=[common], help="check Python, GPU, config, keys, model, terminal")
+    doctor.add_argument("--offline", action="store_true", help="skip checks that need the network")
+    return parser
+
+
+def _with_default_command(argv: list[str]) -> list[str]:
+    """Put the subcommand first, `tui` when none is named (`critifusion "a fox"` opens the app).
+
+    The subcommand's parser then reads every option, wherever the user typed it:
+    `critifusion --set diffusion.steps=4 run "a fox"` works like `critifusion run --set ...`.
+    """
+    skip = False
+    for position, token in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if token in VALUE_OPTIONS:
+            skip = True
+            continue
+        if token.startswith("-"):
+            if token in ("-h", "--help", "--version") and position == 0:
+                return argv
+            continue
+        if token in SUBCOMMANDS:
+            return [token, *argv[:position], *argv[position + 1 :]]
+        break
+    return ["tui", *argv]
+
+
+def _load(args: argparse.Namespace):
+    """Load the configuration, or print why not; None means exit 2."""
+    from critifusion_tui.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"critifusion: configuration error\n{exc}", file=sys.stderr)
+        return None
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_USAGE
+    from critifusion_tui.tui.app import run_app
+
+    return run_app(loaded, prompt=args.prompt)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_USAGE
+    where = loaded.path or loaded.source
+    print(f"configuration ok ({where})")
+    print(
+        "critifusion run: generation is not built yet; this release checks the configuration "
+        "only. Nothing was generated.",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from critifusion_tui.doctor import run_doctor
+
+    return run_doctor(args.config, args.overrides, offline=args.offline)
+
+
+COMMANDS = {"tui": cmd_tui, "run": cmd_run, "doctor": cmd_doctor}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(_with_default_command(list(sys.argv[1:] if argv is None else argv)))
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("critifusion: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

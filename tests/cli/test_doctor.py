@@ -1,0 +1,74 @@
+"""`critifusion doctor` tells the truth about this machine and never shows a secret."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+OFFLINE_ROLES = [
+    "--set", "criticore.candidates=['rules']",
+    "--set", "criticore.aggregator=rules",
+    "--set", "criticore.vlms=['rules']",
+]
+
+
+def doctor(*args, env, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "critifusion_tui", "doctor", *args],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+
+
+def test_report_covers_system_config_roles_model_terminal(env, tmp_path):
+    proc = doctor(env=env, cwd=tmp_path)
+    out = proc.stdout
+    import torch  # the report must agree with what this interpreter really has
+
+    assert f"torch            {torch.__version__}" in out
+    assert f"python           {sys.version.split()[0]}" in out
+    if not torch.cuda.is_available():
+        assert "cuda             not available" in out
+    assert "config           built-in defaults" in out
+    # Five Together candidates, no key exported: each one is a failure with the fix.
+    assert out.count("$TOGETHER_API_KEY is not set") == 7
+    assert "stabilityai/stable-diffusion-xl-base-1.0 is not in the cache and HF_HUB_OFFLINE is set" in out
+    assert "not run in a terminal: detection skipped" in out
+    assert proc.returncode == 1 and "problem(s) found" in out
+
+
+def test_key_variables_are_reported_never_shown(env, tmp_path):
+    env = dict(env, TOGETHER_API_KEY="sk-very-secret-value")
+    proc = doctor(env=env, cwd=tmp_path)
+    assert "key in $TOGETHER_API_KEY" in proc.stdout
+    assert "sk-very-secret-value" not in proc.stdout + proc.stderr
+
+
+def test_offline_setup_passes(env, tmp_path):
+    proc = doctor(*OFFLINE_ROLES, "--set", "diffusion.model=tiny-random", env=env, cwd=tmp_path)
+    assert "rules (offline rules, no model)" in proc.stdout
+    assert "tiny-random: built in, offline; its images are noise" in proc.stdout
+    assert proc.returncode == 0, proc.stdout
+    assert "All checks passed." in proc.stdout
+
+
+def test_local_model_folder_and_single_file(env, tmp_path):
+    folder = tmp_path / "my-sdxl"
+    folder.mkdir()
+    proc = doctor(*OFFLINE_ROLES, "--set", f"diffusion.model='{folder}'", env=env, cwd=tmp_path)
+    assert f"{folder} is a folder without model_index.json" in proc.stdout and proc.returncode == 1
+    (folder / "model_index.json").write_text("{}")
+    proc = doctor(*OFFLINE_ROLES, "--set", f"diffusion.model='{folder}'", env=env, cwd=tmp_path)
+    assert f"local diffusers folder {folder}" in proc.stdout and proc.returncode == 0
+    proc = doctor(*OFFLINE_ROLES, "--set", f"diffusion.model='{tmp_path}/x.safetensors'", env=env, cwd=tmp_path)
+    assert "x.safetensors: no such checkpoint file" in proc.stdout and proc.returncode == 1
+
+
+def test_model_in_the_hugging_face_cache_is_found(env, tmp_path):
+    snapshot = tmp_path / "hf" / "hub" / "models--acme--sdxl" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("{}")
+    refs = tmp_path / "hf" / "hub" / "models--acme--sdxl" / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("abc123")
+    proc = doctor(*OFFLINE_ROLES, "--set", "diffusion.model=acme/sdxl", env=env, cwd=tmp_path)
+    assert "acme/sdxl in the Hugging Face cache" in proc.stdout, proc.stdout
