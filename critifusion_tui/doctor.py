@@ -94,24 +94,27 @@ def config_checks(config_path, overrides):
 
 
 def role_checks(settings) -> list[Check]:
-    """Each role's models, and whether the key each hosted one needs is in the environment."""
-    checks = []
+    """Each role's models, then what each provider in use needs: a key, or a server."""
     together = settings.providers.together
     ollama = settings.providers.ollama
+    checks = []
+    users: dict[str, list[str]] = {}
     for role, refs in settings.criticore.refs().items():
+        checks.append(Check(role, "info", ", ".join(str(ref) for ref in refs)))
         for ref in refs:
-            label = f"{role}"
-            if ref.provider == "together":
-                if os.environ.get(together.api_key_env):
-                    checks.append(Check(label, "ok", f"{ref} (key in ${together.api_key_env})"))
-                else:
-                    checks.append(
-                        Check(label, "fail", f"{ref}: ${together.api_key_env} is not set; export your Together key")
-                    )
-            elif ref.provider == "ollama":
-                checks.append(Check(label, "ok", f"{ref} (Ollama at {ollama.host}, no key needed)"))
-            else:
-                checks.append(Check(label, "ok", f"{ref} (offline rules, no model)"))
+            users.setdefault(ref.provider, []).append(role)
+    if "together" in users:
+        needed = f"needed by {len(users['together'])} model(s) in {', '.join(dict.fromkeys(users['together']))}"
+        if os.environ.get(together.api_key_env):
+            checks.append(Check("together key", "ok", f"${together.api_key_env} is set ({needed})"))
+        else:
+            checks.append(
+                Check("together key", "fail", f"${together.api_key_env} is not set ({needed}); export your Together key")
+            )
+    if "ollama" in users:
+        checks.append(Check("ollama", "info", f"server {ollama.host} (no key needed)"))
+    if "rules" in users:
+        checks.append(Check("rules", "info", "offline rules: preset tags, prompt clauses, no-op critic"))
     return checks
 
 
@@ -163,10 +166,12 @@ def terminal_checks(settings) -> list[Check]:
     except Exception as exc:
         return checks + [Check("images", "warn", f"detection failed ({exc}); previews use half-blocks")]
     names = {
-        "SixelImage": "sixel", "TGPImage": "kitty graphics",
-        "HalfcellImage": "half-block characters", "UnicodeImage": "unicode blocks (no colour)",
+        "sixel": "sixel", "tgp": "kitty graphics",
+        "halfcell": "half-block characters", "unicode": "unicode blocks (no colour)",
     }
-    found = names.get(renderable.Image.__name__, renderable.Image.__name__)
+    # Every protocol's class is called Image; its module says which one was chosen.
+    module = renderable.Image.__module__.rsplit(".", 1)[-1]
+    found = names.get(module, module)
     checks.append(Check("images", "ok", f"{found} detected"))
     return checks
 

@@ -29,8 +29,12 @@ def test_report_covers_system_config_roles_model_terminal(env, tmp_path):
     if not torch.cuda.is_available():
         assert "cuda             not available" in out
     assert "config           built-in defaults" in out
-    # Five Together candidates, no key exported: each one is a failure with the fix.
-    assert out.count("$TOGETHER_API_KEY is not set") == 7
+    # Seven Together models and no key exported: one failure that says how many need it.
+    assert (
+        "$TOGETHER_API_KEY is not set (needed by 7 model(s) in candidates, aggregator, vlms);"
+        " export your Together key" in out
+    )
+    assert out.count("TOGETHER_API_KEY") == 1
     assert "stabilityai/stable-diffusion-xl-base-1.0 is not in the cache and HF_HUB_OFFLINE is set" in out
     assert "not run in a terminal: detection skipped" in out
     assert proc.returncode == 1 and "problem(s) found" in out
@@ -39,13 +43,13 @@ def test_report_covers_system_config_roles_model_terminal(env, tmp_path):
 def test_key_variables_are_reported_never_shown(env, tmp_path):
     env = dict(env, TOGETHER_API_KEY="sk-very-secret-value")
     proc = doctor(env=env, cwd=tmp_path)
-    assert "key in $TOGETHER_API_KEY" in proc.stdout
+    assert "$TOGETHER_API_KEY is set (needed by 7 model(s)" in proc.stdout
     assert "sk-very-secret-value" not in proc.stdout + proc.stderr
 
 
 def test_offline_setup_passes(env, tmp_path):
     proc = doctor(*OFFLINE_ROLES, "--set", "diffusion.model=tiny-random", env=env, cwd=tmp_path)
-    assert "rules (offline rules, no model)" in proc.stdout
+    assert "offline rules: preset tags, prompt clauses, no-op critic" in proc.stdout
     assert "tiny-random: built in, offline; its images are noise" in proc.stdout
     assert proc.returncode == 0, proc.stdout
     assert "All checks passed." in proc.stdout
