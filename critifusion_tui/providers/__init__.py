@@ -1,1 +1,51 @@
-"""Chat backends (Together, Ollama, offline rules) behind one protocol."""
+"""Chat backends (Together, Ollama, offline rules) behind one protocol.
+
+The engine needs only what is re-exported here: a :class:`ProviderRouter` to turn model
+references into :class:`ChatModel` objects, the messages and result types, the typed errors,
+and the text hygiene every answer passes through. The client libraries themselves load on
+first use (see ``together.py`` and ``ollama.py``), so importing this package stays cheap.
+"""
+
+from critifusion_tui.providers.base import (
+    AuthenticationError,
+    ChatModel,
+    ChatResult,
+    Message,
+    ModelNotFoundError,
+    ModelRef,
+    ModelRefError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderTimeoutError,
+    RateLimitedError,
+    UnusableAnswerError,
+    closest_names,
+    system,
+    user,
+)
+from critifusion_tui.providers.hygiene import StreamCleaner, clean_model_text
+from critifusion_tui.providers.router import ProviderRouter
+from critifusion_tui.providers.rules import RulesCritique, RulesModel
+
+__all__ = [
+    "AuthenticationError",
+    "ChatModel",
+    "ChatResult",
+    "Message",
+    "ModelNotFoundError",
+    "ModelRef",
+    "ModelRefError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderRouter",
+    "ProviderTimeoutError",
+    "RateLimitedError",
+    "RulesCritique",
+    "RulesModel",
+    "StreamCleaner",
+    "UnusableAnswerError",
+    "clean_model_text",
+    "closest_names",
+    "system",
+    "user",
+]

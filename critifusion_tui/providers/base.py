@@ -198,6 +198,18 @@ class UnusableAnswerError(ProviderError):
     code = "unusable_answer"
 
 
+def empty_answer(ref: ModelRef | str, raw: str) -> UnusableAnswerError:
+    """The error for an answer with nothing left after cleaning, saying why it was empty."""
+    if raw.strip():
+        return UnusableAnswerError(
+            ref,
+            "the answer was empty after cleaning: it held only reasoning (<think>) or"
+            " control characters",
+            fix="raise max_tokens if a reasoning model ran out of room, or pick another model",
+        )
+    return UnusableAnswerError(ref, "the model sent an empty answer")
+
+
 def short_detail(text: object, limit: int = 200) -> str:
     """A server's error text, cleaned and shortened for a one-line message."""
     from critifusion_tui.providers.hygiene import clean_model_text

@@ -1,0 +1,265 @@
+"""Ollama through the official ``ollama`` client (local or remote server).
+
+Two things the client leaves to us: a timeout (its default waits forever, and a timeout then
+surfaces as a raw ``httpx.ReadTimeout``), and errors a person can act on (a refused
+connection is the builtin ``ConnectionError``; a missing model is ``ResponseError`` 404).
+The ``ollama`` package is imported on first use, off the ``--help`` path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from critifusion_tui.providers.base import (
+    AuthenticationError,
+    ChatResult,
+    DeltaCallback,
+    MessageLike,
+    ModelNotFoundError,
+    ModelRef,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderTimeoutError,
+    RateLimitedError,
+    UnusableAnswerError,
+    as_messages,
+    empty_answer,
+    last_user_index,
+    short_detail,
+)
+from critifusion_tui.providers.hygiene import StreamCleaner, clean_model_text
+
+if TYPE_CHECKING:
+    from ollama import AsyncClient
+
+
+class OllamaSettings(Protocol):
+    """The fields of ``config.OllamaConfig`` this module reads."""
+
+    host: str
+    timeout_s: float
+    keep_alive: str
+
+
+def make_client(settings: OllamaSettings) -> AsyncClient:
+    from ollama import AsyncClient
+
+    return AsyncClient(host=settings.host, timeout=settings.timeout_s)
+
+
+def keep_alive_value(text: str) -> float | str | None:
+    """The ``keep_alive`` to send: None (server default) for "", seconds for a bare number.
+
+    The server reads a string as a Go duration, where "-1" or "300" (no unit) is an error,
+    while the number -1 means "keep loaded" and 300 means five minutes.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    if re.fullmatch(r"[-+]?\d+(\.\d+)?", text):
+        return float(text)
+    return text
+
+
+def to_payload(messages: Sequence[MessageLike], image: bytes | None) -> list[dict[str, Any]]:
+    """Ollama messages; the PNG rides on the last user turn as raw bytes in ``images``.
+
+    The client base64-encodes bytes itself (it rejects a ``data:`` URL).
+    """
+    turns = as_messages(messages)
+    payload: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in turns]
+    if image is not None:
+        payload[last_user_index(turns)]["images"] = [image]
+    return payload
+
+
+class OllamaChat:
+    """A :class:`~critifusion_tui.providers.base.ChatModel` for one Ollama model."""
+
+    def __init__(self, ref: ModelRef, provider: OllamaProvider) -> None:
+        self.ref = ref
+        self._provider = provider
+
+    async def chat(
+        self,
+        messages: Sequence[MessageLike],
+        *,
+        temperature: float,
+        max_tokens: int,
+        image: bytes | None = None,
+        on_delta: DeltaCallback | None = None,
+    ) -> ChatResult:
+        request = dict(
+            model=self.ref.name,
+            messages=to_payload(messages, image),
+            options={"temperature": temperature, "num_predict": max_tokens},
+            keep_alive=keep_alive_value(self._provider.settings.keep_alive),
+        )
+        started = time.perf_counter()
+        client = self._provider.client()
+        if on_delta is None:
+            try:
+                response = await client.chat(**request)
+            except Exception as exc:
+                raise self._provider.map_error(exc, self.ref) from exc
+            raw = response.message.content or ""
+            text = clean_model_text(raw)
+        else:
+            text, raw = await self._stream(client, request, on_delta)
+        if not text:
+            raise empty_answer(self.ref, raw)
+        return ChatResult(text, self.ref, time.perf_counter() - started)
+
+    async def _stream(
+        self, client: AsyncClient, request: dict, on_delta: DeltaCallback
+    ) -> tuple[str, str]:
+        """Stream the answer through ``on_delta``; return the cleaned and the raw text."""
+        cleaner = StreamCleaner()
+        parts: list[str] = []
+        raw_parts: list[str] = []  # kept only to say why an answer came out empty
+        callback_failed: list[BaseException] = []
+
+        def deliver(piece: str) -> None:
+            if piece:
+                parts.append(piece)
+                try:
+                    on_delta(piece)
+                except BaseException as exc:  # the caller's own error: re-raised unmapped
+                    callback_failed.append(exc)
+                    raise
+
+        try:
+            stream = await client.chat(**request, stream=True)
+            async for part in stream:
+                # ``message.thinking`` (reasoning models) is deliberately not shown.
+                if part.message and part.message.content:
+                    raw_parts.append(part.message.content)
+                    deliver(cleaner.feed(part.message.content))
+        except Exception as exc:
+            if callback_failed and exc is callback_failed[0]:
+                raise
+            raise self._provider.map_error(exc, self.ref) from exc
+        deliver(cleaner.finish())
+        return "".join(parts), "".join(raw_parts)
+
+
+class OllamaProvider:
+    """Owns the one ``ollama.AsyncClient`` (made on first use) and its models."""
+
+    name = "ollama"
+
+    def __init__(self, settings: OllamaSettings) -> None:
+        self.settings = settings
+        self._client: AsyncClient | None = None
+
+    def client(self) -> AsyncClient:
+        if self._client is None:
+            self._client = make_client(self.settings)
+        return self._client
+
+    def model(self, name: str) -> OllamaChat:
+        return OllamaChat(ModelRef("ollama", name), self)
+
+    async def list_models(self) -> list[str]:
+        try:
+            return await list_models(self.client())
+        except Exception as exc:
+            raise self.map_error(exc, "ollama") from exc
+
+    async def has_vision(self, name: str) -> bool:
+        try:
+            return await has_vision(self.client(), name)
+        except Exception as exc:
+            raise self.map_error(exc, ModelRef("ollama", name)) from exc
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    def map_error(self, exc: BaseException, ref: ModelRef | str) -> ProviderError:
+        return map_error(exc, ref, self.settings)
+
+
+async def list_models(client: AsyncClient) -> list[str]:
+    """Names of the pulled models (``/api/tags``), for ``critifusion doctor``."""
+    response = await client.list()
+    return [m.model for m in response.models if m.model]
+
+
+def model_listed(name: str, available: Iterable[str]) -> bool:
+    """Whether ``name`` is among ``available``; a name without a tag means ``:latest``."""
+    wanted = name if ":" in name else f"{name}:latest"
+    return any(n == name or n == wanted for n in available)
+
+
+async def has_vision(client: AsyncClient, name: str) -> bool:
+    """Whether the model takes images (``/api/show`` lists "vision" in ``capabilities``)."""
+    response = await client.show(name)
+    return "vision" in (response.capabilities or [])
+
+
+def map_error(exc: BaseException, ref: ModelRef | str, settings: OllamaSettings) -> ProviderError:
+    """The :class:`ProviderError` for an exception raised by the ``ollama`` client."""
+    import httpx
+    import pydantic
+    from ollama import ResponseError
+
+    if isinstance(exc, ProviderError):
+        return exc
+    name = ref.name if isinstance(ref, ModelRef) else str(ref)
+    host = settings.host
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderTimeoutError(
+            ref,
+            f"no answer from Ollama within {settings.timeout_s:g} s",
+            fix="raise providers.ollama.timeout_s (loading a large model can take minutes)",
+        )
+    # The client turns a refused connection into the builtin ConnectionError, but only
+    # outside a stream; inside one the httpx error arrives as is.
+    if isinstance(exc, (ConnectionError, httpx.TransportError)):
+        return ProviderConnectionError(
+            ref,
+            f"cannot reach Ollama at {host}",
+            fix=f"is `ollama serve` running at {host}? (providers.ollama.host or $OLLAMA_HOST)",
+        )
+    if isinstance(exc, ResponseError):
+        status = exc.status_code if exc.status_code and exc.status_code > 0 else None
+        detail = short_detail(exc.error)
+        if status == 404:
+            return ModelNotFoundError(
+                ref,
+                f"Ollama at {host} has no model {name!r}",
+                fix=f"ollama pull {name}",
+                status=status,
+            )
+        if status in (401, 403):
+            return AuthenticationError(
+                ref,
+                f"Ollama at {host} refused the request (HTTP {status}): {detail}",
+                fix="check $OLLAMA_API_KEY or the proxy in front of the server",
+                status=status,
+            )
+        if status == 429:
+            return RateLimitedError(
+                ref,
+                f"Ollama at {host} is rate-limiting requests (HTTP 429)",
+                fix="wait and run again",
+                status=status,
+            )
+        if status is not None and status >= 500:
+            return ProviderConnectionError(
+                ref,
+                f"Ollama failed on its side (HTTP {status}): {detail}",
+                fix="see the server log (`ollama serve`); the model may not fit in memory",
+                status=status,
+            )
+        what = f"HTTP {status}" if status else "mid-answer"
+        return ProviderError(ref, f"Ollama refused the request ({what}): {detail}", status=status)
+    if isinstance(exc, (json.JSONDecodeError, pydantic.ValidationError, ValueError)):
+        return UnusableAnswerError(ref, f"the answer could not be read: {short_detail(exc)}")
+    return ProviderError(ref, f"unexpected failure: {type(exc).__name__}: {short_detail(exc)}")

@@ -1,0 +1,455 @@
+"""A scriptable loopback HTTP server that speaks the Together and Ollama endpoints.
+
+Tests point the real ``together`` and ``ollama`` clients at it (``base_url=server.url``,
+``host=server.url``), script what each model answers, and read back every request::
+
+    with LoopbackServer() as server:
+        server.script("model-a", text="hello", delay=0.5)
+        server.script("model-b", status=429, retry_after=0.05, times=1)  # then the default
+        server.script("model-c", hang=True)                              # never answers
+        server.add_model("llava", vision=True)                           # listed, shown
+        ...
+        body = server.last("/v1/chat/completions").body
+
+Endpoints: ``POST /v1/chat/completions`` (JSON, or SSE with ``data: ...`` lines and
+``data: [DONE]`` when the body asks ``stream``), ``GET /v1/models``, ``GET /v2/supported-models``,
+``POST /api/chat`` (JSON or NDJSON), ``GET /api/tags``, ``POST /api/show``. It binds
+127.0.0.1 on a free port and runs each connection in its own thread, so concurrent calls
+overlap the way they would against a real service.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+HANG_LIMIT_S = 30.0  # a hang ends at this, or when the server stops, whichever is first
+
+
+@dataclass
+class Script:
+    """What one model does for one or more requests."""
+
+    text: str | None = None  # the answer; None: "reply from <model>"
+    chunks: list[str] | None = None  # streamed deltas; None: ``text`` in 3-character pieces
+    delay: float = 0.0  # seconds before the response starts
+    chunk_delay: float = 0.0  # seconds between streamed deltas
+    status: int | None = None  # answer this HTTP status with an error body instead
+    error: str | None = None  # the error's message (a default per status otherwise)
+    error_code: str | None = None  # Together's ``error.code`` field
+    retry_after: float | None = None  # sent as the Retry-After header (with ``status``)
+    hang: bool = False  # never answer (until the client gives up or the server stops)
+    garbage: str | None = None  # 200 with this body (or SSE event / NDJSON line) instead of JSON
+    times: int | None = None  # used for this many requests, then the next script; None: always
+
+    def pieces(self, text: str) -> list[str]:
+        if self.chunks is not None:
+            return list(self.chunks)
+        return [text[i : i + 3] for i in range(0, len(text), 3)] or [""]
+
+
+@dataclass
+class Recorded:
+    """One request as the server saw it."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # names in lower case
+    body: Any  # parsed JSON, or None
+    raw: bytes
+    at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    vision: bool = False
+
+
+class LoopbackServer:
+    """The server; a context manager (``with LoopbackServer() as server``) or start/stop."""
+
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self.models: dict[str, ModelEntry] = {}
+        # False: /v2/supported-models answers 404 (an older or compatible server).
+        self.supported_models = True
+        self._scripts: dict[str, deque[Script]] = defaultdict(deque)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> LoopbackServer:
+        httpd = _Server(("127.0.0.1", 0), _Handler)
+        httpd.loopback = self  # type: ignore[attr-defined]
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()  # wakes every delay and hang at once
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> LoopbackServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "the server is not running"
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- scripting --------------------------------------------------------------------------
+
+    def script(self, model: str, **fields: Any) -> Script:
+        """Queue a behaviour for ``model``; see :class:`Script` for the fields."""
+        entry = Script(**fields)
+        with self._lock:
+            self._scripts[model].append(entry)
+        return entry
+
+    def add_model(self, name: str, *, vision: bool = False) -> None:
+        """List ``name`` in /v1/models, /v2/supported-models, /api/tags; /api/show knows it."""
+        self.models[name] = ModelEntry(name, vision)
+
+    def next_script(self, model: str) -> Script:
+        with self._lock:
+            queue = self._scripts.get(model)
+            if not queue:
+                return Script()
+            current = queue[0]
+            if current.times is not None:
+                current.times -= 1
+                if current.times <= 0:
+                    queue.popleft()
+            return current
+
+    # -- reading back -----------------------------------------------------------------------
+
+    def requests_to(self, path: str) -> list[Recorded]:
+        with self._lock:
+            return [r for r in self.requests if r.path == path]
+
+    def last(self, path: str | None = None) -> Recorded:
+        found = self.requests_to(path) if path else list(self.requests)
+        assert found, f"no request to {path or 'any path'} was recorded"
+        return found[-1]
+
+    def record(self, request: Recorded) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep, unless the server stops first; True when it is stopping."""
+        return self._stopping.wait(seconds) if seconds > 0 else self._stopping.is_set()
+
+
+def unused_port() -> int:
+    """A loopback port nobody listens on (bound, then closed): connecting is refused."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a hung handler must not hold up the end of a test
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        # A client closing its idle keep-alive connection (or giving up) is routine here.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive and chunked streaming, as real services do
+    timeout = 15  # an idle keep-alive connection's thread ends after this
+
+    server: ThreadingHTTPServer
+
+    @property
+    def loopback(self) -> LoopbackServer:
+        return self.server.loopback  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep test output clean
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        self.loopback.record(
+            Recorded(
+                self.command,
+                parts.path,
+                parse_qs(parts.query),
+                {k.lower(): v for k, v in self.headers.items()},
+                body,
+                raw,
+            )
+        )
+        route = {
+            ("POST", "/v1/chat/completions"): self._together_chat,
+            ("GET", "/v1/models"): self._together_models,
+            ("GET", "/v2/supported-models"): self._together_supported,
+            ("POST", "/api/chat"): self._ollama_chat,
+            ("GET", "/api/tags"): self._ollama_tags,
+            ("POST", "/api/show"): self._ollama_show,
+        }.get((self.command, parts.path))
+        try:
+            if route is None:
+                self._json(404, {"error": f"no route {self.command} {parts.path}"})
+            else:
+                route(body or {})
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a timeout test): nothing left to tell it
+
+    # -- Together ---------------------------------------------------------------------------
+
+    def _together_chat(self, body: dict) -> None:
+        model = str(body.get("model", ""))
+        script = self._begin(model)
+        if script is None:
+            return
+        if script.status is not None:
+            self._fault(script, together=True)
+            return
+        text = script.text if script.text is not None else f"reply from {model}"
+        if not body.get("stream"):
+            if script.garbage is not None:
+                self._raw(200, script.garbage.encode(), "application/json")
+                return
+            self._json(200, _completion(model, text))
+            return
+        self._start_chunked("text/event-stream")
+        for index, piece in enumerate(script.pieces(text)):
+            if index and self.loopback.wait(script.chunk_delay):
+                return
+            self._chunk(f"data: {json.dumps(_completion_chunk(model, piece))}\n\n")
+        if script.garbage is not None:
+            self._chunk(f"data: {script.garbage}\n\n")
+        self._chunk(f"data: {json.dumps(_completion_chunk(model, '', finish='stop'))}\n\n")
+        self._chunk("data: [DONE]\n\n")
+        self._end_chunked()
+
+    def _together_models(self, body: dict) -> None:
+        # The real /v1/models answers a bare list of model objects.
+        self._json(200, [{"id": m, "object": "model", "type": "chat"} for m in self.loopback.models])
+
+    def _together_supported(self, body: dict) -> None:
+        if not self.loopback.supported_models:
+            self._json(404, {"error": {"message": "Not found", "type": "not_found"}})
+            return
+        data = [
+            {"id": f"sm-{i}", "name": m, "serverlessEndpoint": m, "products": ["PRODUCT_SERVERLESS"]}
+            for i, m in enumerate(self.loopback.models)
+        ]
+        self._json(200, {"data": data, "nextCursor": None})
+
+    # -- Ollama -----------------------------------------------------------------------------
+
+    def _ollama_chat(self, body: dict) -> None:
+        model = str(body.get("model", ""))
+        script = self._begin(model)
+        if script is None:
+            return
+        if script.status is not None:
+            self._fault(script, together=False)
+            return
+        text = script.text if script.text is not None else f"reply from {model}"
+        if body.get("stream") is False:
+            if script.garbage is not None:
+                self._raw(200, script.garbage.encode(), "application/json")
+                return
+            self._json(200, _ollama_part(model, text, done=True))
+            return
+        # Ollama streams unless the body says ``"stream": false``.
+        self._start_chunked("application/x-ndjson")
+        for index, piece in enumerate(script.pieces(text)):
+            if index and self.loopback.wait(script.chunk_delay):
+                return
+            self._chunk(json.dumps(_ollama_part(model, piece, done=False)) + "\n")
+        if script.garbage is not None:
+            self._chunk(script.garbage + "\n")
+        self._chunk(json.dumps(_ollama_part(model, "", done=True)) + "\n")
+        self._end_chunked()
+
+    def _ollama_tags(self, body: dict) -> None:
+        models = [
+            {
+                "name": m,
+                "model": m,
+                "modified_at": "2025-01-01T00:00:00Z",
+                "size": 1,
+                "digest": "0" * 12,
+                "details": {"format": "gguf", "family": "test"},
+            }
+            for m in self.loopback.models
+        ]
+        self._json(200, {"models": models})
+
+    def _ollama_show(self, body: dict) -> None:
+        name = str(body.get("model", ""))
+        entry = self.loopback.models.get(name) or self.loopback.models.get(f"{name}:latest")
+        if entry is None:
+            self._json(404, {"error": f"model '{name}' not found"})
+            return
+        capabilities = ["completion", "vision"] if entry.vision else ["completion"]
+        # The client fails to parse a reply without ``model_info``; null is enough.
+        self._json(200, {"model_info": None, "capabilities": capabilities, "details": {}})
+
+    # -- behaviours -------------------------------------------------------------------------
+
+    def _begin(self, model: str) -> Script | None:
+        """Apply the script's delay or hang; None when the request is to go unanswered."""
+        script = self.loopback.next_script(model)
+        if script.hang:
+            self.loopback.wait(HANG_LIMIT_S)
+            self.close_connection = True
+            return None
+        if self.loopback.wait(script.delay):
+            self.close_connection = True
+            return None
+        return script
+
+    def _fault(self, script: Script, *, together: bool) -> None:
+        status = script.status or 500
+        message = script.error or _DEFAULT_ERRORS.get(status, f"scripted failure {status}")
+        if together:
+            error: dict[str, Any] = {"message": message, "type": "scripted_error"}
+            if script.error_code:
+                error["code"] = script.error_code
+            payload: Any = {"error": error}
+        else:
+            payload = {"error": message}
+        headers = {}
+        if script.retry_after is not None:
+            headers["Retry-After"] = f"{script.retry_after:g}"
+        self._json(status, payload, headers)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        self._raw(status, json.dumps(payload).encode(), "application/json", headers)
+
+    def _raw(
+        self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def _start_chunked(self, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def _chunk(self, text: str) -> None:
+        data = text.encode()
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _end_chunked(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+_DEFAULT_ERRORS = {
+    400: "bad request",
+    401: "Invalid API key provided",
+    403: "forbidden",
+    404: "model not found",
+    429: "rate limit exceeded",
+    500: "internal server error",
+    503: "service unavailable",
+}
+
+
+def _completion(model: str, text: str) -> dict:
+    return {
+        "id": "cmpl-loopback",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+def _completion_chunk(model: str, piece: str, finish: str | None = None) -> dict:
+    return {
+        "id": "cmpl-loopback",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
+        "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": finish}
+        ],
+    }
+
+
+def _ollama_part(model: str, piece: str, *, done: bool) -> dict:
+    part: dict[str, Any] = {
+        "model": model,
+        "created_at": "2025-01-01T00:00:00Z",
+        "message": {"role": "assistant", "content": piece},
+        "done": done,
+    }
+    if done:
+        part["done_reason"] = "stop"
+    return part
+
+
+# Shared test data: a key variable of the tests' own naming, and a tiny PNG.
+KEY_VAR = "CRITIFUSION_TEST_TOGETHER_KEY"
+KEY_VALUE = "sk-loopback-secret-4242"
+# A 1x1 PNG: the bytes CritiCore would send for a base image.
+PNG_1PX = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201a5b1b6"
+    "a30000000049454e44ae426082"
+)
