@@ -134,6 +134,9 @@ class DiffusionConfig(Section):
     guidance: float = Field(4.5, ge=0)
     seed: int = Field(2026, ge=0, lt=2**63)
     negative: str = DEFAULT_NEGATIVE
+    cpu_offload: bool = False
+    vae_tiling: bool = False
+    compile: bool = False
 
     @field_validator("width", "height")
     @classmethod
