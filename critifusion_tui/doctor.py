@@ -7,6 +7,7 @@ Nothing here prints a secret: key variables are reported as set or unset, never 
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import os
 import platform
@@ -14,6 +15,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from critifusion_tui.providers.base import ModelRef
 
 MARKS = {"ok": "ok  ", "warn": "warn", "fail": "FAIL", "info": "    "}
 
@@ -118,6 +123,197 @@ def role_checks(settings) -> list[Check]:
     return checks
 
 
+# Doctor must never hang on a slow or silent service: each request gets the configured
+# timeout_s, but at most this long, and no retries (a re-run of doctor is the retry).
+PROVIDER_TIMEOUT_CAP_S = 10.0
+
+# A provider job's result: (position in the config, line); position -1 is a provider line.
+Placed = tuple[int, Check]
+
+
+def provider_checks(settings, offline: bool = False) -> list[Check]:
+    """Whether each role's models are available where its provider serves them.
+
+    Together: the serverless catalogue (the 3.x client's list, or GET /v1/models), checked only
+    with a key and never with ``offline``. Ollama: /api/tags, and /api/show for a VLM's
+    "vision" capability; a local server counts as offline-capable, so it is checked always.
+    Each list is fetched once, both providers concurrently, in one event loop.
+    """
+    # (position, role, ref): lines come out in the config's order, whichever answers first.
+    wanted: dict[str, list[tuple[int, str, ModelRef]]] = {"together": [], "ollama": []}
+    position = 0
+    for role, refs in settings.criticore.refs().items():
+        for ref in dict.fromkeys(refs):  # a ref listed twice in one role: one line
+            if ref.provider in wanted:
+                wanted[ref.provider].append((position, role, ref))
+                position += 1
+    if not wanted["together"] and not wanted["ollama"]:
+        return []
+    together = settings.providers.together
+    key = os.environ.get(together.api_key_env) or ""
+    jobs = []
+    skipped: list[Check] = []
+    if wanted["ollama"]:
+        jobs.append(_ollama_checks(settings.providers.ollama, wanted["ollama"]))
+    if wanted["together"]:
+        if offline:
+            skipped.append(Check("together", "info", "catalogue not checked: --offline skips hosted checks"))
+        elif not key:
+            skipped.append(Check("together", "info", "catalogue not checked: no key"))
+        else:
+            jobs.append(_together_checks(together, wanted["together"]))
+
+    async def run_all() -> list[list[Placed]]:
+        return list(await asyncio.gather(*jobs))
+
+    found: list[Placed] = [(-1, check) for check in skipped]
+    if jobs:
+        for part in asyncio.run(run_all()):
+            found += part
+    # Provider lines (position -1) first, then one line per model in config order.
+    checks = [check for _, check in sorted(found, key=lambda item: item[0])]
+    if key.strip():
+        # Belt and braces: no server's error text may carry the key into the report.
+        for check in checks:
+            check.detail = check.detail.replace(key.strip(), "***")
+    return checks
+
+
+def _capped(config, **extra):
+    return config.model_copy(update={"timeout_s": min(config.timeout_s, PROVIDER_TIMEOUT_CAP_S), **extra})
+
+
+def _error_detail(error) -> str:
+    """A ProviderError as one line: what went wrong and what to do, never a traceback."""
+    return f"{error.message}; {error.fix}" if error.fix else error.message
+
+
+async def _close(provider) -> None:
+    try:
+        await provider.aclose()
+    except Exception:
+        pass  # a client that fails to close has nothing to tell the user
+
+
+async def _together_checks(config, wanted) -> list[Placed]:
+    from critifusion_tui.providers.base import (
+        ModelNotFoundError,
+        ProviderError,
+        ProviderTimeoutError,
+        closest_names,
+    )
+    from critifusion_tui.providers.together import MODELS_PAGE, TogetherProvider, api_root
+
+    capped = _capped(config, max_retries=0)
+    provider = TogetherProvider(capped)
+    deadline = 2 * capped.timeout_s + 1  # the catalogue may take more than one page
+
+    def provider_line(detail: str) -> list[Placed]:
+        return [(-1, Check("together", "fail", detail))]
+
+    try:
+        available = await asyncio.wait_for(provider.list_models(), deadline)
+    except ModelNotFoundError:
+        # Not a model's 404: the catalogue itself is missing, so the URL is the suspect.
+        where = api_root(config.base_url) or "api.together.ai"
+        return provider_line(f"catalogue not found at {where} (HTTP 404); check providers.together.base_url")
+    except (ProviderTimeoutError, asyncio.TimeoutError) as error:
+        # Doctor's own cut-off, not the configured timeout: say so rather than "raise timeout_s".
+        waited = capped.timeout_s if isinstance(error, ProviderTimeoutError) else deadline
+        where = api_root(config.base_url) or "api.together.ai"
+        return provider_line(f"catalogue not checked: no answer from {where} within {waited:g} s; try again")
+    except ProviderError as error:
+        return provider_line(f"catalogue not checked: {_error_detail(error)}")
+    except Exception as error:  # whatever the mapping missed is still one line, no traceback
+        return provider_line(f"catalogue not checked: {type(error).__name__}: {error}")
+    finally:
+        await _close(provider)
+    names = set(available)
+    placed: list[Placed] = []
+    for pos, role, ref in wanted:
+        if ref.name in names:
+            placed.append((pos, Check(role, "ok", f"{ref} available")))
+            continue
+        close = closest_names(ref.name, available)
+        hint = f"closest: {', '.join(close)}" if close else f"no close names; see {MODELS_PAGE}"
+        placed.append((pos, Check(role, "fail", f"{ref} not available on Together; {hint}")))
+    return placed
+
+
+async def _ollama_checks(config, wanted) -> list[Placed]:
+    from critifusion_tui.providers.base import (
+        ModelNotFoundError,
+        ProviderConnectionError,
+        ProviderError,
+        ProviderTimeoutError,
+        closest_names,
+    )
+    from critifusion_tui.providers.ollama import OllamaProvider, model_listed
+
+    capped = _capped(config)
+    provider = OllamaProvider(capped)
+    host = config.host
+    limit = capped.timeout_s + 1
+
+    def provider_line(detail: str) -> list[Placed]:
+        return [(-1, Check("ollama", "fail", detail))]
+
+    try:
+        try:
+            available = await asyncio.wait_for(provider.list_models(), limit)
+        except ProviderConnectionError as error:
+            if error.status is not None:  # a 5xx is an answer, in its own words
+                return provider_line(_error_detail(error))
+            return provider_line(f"Ollama at {host} does not answer: is `ollama serve` running?")
+        except (ProviderTimeoutError, asyncio.TimeoutError):
+            return provider_line(
+                f"Ollama at {host} does not answer within {capped.timeout_s:g} s: is `ollama serve` running?"
+            )
+        except ModelNotFoundError:
+            return provider_line(
+                f"{host} answers, but not /api/tags (HTTP 404): is it an Ollama server? check providers.ollama.host"
+            )
+        except ProviderError as error:
+            return provider_line(_error_detail(error))
+        except Exception as error:
+            return provider_line(f"models not checked: {type(error).__name__}: {error}")
+
+        async def vision(name: str) -> bool | str:
+            try:
+                return await asyncio.wait_for(provider.has_vision(name), limit)
+            except ProviderError as error:
+                return _error_detail(error)
+            except asyncio.TimeoutError:
+                return f"no answer from Ollama within {capped.timeout_s:g} s"
+            except Exception as error:
+                return f"{type(error).__name__}: {error}"
+
+        # Vision is asked once per distinct pulled VLM, all at once.
+        vlms = list(dict.fromkeys(
+            ref.name for _, role, ref in wanted if role == "vlms" and model_listed(ref.name, available)
+        ))
+        answers = dict(zip(vlms, await asyncio.gather(*(vision(name) for name in vlms))))
+    finally:
+        await _close(provider)
+
+    placed: list[Placed] = []
+    for pos, role, ref in wanted:
+        if not model_listed(ref.name, available):
+            close = closest_names(ref.name, available)
+            hint = f"; closest: {', '.join(close)}" if close else ""
+            check = Check(role, "fail", f"{ref} not pulled; run `ollama pull {ref.name}`{hint}")
+        elif role != "vlms":
+            check = Check(role, "ok", f"{ref} available")
+        elif answers[ref.name] is True:
+            check = Check(role, "ok", f"{ref} available (vision)")
+        elif answers[ref.name] is False:
+            check = Check(role, "fail", f"{ref.name} has no vision capability; pick a vision model such as llava")
+        else:
+            check = Check(role, "fail", f"{ref} vision not checked: {answers[ref.name]}")
+        placed.append((pos, check))
+    return placed
+
+
 def model_checks(settings) -> list[Check]:
     """Where the diffusion weights would come from: nothing here downloads anything."""
     model = settings.diffusion.model
@@ -198,7 +394,10 @@ def run_doctor(config_path=None, overrides=(), offline: bool = False) -> int:
     sections = [
         ("System", system_checks() + torch_checks()),
         ("Configuration", config),
-        ("Models by role" + (" (offline: hosted checks skipped)" if offline else ""), role_checks(settings)),
+        (
+            "Models by role" + (" (offline: hosted checks skipped)" if offline else ""),
+            role_checks(settings) + provider_checks(settings, offline),
+        ),
         ("Diffusion", model_checks(settings)),
         ("Terminal", terminal_checks(settings)),
         ("Output", output_checks(settings)),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from tests.loopback import unused_port
+
 OFFLINE_ROLES = [
     "--set", "criticore.candidates=['rules']",
     "--set", "criticore.aggregator=rules",
@@ -35,6 +37,8 @@ def test_report_covers_system_config_roles_model_terminal(env, tmp_path):
         " export your Together key" in out
     )
     assert out.count("TOGETHER_API_KEY") == 1
+    # Without a key the catalogue is not asked for (the key line has already failed).
+    assert "together         catalogue not checked: no key" in out
     assert "stabilityai/stable-diffusion-xl-base-1.0 is not in the cache and HF_HUB_OFFLINE is set" in out
     assert "not run in a terminal: detection skipped" in out
     assert proc.returncode == 1 and "problem(s) found" in out
@@ -42,9 +46,19 @@ def test_report_covers_system_config_roles_model_terminal(env, tmp_path):
 
 def test_key_variables_are_reported_never_shown(env, tmp_path):
     env = dict(env, TOGETHER_API_KEY="sk-very-secret-value")
-    proc = doctor(env=env, cwd=tmp_path)
+    # With a key, doctor asks Together for its catalogue: here a loopback port nobody
+    # listens on, never the real service.
+    root = f"http://127.0.0.1:{unused_port()}"
+    proc = doctor("--set", f"providers.together.base_url='{root}'", env=env, cwd=tmp_path)
     assert "$TOGETHER_API_KEY is set (needed by 7 model(s)" in proc.stdout
     assert "sk-very-secret-value" not in proc.stdout + proc.stderr
+    # An unreachable service is one line with what to do, not a traceback per model.
+    assert (
+        f"catalogue not checked: cannot reach Together at {root};"
+        " check the network connection and providers.together.base_url" in proc.stdout
+    )
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.returncode == 1
 
 
 def test_offline_setup_passes(env, tmp_path):
