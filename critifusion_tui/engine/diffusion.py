@@ -283,12 +283,20 @@ def _classify(model: str) -> _Source:
 
 
 class _QuietLoad:
-    """Silence diffusers / transformers / hub tqdm bars while loading (the TUI owns stderr)."""
+    """Silence diffusers / transformers / hub tqdm bars and their import-time warnings while
+    loading (the TUI owns stderr; "CLIPImageProcessor requires torchvision" is not news to a
+    user who only runs diffusion). Errors still raise and are reported by the engine."""
 
     def __enter__(self) -> _QuietLoad:
-        from diffusers.utils import logging as dlog
+        # transformers' logging module is light; set it before diffusers imports the rest.
         from transformers.utils import logging as tlog
 
+        self._t_level = tlog.get_verbosity()
+        tlog.set_verbosity_error()
+        from diffusers.utils import logging as dlog
+
+        self._d_level = dlog.get_verbosity()
+        dlog.set_verbosity_error()
         self._d, self._t = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
         dlog.disable_progress_bar()
         tlog.disable_progress_bar()
@@ -298,6 +306,8 @@ class _QuietLoad:
         from diffusers.utils import logging as dlog
         from transformers.utils import logging as tlog
 
+        dlog.set_verbosity(self._d_level)
+        tlog.set_verbosity(self._t_level)
         if self._d:
             dlog.enable_progress_bar()
         if self._t:
