@@ -176,6 +176,9 @@ def unused_port() -> int:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a hung handler must not hold up the end of a test
+    # Stages 1 and 2 together open 10 connections at once; socketserver's backlog of 5 lets
+    # the kernel drop a SYN, and the client's retransmit then costs exactly 1 s.
+    request_queue_size = 64
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         import sys
