@@ -1,0 +1,108 @@
+"""The typed events every front end consumes.
+
+The engine emits these through one callback (`Emit`); the app turns them into Textual
+messages, the headless runner into progress lines. They carry plain data only (strings,
+numbers, paths), never widgets or tensors, so any front end can hold on to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The stages of one run, in order (SPEC 1, 2, 3, 4, 6).
+STAGES = ("tags", "components", "base", "critique", "refine")
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of all events; `stage` is one of STAGES, or "" for run-wide events."""
+
+    stage: str
+
+
+@dataclass(frozen=True)
+class StageStarted(Event):
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class StageFinished(Event):
+    seconds: float = 0.0
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class StageFailed(Event):
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class StageSkipped(Event):
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CandidateStarted(Event):
+    """One model of a role began its call. `role`: candidate, aggregator or vlm."""
+
+    role: str = ""
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class CandidateDelta(Event):
+    """A piece of a model's streamed answer, already cleaned (no escapes, no <think>)."""
+
+    role: str = ""
+    model: str = ""
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class CandidateFinished(Event):
+    role: str = ""
+    model: str = ""
+    text: str = ""
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class DiffusionStep(Event):
+    """Step `step` (1-based) of `total` done, `elapsed` seconds since the pass began."""
+
+    step: int = 0
+    total: int = 0
+    elapsed: float = 0.0
+
+
+@dataclass(frozen=True)
+class ImageReady(Event):
+    path: Path = Path()
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class GateOpened(Event):
+    """The run waits for a person: `fields` holds what they may edit before it goes on."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Notice(Event):
+    """Something the user should see: a retry, a fallback, a warning. level: info, warning, error."""
+
+    level: str = "info"
+    message: str = ""
+
+
+Emit = Callable[[Event], None]
+
+
+def ignore(_event: Event) -> None:
+    """An Emit that drops every event (library use without a front end)."""

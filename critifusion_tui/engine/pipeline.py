@@ -1,0 +1,554 @@
+"""The run pipeline: stages in the method's order, gates for a person, a run folder kept
+up to date after every stage, cancellation at any point, resume after a crash.
+
+A :class:`Session` holds what lives as long as the program: the settings, the provider
+router (one client per backend) and the diffusion model (loaded once). A :class:`Run` is one
+prompt through the method. Each stage is a method of its own, so a front end can run the
+stages one at a time, re-run one with edited inputs (``edit`` records who changed what), or
+let :meth:`Run.run_all` drive them with gates in between. Every front end listens to the same
+events (:mod:`.events`); headless gates answer at once.
+
+Blocking diffusion work runs in a worker thread so the event loop (and the app) stays
+responsive; its progress comes back to the loop thread before it is emitted, and a cancel of
+the awaiting task tells the thread to stop within one denoising step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from critifusion_tui import __version__
+from critifusion_tui.engine.criticore import CritiCore, CritiqueResult
+from critifusion_tui.engine.events import (
+    DiffusionStep,
+    Emit,
+    Event,
+    GateOpened,
+    ImageReady,
+    Notice,
+    StageFailed,
+    StageFinished,
+    StageSkipped,
+    StageStarted,
+    ignore,
+)
+from critifusion_tui.engine.store import RunStore
+
+VARIANTS = ("full", "all")
+# The stages of the full method, and of the comparison branch that refines the base made
+# from the user's own prompt (SPEC 7, "criticore_on_original__specfusion").
+FULL_STAGES = ("tags", "components", "base", "critique", "refine")
+ORIGINAL_STAGES = ("base_original", "critique_original", "refine_original")
+# A stage's outputs feed the stages after it: re-running one forgets these.
+DOWNSTREAM = {
+    "tags": ("base", "critique", "refine"),
+    "components": ("critique", "refine", "critique_original", "refine_original"),
+    "base": ("critique", "refine"),
+    "critique": ("refine",),
+    "refine": (),
+    "base_original": ("critique_original", "refine_original"),
+    "critique_original": ("refine_original",),
+    "refine_original": (),
+}
+LATENT_FILE = {"base": "base_latent.safetensors", "base_original": "base_original_latent.safetensors"}
+IMAGE_FILE = {
+    "base": "base.png",
+    "refine": "refined.png",
+    "base_original": "base_original.png",
+    "refine_original": "refined_original.png",
+}
+
+
+class RunFailed(Exception):
+    """A stage failed in a way the method cannot go on from; the message says what and why."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        self.stage = stage
+        self.message = message
+        super().__init__(f"{stage}: {message}")
+
+
+# A gate shows `fields` to a person and returns them, edited or not. It may also return
+# {"skip_critique": True} at the "tags" gate.
+Gate = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def pass_through(name: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The headless gate: nobody is there to edit, so everything goes on unchanged."""
+    return fields
+
+
+def versions(model: str) -> dict[str, str]:
+    """Package versions for the manifest, read from metadata (importing nothing heavy)."""
+    found = {"critifusion-tui": __version__, "model": model}
+    for dist in ("torch", "diffusers", "transformers"):
+        with suppress(importlib.metadata.PackageNotFoundError):
+            found[dist] = importlib.metadata.version(dist)
+    return found
+
+
+class Session:
+    """What outlives one run: settings, the provider clients, the loaded diffusion model."""
+
+    def __init__(self, settings, *, router=None, diffusion=None) -> None:
+        from critifusion_tui.engine.diffusion import Diffusion
+        from critifusion_tui.providers.router import ProviderRouter
+
+        self.settings = settings
+        self.router = router or ProviderRouter(settings)
+        self.diffusion = diffusion or Diffusion.from_config(settings.diffusion)
+
+    async def aclose(self) -> None:
+        await self.router.aclose()
+
+    def new_run(
+        self, prompt: str, *, seed: int | None = None, out: Path | None = None,
+        variants: str = "full", emit: Emit = ignore,
+    ) -> Run:
+        """A fresh run folder for `prompt` (exactly `out` when given)."""
+        from critifusion_tui.config import settings_for_manifest
+
+        if variants not in VARIANTS:
+            raise ValueError(f"variants must be one of {', '.join(VARIANTS)}, got {variants!r}")
+        if not prompt.strip():
+            raise ValueError("the prompt is empty")
+        seed = self.settings.diffusion.seed if seed is None else seed
+        store = RunStore.create(
+            prompt=prompt.strip(),
+            seed=seed,
+            config=settings_for_manifest(self.settings),
+            versions=versions(self.settings.diffusion.model),
+            output_dir=self.settings.output.path(),
+            folder=out,
+            extra={"variants": variants, "tiny_random": self.diffusion.is_tiny_random},
+        )
+        return Run(self, store, emit=emit)
+
+    def resume(self, folder: Path, *, emit: Emit = ignore) -> Run:
+        """Reopen a run folder; the stages it completed are not run again.
+
+        The manifest's config becomes the settings this session goes on with (the run's own,
+        plus any override given now), and the resume is noted with its time.
+        """
+        from datetime import datetime, timezone
+
+        from critifusion_tui.config import settings_for_manifest
+
+        store = RunStore.open(folder)
+        store.manifest["config"] = settings_for_manifest(self.settings)
+        store.manifest["status"] = "running"
+        store.manifest.setdefault("resumed", []).append(
+            datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+        )
+        store.write_manifest()
+        return Run(self, store, emit=emit)
+
+
+@dataclass
+class RefineParams:
+    """What one SpecFusion pass uses (SPEC 6), as the manifest records it."""
+
+    strength: float
+    guidance: float
+    steps: int
+    rho_t: float
+    base_c: float
+    noise_std: float
+    seed: int
+    mode: str
+    alignment: float | None = None
+
+
+class Run:
+    """One prompt through the method, stage by stage, saved as it goes."""
+
+    def __init__(self, session: Session, store: RunStore, *, emit: Emit = ignore) -> None:
+        self.session = session
+        self.store = store
+        self.emit = emit
+        self.criticore = CritiCore.from_settings(session.router, session.settings, emit=self._emit)
+        self._latents: dict[str, Any] = {}
+        # The typed results of this process's stages: a re-run of one model keeps the others.
+        self._results: dict[str, Any] = {}
+        # The prompts a person may steer, with who wrote them; restored on resume.
+        self.prompts: dict[str, dict[str, Any]] = store.manifest.setdefault("prompts", {})
+
+    # ---------------------------------------------------------------- plumbing
+
+    @property
+    def settings(self):
+        return self.session.settings
+
+    @property
+    def prompt(self) -> str:
+        return self.store.manifest["prompt"]
+
+    @property
+    def seed(self) -> int:
+        return self.store.manifest["seed"]
+
+    @property
+    def folder(self) -> Path:
+        return self.store.folder
+
+    def _emit(self, event: Event) -> None:
+        self.emit(event)
+
+    def done(self, stage: str) -> bool:
+        return self.store.stage(stage) is not None
+
+    def text(self, name: str) -> Any:
+        """The current value of a steerable prompt (positive, negative, components, refinement)."""
+        entry = self.prompts.get(name)
+        return entry["value"] if entry else None
+
+    def _set_prompt(self, name: str, value: Any, by: str) -> None:
+        self.prompts[name] = {"value": value, "by": by}
+
+    def edit(self, name: str, value: Any, by: str = "user") -> None:
+        """A person (or a picked model) changed a prompt: keep it, record the edit, and forget
+        the stages that used the old value."""
+        before = self.text(name)
+        if before == value:
+            return
+        self._set_prompt(name, value, by)
+        self.store.record_edit(_EDIT_STAGE.get(name, name), name, _as_text(before), _as_text(value), by=by)
+        for stage in _USED_BY.get(name, ()):
+            self.forget(stage)
+
+    def forget(self, stage: str) -> None:
+        """Mark `stage` and everything that depends on it as not done."""
+        for name in (stage, *DOWNSTREAM.get(stage, ())):
+            self.store.forget_stage(name)
+            self._latents.pop(name, None)
+
+    async def _stage(self, name: str, work: Callable[[], Awaitable[dict[str, Any]]], detail: str = "") -> dict[str, Any]:
+        """Run one stage: events, timing, the record saved, failures recorded and re-raised."""
+        self._emit(StageStarted(name, detail))
+        started = time.perf_counter()
+        try:
+            record = await work()
+        except asyncio.CancelledError:
+            self._emit(StageFailed(name, "cancelled", time.perf_counter() - started))
+            raise
+        except RunFailed as exc:
+            seconds = time.perf_counter() - started
+            self.store.fail_stage(name, exc.message, seconds=round(seconds, 3))
+            self._emit(StageFailed(name, exc.message, seconds))
+            raise
+        seconds = time.perf_counter() - started
+        record.setdefault("seconds", round(seconds, 3))
+        self.store.save_stage(name, record)
+        self._emit(StageFinished(name, seconds))
+        return record
+
+    async def _in_thread(self, stage: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """Run blocking diffusion work in a thread, with progress events and cancellation."""
+        from critifusion_tui.engine.diffusion import DiffusionCancelled, DiffusionError
+
+        loop = asyncio.get_running_loop()
+        cancel = threading.Event()
+        started = time.perf_counter()
+
+        def on_step(done: int, total: int) -> None:
+            event = DiffusionStep(stage, step=done, total=total, elapsed=time.perf_counter() - started)
+            loop.call_soon_threadsafe(self._emit, event)
+
+        future = loop.run_in_executor(None, partial(fn, on_step=on_step, cancel=cancel, **kwargs))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancel.set()  # the thread stops within one step; wait so the GPU is free again
+            with suppress(DiffusionCancelled):
+                await future
+            raise
+        except DiffusionError as exc:
+            raise RunFailed(stage, str(exc)) from None
+
+    async def _blocking(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Other blocking work (loading, decoding) off the loop; errors become RunFailed."""
+        from critifusion_tui.engine.diffusion import DiffusionError
+
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except DiffusionError as exc:
+            raise RunFailed(stage, str(exc)) from None
+
+    # ---------------------------------------------------------------- stages 1 and 2
+
+    async def text_stages(self) -> None:
+        """Tags and components, concurrently (SPEC 1 and 2 are independent)."""
+        todo = [s for s in ("tags", "components") if not self.done(s)]
+        await asyncio.gather(*(getattr(self, f"{s}_stage")() for s in todo))
+
+    async def tags_stage(self, *, only=None) -> dict[str, Any]:
+        async def work() -> dict[str, Any]:
+            result = await self.criticore.tags(self.prompt, only=only, previous=self._previous("tags"))
+            self._results["tags"] = result
+            winner = next((a.model for a in reversed(result.aggregator) if a.ok), None)
+            self._set_prompt("positive", result.positive, f"aggregator:{winner}" if winner else result.source)
+            self._set_prompt("negative", result.negative, f"preset:{result.preset}")
+            return result.record()
+
+        self.forget("tags")
+        return await self._stage("tags", work)
+
+    async def components_stage(self, *, only=None) -> dict[str, Any]:
+        async def work() -> dict[str, Any]:
+            result = await self.criticore.components(self.prompt, only=only, previous=self._previous("components"))
+            self._results["components"] = result
+            self._set_prompt("components", result.components, result.source)
+            return result.record()
+
+        self.forget("components")
+        return await self._stage("components", work)
+
+    def _previous(self, stage: str):
+        return self._results.get(stage)
+
+    # ---------------------------------------------------------------- stage 3: base image
+
+    async def load_model(self) -> None:
+        """Load the diffusion model (once per session), reporting it as part of `stage`."""
+        if not self.session.diffusion.loaded:
+            self._emit(Notice("base", "info", f"loading {self.settings.diffusion.model}"))
+            await self._blocking("base", self.session.diffusion.load)
+
+    async def base_stage(self, *, original: bool = False) -> dict[str, Any]:
+        """SPEC 3: the base latent (kept for the refinement) and its image."""
+        name = "base_original" if original else "base"
+        cfg = self.settings.diffusion
+        if original:
+            prompt, negative = self.prompt, cfg.negative  # the comparison base: the user's words
+        else:
+            prompt, negative = self.text("positive"), self.text("negative")
+            if prompt is None:
+                raise RunFailed(name, "the tags stage has not run")
+
+        async def work() -> dict[str, Any]:
+            await self.load_model()
+            diffusion = self.session.diffusion
+            latent = await self._in_thread(
+                name, diffusion.base_latent, prompt=prompt, negative=negative, width=cfg.width,
+                height=cfg.height, steps=cfg.steps, guidance=cfg.guidance, seed=self.seed,
+            )
+            self._latents[name] = latent
+            await asyncio.to_thread(self.store.write_latent, LATENT_FILE[name], latent)
+            image = await self._blocking(name, diffusion.decode, latent)
+            png = await self._save_png(name, image, prompt, negative, self.seed)
+            return {
+                "prompt": prompt, "negative": negative, "image": png, "latent": LATENT_FILE[name],
+                "seed": self.seed, "steps": cfg.steps, "guidance": cfg.guidance,
+                "width": cfg.width, "height": cfg.height,
+            }
+
+        self.forget(name)
+        return await self._stage(name, work, detail=f"{cfg.width}x{cfg.height}, {cfg.steps} steps")
+
+    async def _save_png(self, stage: str, image, prompt: str, negative: str, seed: int) -> str:
+        """Encode and write the PNG off the loop (a 1024 px PNG takes a noticeable moment)."""
+        label = "tiny-random: noise" if self.session.diffusion.is_tiny_random else ""
+        chunks = {"prompt": prompt, "negative": negative, "seed": str(seed), "Software": f"critifusion-tui {__version__}"}
+        name = await asyncio.to_thread(self.store.write_png, IMAGE_FILE[stage], image, chunks)
+        self._emit(ImageReady(stage, path=self.store.path(name), label=label))
+        return name
+
+    def latent(self, stage: str):
+        """A base latent, from memory or from the run folder (after a resume)."""
+        if stage not in self._latents:
+            record = self.store.stage(stage)
+            if record is None:
+                raise RunFailed(stage, f"the {stage} stage has not run")
+            self._latents[stage] = self.store.read_latent(record["latent"])
+        return self._latents[stage]
+
+    # ---------------------------------------------------------------- stage 4: critique
+
+    async def critique_stage(self, *, original: bool = False, only=None) -> dict[str, Any]:
+        """SPEC 4: the VLMs criticise the base image against the components."""
+        name = "critique_original" if original else "critique"
+        base = "base_original" if original else "base"
+        record = self.store.stage(base)
+        if record is None:
+            raise RunFailed(name, f"the {base} stage has not run")
+        png = self.store.path(record["image"]).read_bytes()
+        components = self.text("components") or []
+
+        async def work() -> dict[str, Any]:
+            result: CritiqueResult = await self.criticore.critique(
+                png, record["prompt"], components,
+                ask_alignment=self.settings.specfusion.mode == "adaptive",
+                only=only, previous=self._previous(name),
+            )
+            self._results[name] = result
+            tags_positive = self.text("positive") or self.prompt
+            refinement = self.criticore.refinement_prompt(result, tags_positive)
+            self._set_prompt("refinement_original" if original else "refinement", refinement, f"critique:{result.source}")
+            return {**result.record(), "refinement_prompt": refinement}
+
+        self.forget(name)
+        return await self._stage(name, work)
+
+    def skip_critique(self, *, original: bool = False) -> None:
+        """No critique: the refinement prompt is the stage-1 tags merged with nothing."""
+        name = "critique_original" if original else "critique"
+        self.forget(name)
+        tags_positive = self.text("positive") or self.prompt
+        prompt = self.criticore.refinement_prompt("", tags_positive)
+        self._set_prompt("refinement_original" if original else "refinement", prompt, "tags (critique skipped)")
+        self.store.save_stage(name, {"skipped": True, "refinement_prompt": prompt, "seconds": 0})
+        self._emit(StageSkipped(name, "skipped by the user"))
+
+    # ---------------------------------------------------------------- stage 6: SpecFusion
+
+    def refine_params(self, *, original: bool = False) -> RefineParams:
+        """SPEC 6: fixed (from last_k) or adaptive (CADR from the critic's alignment)."""
+        from critifusion_tui.engine.specfusion import (
+            cadr_from_alignment,
+            guidance_for_last_k,
+            refine_seed,
+            strength_for_last_k,
+        )
+
+        spec = self.settings.specfusion
+        seed = refine_seed(self.seed, spec.last_k, on_original=original)
+        critique = self.store.stage("critique_original" if original else "critique") or {}
+        alignment = critique.get("alignment")
+        if spec.mode == "adaptive":
+            if alignment is not None:
+                cadr = cadr_from_alignment(alignment)
+                return RefineParams(
+                    cadr.strength, cadr.guidance, cadr.steps, cadr.rho_t, spec.base_c, spec.noise_std,
+                    seed, "adaptive", alignment,
+                )
+            self._emit(Notice("refine", "warning", "adaptive mode: no alignment rating from the critic, using the fixed rule"))
+        guidance = spec.guidance if spec.guidance is not None else guidance_for_last_k(spec.last_k)
+        return RefineParams(
+            strength_for_last_k(spec.last_k, spec.total_steps), guidance, spec.total_steps,
+            spec.rho_t, spec.base_c, spec.noise_std, seed, "fixed", alignment,
+        )
+
+    async def refine_stage(self, *, original: bool = False) -> dict[str, Any]:
+        name = "refine_original" if original else "refine"
+        base = "base_original" if original else "base"
+        prompt = self.text("refinement_original" if original else "refinement")
+        if prompt is None:
+            raise RunFailed(name, "the critique stage has not run (or been skipped)")
+        negative = self.settings.diffusion.negative
+        params = self.refine_params(original=original)
+
+        async def work() -> dict[str, Any]:
+            from critifusion_tui.engine.specfusion import frequency_fusion
+
+            await self.load_model()
+            diffusion = self.session.diffusion
+            x_lo = self.latent(base)
+            x_hi = await self._in_thread(
+                name, diffusion.img2img_latent, latent=x_lo, prompt=prompt, negative=negative,
+                strength=params.strength, guidance=params.guidance, steps=params.steps, seed=params.seed,
+            )
+
+            def fuse_and_decode():
+                fused = frequency_fusion(
+                    x_hi, x_lo.to(x_hi.device, x_hi.dtype), base_c=params.base_c, rho_t=params.rho_t,
+                    noise_std=params.noise_std, generator=diffusion.generator(params.seed),
+                )
+                return diffusion.decode(fused)
+
+            image = await self._blocking(name, fuse_and_decode)
+            png = await self._save_png(name, image, prompt, negative, params.seed)
+            return {
+                "prompt": prompt, "negative": negative, "strength": params.strength,
+                "guidance": params.guidance, "steps": params.steps, "rho_t": params.rho_t,
+                "base_c": params.base_c, "noise_std": params.noise_std, "seed": params.seed,
+                "mode": params.mode, "image": png,
+                **({"alignment": params.alignment} if params.alignment is not None else {}),
+            }
+
+        self.forget(name)
+        return await self._stage(name, work, detail=f"strength {params.strength:.2f}, {params.mode}")
+
+    # ---------------------------------------------------------------- the whole method
+
+    async def run_all(self, gate: Gate = pass_through) -> dict[str, Any]:
+        """Every stage not yet done, in order, with the two gates; returns the manifest."""
+        try:
+            await self.text_stages()
+            skip_critique = False
+            if not self.done("base"):
+                answer = await self._gate(
+                    gate, "tags",
+                    {"positive": self.text("positive"), "negative": self.text("negative"),
+                     "components": self.text("components")},
+                )
+                skip_critique = bool(answer.get("skip_critique"))
+                await self.base_stage()
+            if not self.done("critique"):
+                if skip_critique:
+                    self.skip_critique()
+                else:
+                    await self.critique_stage()
+            if not self.done("refine"):
+                await self._gate(gate, "refine", {"refinement": self.text("refinement")})
+                await self.refine_stage()
+            if self.store.manifest.get("variants") == "all":
+                await self._original_branch()
+        except asyncio.CancelledError:
+            self.store.finish("cancelled")
+            raise
+        except RunFailed:
+            self.store.finish("failed")
+            raise
+        self.store.finish("done")
+        return self.store.manifest
+
+    async def _original_branch(self) -> None:
+        """SPEC 7's comparison variants: the user's prompt as base, criticised and refined."""
+        if not self.done("base_original"):
+            await self.base_stage(original=True)
+        if not self.done("critique_original"):
+            await self.critique_stage(original=True)
+        if not self.done("refine_original"):
+            await self.refine_stage(original=True)
+
+    async def _gate(self, gate: Gate, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+        self._emit(GateOpened(name, dict(fields)))
+        answer = await gate(name, dict(fields))
+        for key, value in answer.items():
+            if key in fields and value != fields[key]:
+                self.edit(key, value)
+        return answer
+
+    def png_bytes(self, stage: str) -> bytes:
+        record = self.store.stage(stage)
+        if record is None:
+            raise RunFailed(stage, f"the {stage} stage has not run")
+        return self.store.path(record["image"]).read_bytes()
+
+
+# Which stage's record an edit belongs to, and which stages used the edited value.
+_EDIT_STAGE = {"positive": "tags", "negative": "tags", "components": "components", "refinement": "critique"}
+_USED_BY = {
+    "positive": ("base",),
+    "negative": ("base",),
+    "components": ("critique", "critique_original"),
+    "refinement": ("refine",),
+    "refinement_original": ("refine_original",),
+}
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return "\n".join(str(v) for v in value)
+    return str(value)

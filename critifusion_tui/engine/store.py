@@ -1,0 +1,209 @@
+"""Run folders: one folder per run, a manifest, images and latents, written so a crash loses
+at most the stage in progress.
+
+Every file goes to a temporary name in the same folder, is flushed to disk, then renamed
+over its final name (a rename is atomic on one file system), and the manifest is rewritten
+after each stage. A run can therefore be reopened after a kill and resumed from the last
+stage the manifest marks done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import unicodedata
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "critifusion.run/1"
+MANIFEST = "manifest.json"
+SLUG_MAX = 40
+
+
+class StoreError(Exception):
+    """A run folder that cannot be created, read or resumed; the message says which and why."""
+
+
+def slugify(text: str, limit: int = SLUG_MAX) -> str:
+    """A file-name-safe, lower-case slug of a prompt ("A red fox!" -> "a-red-fox")."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    return slug[:limit].rstrip("-") or "run"
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write through `write(file)` to a temporary sibling, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunStore:
+    """One run's folder and its manifest."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+        self.folder = folder
+        self.manifest = manifest
+
+    # ---------------------------------------------------------------- creating and opening
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        prompt: str,
+        seed: int,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        output_dir: Path | None = None,
+        folder: Path | None = None,
+        now: datetime | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> RunStore:
+        """A new run: exactly `folder` when given (it must be empty or absent), else a fresh
+        `<date>-<time>-<slug>` folder under `output_dir`."""
+        now = now or datetime.now(timezone.utc).astimezone()
+        if folder is None:
+            if output_dir is None:
+                raise StoreError("a run needs an output folder or an explicit run folder")
+            folder = cls._fresh_folder(Path(output_dir), now, prompt)
+        else:
+            folder = Path(folder)
+            if (folder / MANIFEST).exists():
+                raise StoreError(
+                    f"{folder} already holds a run; resume it with --resume {folder} or choose another --out"
+                )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create run folder {folder}: {exc.strerror or exc}") from None
+        manifest = {
+            "schema": SCHEMA,
+            "prompt": prompt,
+            "seed": seed,
+            "created": now.isoformat(timespec="seconds"),
+            "versions": versions,
+            "config": config,
+            "status": "running",
+            "stages": {},
+            "edits": [],
+            **(extra or {}),
+        }
+        store = cls(folder, manifest)
+        store.write_manifest()
+        return store
+
+    @staticmethod
+    def _fresh_folder(output_dir: Path, now: datetime, prompt: str) -> Path:
+        base = f"{now:%Y%m%d-%H%M%S}-{slugify(prompt)}"
+        candidate = output_dir / base
+        n = 2
+        while candidate.exists():
+            candidate = output_dir / f"{base}-{n}"
+            n += 1
+        return candidate
+
+    @classmethod
+    def open(cls, folder: Path) -> RunStore:
+        """An existing run, for resuming or viewing."""
+        folder = Path(folder)
+        path = folder / MANIFEST
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise StoreError(f"{folder} is not a run folder (no {MANIFEST})") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise StoreError(f"{path}: cannot read the manifest: {exc}") from None
+        if manifest.get("schema") != SCHEMA:
+            raise StoreError(f"{path}: schema {manifest.get('schema')!r} is not {SCHEMA!r}")
+        return cls(folder, manifest)
+
+    # ---------------------------------------------------------------- stages
+
+    @property
+    def stages(self) -> dict[str, Any]:
+        return self.manifest["stages"]
+
+    def stage(self, name: str) -> dict[str, Any] | None:
+        """A stage's record when it completed, else None."""
+        record = self.stages.get(name)
+        return record if record and record.get("status") == "done" else None
+
+    def save_stage(self, name: str, record: dict[str, Any]) -> None:
+        """Record a completed stage and persist the manifest at once."""
+        self.stages[name] = {**record, "status": "done"}
+        self.write_manifest()
+
+    def fail_stage(self, name: str, error: str, **fields: Any) -> None:
+        self.stages[name] = {**fields, "status": "failed", "error": error}
+        self.write_manifest()
+
+    def forget_stage(self, name: str) -> None:
+        """Drop a stage so it runs again (a re-run with edited inputs)."""
+        if self.stages.pop(name, None) is not None:
+            self.write_manifest()
+
+    def record_edit(self, stage: str, field: str, before: str, after: str, by: str = "user") -> None:
+        """Who changed which prompt, and how: the manifest keeps every edit."""
+        self.manifest["edits"].append(
+            {
+                "stage": stage,
+                "field": field,
+                "by": by,
+                "before": before,
+                "after": after,
+                "at": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+            }
+        )
+        self.write_manifest()
+
+    def finish(self, status: str = "done") -> None:
+        self.manifest["status"] = status
+        self.write_manifest()
+
+    # ---------------------------------------------------------------- files
+
+    def write_manifest(self) -> None:
+        text = json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n"
+        atomic_write(self.folder / MANIFEST, lambda f: f.write(text), mode="w")
+
+    def write_png(self, name: str, image, text: dict[str, str]) -> str:
+        """Save a PIL image with `text` in its PNG text chunks; returns the relative path."""
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_itxt(key, str(value))
+        atomic_write(self.folder / name, lambda f: image.save(f, format="PNG", pnginfo=info))
+        return name
+
+    def write_latent(self, name: str, latent) -> str:
+        """Save a latent tensor (safetensors) so a refinement can be redone without the base."""
+        from safetensors.torch import save
+
+        data = save({"latent": latent.detach().to("cpu").contiguous()})
+        atomic_write(self.folder / name, lambda f: f.write(data))
+        return name
+
+    def read_latent(self, name: str):
+        from safetensors.torch import load
+
+        try:
+            return load((self.folder / name).read_bytes())["latent"]
+        except Exception as exc:  # OSError, a missing key, or safetensors' own error types
+            raise StoreError(f"{self.folder / name}: cannot read the latent: {exc}") from None
+
+    def path(self, relative: str) -> Path:
+        return self.folder / relative
