@@ -55,8 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     tui = sub.add_parser("tui", parents=[common], help="open the app (the default)")
     tui.add_argument("prompt", nargs="?", default="", help="prompt to start with")
 
-    run = sub.add_parser("run", parents=[common], help="run the whole method headless")
-    run.add_argument("prompt", help="what to draw")
+    run = sub.add_parser(
+        "run", parents=[common], help="run the whole method headless",
+        description="Run every stage without the app, saving each to a run folder as it completes.",
+    )
+    run.add_argument("prompt", nargs="?", help="what to draw")
+    run.add_argument("--out", metavar="DIR", help="the run folder (with --prompts: the folder of run folders)")
+    run.add_argument("--seed", type=int, help="seed of the base image (default: diffusion.seed)")
+    run.add_argument(
+        "--variants", choices=("full", "all"), default="full",
+        help="full: the method; all: also refine the base made from your own prompt (SPEC 7)",
+    )
+    run.add_argument("--json", action="store_true", help="print the run folder and a summary as JSON")
+    run.add_argument("--prompts", metavar="FILE", help="one prompt per line; finished ones are skipped")
+    run.add_argument("--resume", metavar="DIR", help="continue a run from its last completed stage")
 
     doctor = sub.add_parser("doctor", parents=[common], help="check Python, GPU, config, keys, model, terminal")
     doctor.add_argument("--offline", action="store_true", help="skip checks that need the network")
@@ -108,17 +120,19 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    given = [name for name in ("prompt", "prompts", "resume") if getattr(args, name)]
+    if len(given) != 1:
+        print("critifusion run: give exactly one of PROMPT, --prompts FILE or --resume DIR", file=sys.stderr)
+        return EXIT_USAGE
+    if args.seed is not None and args.seed < 0:
+        print("critifusion run: --seed must be 0 or more", file=sys.stderr)
+        return EXIT_USAGE
     loaded = _load(args)
     if loaded is None:
         return EXIT_USAGE
-    where = loaded.path or loaded.source
-    print(f"configuration ok ({where})")
-    print(
-        "critifusion run: generation is not built yet; this release checks the configuration "
-        "only. Nothing was generated.",
-        file=sys.stderr,
-    )
-    return EXIT_FAILED
+    from critifusion_tui.headless import run_command
+
+    return run_command(args, loaded)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,13 +79,6 @@ def test_usage_errors_exit_2(env, tmp_path):
 def test_options_before_the_subcommand_reach_it(env, tmp_path):
     proc = critifusion("--set", "diffusion.stpes=1", "run", "a fox", env=env, cwd=tmp_path)
     assert proc.returncode == 2 and "--set diffusion.stpes=1: unknown key" in proc.stderr
-
-
-def test_run_validates_and_says_generation_is_not_built(env, tmp_path):
-    proc = critifusion("run", "a fox", "--set", "diffusion.model=tiny-random", env=env, cwd=tmp_path)
-    assert proc.returncode == 1
-    assert "configuration ok (built-in defaults)" in proc.stdout
-    assert "generation is not built yet" in proc.stderr
 
 
 def test_app_without_a_terminal_says_so(env, tmp_path):

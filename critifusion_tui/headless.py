@@ -1,0 +1,295 @@
+"""`critifusion run`: the whole method without the app, for scripts, batches and SSH sessions.
+
+It drives the same pipeline as the app and prints its events: Rich progress on a terminal,
+plain lines when the output is piped (one line per event that matters, diffusion steps every
+10 %). With ``--json`` the progress goes to stderr and stdout gets one JSON summary.
+Model text is printed as plain text, never as Rich markup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from critifusion_tui.engine.events import (
+    CandidateFinished,
+    DiffusionStep,
+    Event,
+    ImageReady,
+    Notice,
+    StageFailed,
+    StageFinished,
+    StageSkipped,
+    StageStarted,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def describe(event: Event) -> str | None:
+    """One line for an event, or None for events not worth a line (streamed deltas)."""
+    tag = f"[{event.stage}]" if event.stage else "[run]"
+    if isinstance(event, StageStarted):
+        return f"{tag} started" + (f" ({event.detail})" if event.detail else "")
+    if isinstance(event, StageFinished):
+        return f"{tag} done in {event.seconds:.1f} s"
+    if isinstance(event, StageFailed):
+        return f"{tag} FAILED: {event.error}"
+    if isinstance(event, StageSkipped):
+        return f"{tag} skipped: {event.reason}"
+    if isinstance(event, CandidateFinished):
+        if event.error:
+            return f"{tag} {event.role} {event.model} failed: {event.error}"
+        return f"{tag} {event.role} {event.model} answered in {event.seconds:.1f} s"
+    if isinstance(event, Notice):
+        return f"{tag} {event.level}: {event.message}"
+    if isinstance(event, ImageReady):
+        return f"{tag} image {event.path}" + (f" ({event.label})" if event.label else "")
+    if isinstance(event, DiffusionStep):
+        every = max(1, event.total // 10)
+        if event.step == event.total or event.step % every == 0:
+            rate = event.step / event.elapsed if event.elapsed > 0 else 0.0
+            return f"{tag} step {event.step}/{event.total} ({rate:.2f} steps/s)"
+    return None
+
+
+class PlainReporter:
+    """Plain lines, flushed at once (a pipe to `tee` or a log file sees them live)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __call__(self, event: Event) -> None:
+        line = describe(event)
+        if line:
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class RichReporter:
+    """The same lines through Rich, plus a live progress bar for each diffusion pass."""
+
+    def __init__(self, stream: TextIO) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = Console(file=stream, highlight=False)
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+            console=self.console, transient=True,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.progress.start()
+
+    def __call__(self, event: Event) -> None:
+        from rich.text import Text
+
+        if isinstance(event, DiffusionStep):
+            task = self.tasks.get(event.stage)
+            if task is None:
+                task = self.tasks[event.stage] = self.progress.add_task(event.stage, total=event.total, rate="")
+            rate = event.step / event.elapsed if event.elapsed > 0 else 0.0
+            self.progress.update(task, completed=event.step, total=event.total, rate=f"{rate:.2f} steps/s")
+            return
+        if isinstance(event, (StageFinished, StageFailed)) and event.stage in self.tasks:
+            self.progress.remove_task(self.tasks.pop(event.stage))
+        line = describe(event)
+        if line:
+            style = "red" if isinstance(event, StageFailed) or getattr(event, "error", None) else (
+                "yellow" if isinstance(event, Notice) and event.level != "info" else None
+            )
+            # Text, not markup: model answers and prompts are data.
+            self.console.print(Text(line, style=style or ""))
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def make_reporter(stream: TextIO):
+    return RichReporter(stream) if stream.isatty() else PlainReporter(stream)
+
+
+@dataclass
+class Outcome:
+    """What one run produced, for the summary and the exit status."""
+
+    folder: Path | None = None
+    status: str = "failed"
+    error: str | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        stages = self.manifest.get("stages", {})
+        images = {
+            name: str(self.folder / record["image"])
+            for name, record in stages.items()
+            if isinstance(record, dict) and record.get("image") and record.get("status") == "done"
+        }
+        prompts = self.manifest.get("prompts", {})
+        return {
+            "folder": str(self.folder) if self.folder else None,
+            "status": self.status,
+            "error": self.error,
+            "prompt": self.manifest.get("prompt"),
+            "seed": self.manifest.get("seed"),
+            "positive": (prompts.get("positive") or {}).get("value"),
+            "refinement": (prompts.get("refinement") or {}).get("value"),
+            "images": images,
+            "seconds": {name: r.get("seconds") for name, r in stages.items() if isinstance(r, dict)},
+            "tiny_random": self.manifest.get("tiny_random", False),
+        }
+
+
+async def run_one(
+    session, outcomes: list[Outcome], *, prompt=None, resume=None, out=None, seed=None, variants="full", emit
+) -> Outcome:
+    """One run to its end; failures become an Outcome, cancellation propagates.
+
+    The outcome joins `outcomes` as soon as the run has a folder, so an interrupted run can
+    still say where its completed stages are.
+    """
+    from critifusion_tui.engine.pipeline import RunFailed
+    from critifusion_tui.engine.store import StoreError
+
+    outcome = Outcome()
+    outcomes.append(outcome)
+    try:
+        run = session.resume(resume, emit=emit) if resume else session.new_run(
+            prompt, seed=seed, out=out, variants=variants, emit=emit
+        )
+    except (StoreError, ValueError) as exc:
+        outcome.error = str(exc)
+        return outcome
+    outcome.folder = run.folder
+    emit(Notice("", "info", f"run folder {run.folder}"))
+    try:
+        outcome.manifest = await run.run_all()
+        outcome.status = "done"
+    except RunFailed as exc:
+        outcome.error = str(exc)
+        outcome.manifest = run.store.manifest
+    except asyncio.CancelledError:
+        outcome.status = "cancelled"
+        outcome.manifest = run.store.manifest
+        raise
+    finally:
+        if outcome.status != "done":
+            outcome.manifest = run.store.manifest
+    return outcome
+
+
+def batch_folder(parent: Path, index: int, prompt: str) -> Path:
+    """A prompt's folder in a batch: stable, so a second pass finds and skips it."""
+    from critifusion_tui.engine.store import slugify
+
+    return parent / f"{index:03d}-{slugify(prompt)}"
+
+
+def read_prompts(path: Path) -> list[str]:
+    """One prompt per line; blank lines and lines starting with # are skipped."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def run_command(args, loaded) -> int:
+    """The body of `critifusion run` once the configuration loaded."""
+    from critifusion_tui.engine.store import MANIFEST, RunStore, StoreError
+
+    out_stream = sys.stderr if args.json else sys.stdout
+    settings = loaded.settings
+    if args.resume:
+        try:
+            manifest = RunStore.open(Path(args.resume)).manifest
+        except StoreError as exc:
+            print(f"critifusion: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        from critifusion_tui.config import ConfigError, apply_override, validate
+
+        # A resumed run goes on with its own settings (plus any --set given now).
+        data = json.loads(json.dumps(manifest.get("config", {})))
+        try:
+            for item in args.overrides:
+                apply_override(data, item)
+            settings = validate(data, f"{args.resume}/{MANIFEST}", "", args.overrides)
+        except ConfigError as exc:
+            print(f"critifusion: configuration error\n{exc}", file=sys.stderr)
+            return EXIT_USAGE
+
+    jobs: list[dict[str, Any]]
+    if args.prompts:
+        try:
+            prompts = read_prompts(Path(args.prompts))
+        except OSError as exc:
+            print(f"critifusion: cannot read {args.prompts}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
+        parent = Path(args.out) if args.out else settings.output.path()
+        jobs = []
+        for index, prompt in enumerate(prompts, start=1):
+            folder = batch_folder(parent, index, prompt)
+            jobs.append({"prompt": prompt, "folder": folder})
+    elif args.resume:
+        jobs = [{"resume": Path(args.resume)}]
+    else:
+        jobs = [{"prompt": args.prompt, "folder": Path(args.out) if args.out else None}]
+
+    reporter = make_reporter(out_stream)
+    outcomes: list[Outcome] = []
+    interrupted = False
+
+    async def main() -> None:
+        from critifusion_tui.engine.pipeline import Session
+
+        session = Session(settings)
+        if session.diffusion.is_tiny_random:
+            reporter(Notice("", "warning", "diffusion.model is tiny-random: the images are noise"))
+        try:
+            for job in jobs:
+                folder = job.get("folder")
+                kwargs: dict[str, Any] = {"seed": args.seed, "variants": args.variants, "emit": reporter}
+                if "resume" in job:
+                    kwargs["resume"] = job["resume"]
+                elif folder is not None and (folder / MANIFEST).exists():
+                    status = RunStore.open(folder).manifest.get("status")
+                    if status == "done":
+                        reporter(Notice("", "info", f"skipping {job['prompt']!r}: already done in {folder}"))
+                        outcome = Outcome(folder, "done", manifest=RunStore.open(folder).manifest)
+                        outcomes.append(outcome)
+                        continue
+                    kwargs["resume"] = folder
+                else:
+                    kwargs.update(prompt=job["prompt"], out=folder)
+                started = time.perf_counter()
+                outcome = await run_one(session, outcomes, **kwargs)
+                if outcome.error:
+                    reporter(Notice("", "error", outcome.error))
+                else:
+                    reporter(Notice("", "info", f"finished in {time.perf_counter() - started:.1f} s: {outcome.folder}"))
+        finally:
+            await session.aclose()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        reporter.close()
+
+    if interrupted:
+        folder = next((o.folder for o in reversed(outcomes) if o.folder), None)
+        where = f"; completed stages are saved in {folder}" if folder else ""
+        resume = f"; resume with: critifusion run --resume {folder}" if folder else ""
+        print(f"critifusion: interrupted{where}{resume}", file=sys.stderr)
+    if args.json:
+        summaries = [o.summary() for o in outcomes]
+        print(json.dumps(summaries if args.prompts else (summaries[0] if summaries else {}), indent=2, ensure_ascii=False))
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if outcomes and all(o.status == "done" for o in outcomes) else EXIT_FAILED
