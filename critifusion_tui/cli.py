@@ -32,6 +32,10 @@ def _common_options() -> argparse.ArgumentParser:
         "-s", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override one config key, e.g. --set diffusion.steps=30 (repeatable)",
     )
+    common.add_argument(
+        "--demo", action="store_true",
+        help="offline demo: tiny random model (its images are noise) and the rules critic; no GPU, key or server",
+    )
     return common
 
 
@@ -99,12 +103,21 @@ def _with_default_command(argv: list[str]) -> list[str]:
     return ["tui", *argv]
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The --set items in force: --demo's offline settings first, so the user's still win."""
+    if not args.demo:
+        return args.overrides
+    from critifusion_tui.config import DEMO_OVERRIDES
+
+    return [*DEMO_OVERRIDES, *args.overrides]
+
+
 def _load(args: argparse.Namespace):
     """Load the configuration, or print why not; None means exit 2."""
     from critifusion_tui.config import ConfigError, load_config
 
     try:
-        return load_config(args.config, args.overrides)
+        return load_config(args.config, _overrides(args))
     except ConfigError as exc:
         print(f"critifusion: configuration error\n{exc}", file=sys.stderr)
         return None
@@ -132,13 +145,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from critifusion_tui.headless import run_command
 
-    return run_command(args, loaded)
+    return run_command(args, loaded, _overrides(args))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from critifusion_tui.doctor import run_doctor
 
-    return run_doctor(args.config, args.overrides, offline=args.offline)
+    return run_doctor(args.config, _overrides(args), offline=args.offline)
 
 
 COMMANDS = {"tui": cmd_tui, "run": cmd_run, "doctor": cmd_doctor}

@@ -40,6 +40,21 @@ DEFAULT_SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 SECRET_KEYS = frozenset({"api_key", "apikey", "api_token", "token", "secret", "password"})
 
 
+# `--demo`: everything offline and small, so a newcomer sees every stage in about a minute
+# with no GPU, key or server. Applied before the user's own --set, which still wins.
+DEMO_OVERRIDES = (
+    "diffusion.model=tiny-random",
+    "criticore.candidates=['rules']",
+    "criticore.aggregator=rules",
+    "criticore.vlms=['rules']",
+    "diffusion.width=256",
+    "diffusion.height=256",
+    "diffusion.steps=20",
+    "specfusion.total_steps=20",
+    "specfusion.last_k=15",
+)
+
+
 class ConfigError(Exception):
     """A configuration problem, already worded for the person who has to fix it."""
 

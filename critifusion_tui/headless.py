@@ -199,7 +199,7 @@ def read_prompts(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def run_command(args, loaded) -> int:
+def run_command(args, loaded, overrides: list[str] = ()) -> int:
     """The body of `critifusion run` once the configuration loaded."""
     from critifusion_tui.engine.store import MANIFEST, RunStore, StoreError
 
@@ -216,9 +216,9 @@ def run_command(args, loaded) -> int:
         # A resumed run goes on with its own settings (plus any --set given now).
         data = json.loads(json.dumps(manifest.get("config", {})))
         try:
-            for item in args.overrides:
+            for item in overrides:
                 apply_override(data, item)
-            settings = validate(data, f"{args.resume}/{MANIFEST}", "", args.overrides)
+            settings = validate(data, f"{args.resume}/{MANIFEST}", "", overrides)
         except ConfigError as exc:
             print(f"critifusion: configuration error\n{exc}", file=sys.stderr)
             return EXIT_USAGE

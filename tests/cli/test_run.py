@@ -169,3 +169,12 @@ def test_a_failing_model_exits_1_with_the_reason(env, tmp_path):
 def test_usage_errors_exit_2(env, tmp_path, args, message):
     proc = run_cli(*args, env=env, cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_demo_runs_offline_and_the_users_set_still_wins(env, tmp_path):
+    out = tmp_path / "demo"
+    proc = run_cli("--demo", "a red fox", "--set", "diffusion.steps=3", "--out", str(out), env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    config = manifest(out)["config"]
+    assert config["diffusion"]["model"] == "tiny-random" and config["criticore"]["vlms"] == ["rules"]
+    assert config["diffusion"]["steps"] == 3 and config["diffusion"]["width"] == 256
