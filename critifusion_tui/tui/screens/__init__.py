@@ -1,0 +1,1 @@
+"""Screens pushed over the main screen: log, settings, history, help, confirmations."""

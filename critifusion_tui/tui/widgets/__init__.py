@@ -1,0 +1,1 @@
+"""Widgets of the app: each shows one kind of thing and posts messages; none runs engine work."""
