@@ -315,6 +315,35 @@ class Run:
     def _previous(self, stage: str):
         return self._results.get(stage)
 
+    def result(self, stage: str):
+        """The typed result of a text stage run in this process (TagsResult, ComponentsResult,
+        CritiqueResult), or None (not run yet, or only known from the manifest)."""
+        return self._results.get(stage)
+
+    def use_answer(self, stage: str, model: str) -> None:
+        """Take one model's answer instead of the aggregate, recorded as written by that model."""
+        from critifusion_tui.engine.criticore import parse_components
+
+        result = self.result(stage)
+        if result is None:
+            raise ValueError(f"the {stage} stage has no answers in this session to choose from")
+        if stage == "tags":
+            self.edit("positive", result.positive_from(model), by=model)
+        elif stage == "components":
+            answer = next((a for a in result.candidates if a.model == model and a.ok), None)
+            if answer is None:
+                raise ValueError(f"{model} has no usable answer in the components stage")
+            self.edit("components", parse_components(answer.text), by=model)
+        elif stage in ("critique", "critique_original"):
+            critic = next((c for c in result.critics if c.answer.model == model and c.answer.ok), None)
+            if critic is None:
+                raise ValueError(f"{model} has no usable critique")
+            name = "refinement_original" if stage == "critique_original" else "refinement"
+            positive = self.text("positive") or self.prompt
+            self.edit(name, self.criticore.refinement_prompt(critic.refined, positive), by=model)
+        else:
+            raise ValueError(f"the {stage} stage has no model answers")
+
     # ---------------------------------------------------------------- stage 3: base image
 
     async def load_model(self) -> None:
@@ -536,7 +565,10 @@ class Run:
 
 
 # Which stage's record an edit belongs to, and which stages used the edited value.
-_EDIT_STAGE = {"positive": "tags", "negative": "tags", "components": "components", "refinement": "critique"}
+_EDIT_STAGE = {
+    "positive": "tags", "negative": "tags", "components": "components",
+    "refinement": "critique", "refinement_original": "critique_original",
+}
 _USED_BY = {
     "positive": ("base",),
     "negative": ("base",),

@@ -254,3 +254,29 @@ async def test_resume_skips_completed_stages(tmp_path, engine):
     assert manifest["status"] == "done" and manifest["stages"]["tags"] == tags_record
     assert [e.stage for e in events if isinstance(e, StageFinished)] == ["critique", "refine"]
     assert len(manifest["resumed"]) == 1
+
+
+async def test_taking_one_models_answer_is_recorded_as_written_by_it(tmp_path, engine, server, settings):
+    server.script("a", text="a red fox, snow, moonlight")
+    server.script("b", text='{"components": ["a red fox", "falling snow"]}')
+    server.script("c", text='{"components": ["a pine forest"]}')
+    data = offline_settings(tmp_path, str(engine.model)).model_dump()
+    data["providers"] = settings.providers.model_dump()
+    data["criticore"] = {"candidates": ["together:a", "together:b", "together:c"], "aggregator": "rules", "vlms": ["rules"]}
+    session = Session(Settings.model_validate(data), diffusion=engine)
+    run = session.new_run(PROMPT)
+    await run.text_stages()
+    # The rules aggregator merges b's and c's components; a's answer holds no JSON.
+    assert run.text("components") == ["a red fox", "falling snow", "a pine forest"]
+    run.use_answer("tags", "together:a")
+    assert run.prompts["positive"]["by"] == "together:a"
+    # SPEC 1.4 on that one answer: the prompt first, lighting before "other", the quality floor.
+    assert run.text("positive") == "a red fox in a forest, moonlight, a red fox, snow, high detailed, sharp focus, 8k, UHD"
+    run.use_answer("components", "together:b")
+    assert run.text("components") == ["a red fox", "falling snow"]
+    assert [e["by"] for e in run.store.manifest["edits"]] == ["together:a", "together:b"]
+    with pytest.raises(ValueError, match='no JSON object with a "components" list'):
+        run.use_answer("components", "together:a")
+    with pytest.raises(ValueError, match="has no answers in this session"):
+        run.use_answer("critique", "rules")
+    await session.aclose()
