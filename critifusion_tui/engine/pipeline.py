@@ -136,21 +136,13 @@ class Session:
     def resume(self, folder: Path, *, emit: Emit = ignore) -> Run:
         """Reopen a run folder; the stages it completed are not run again.
 
-        The manifest's config becomes the settings this session goes on with (the run's own,
-        plus any override given now), and the resume is noted with its time.
+        Opening changes nothing on disk (the app reopens runs just to look at them). When a
+        stage of the reopened run starts, the manifest's config becomes this session's
+        settings (the run's own, plus any override given now) and the resume is noted.
         """
-        from datetime import datetime, timezone
-
-        from critifusion_tui.config import settings_for_manifest
-
-        store = RunStore.open(folder)
-        store.manifest["config"] = settings_for_manifest(self.settings)
-        store.manifest["status"] = "running"
-        store.manifest.setdefault("resumed", []).append(
-            datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-        )
-        store.write_manifest()
-        return Run(self, store, emit=emit)
+        run = Run(self, RunStore.open(folder), emit=emit)
+        run.reopened = True
+        return run
 
 
 @dataclass
@@ -179,6 +171,7 @@ class Run:
         self._latents: dict[str, Any] = {}
         # The typed results of this process's stages: a re-run of one model keeps the others.
         self._results: dict[str, Any] = {}
+        self.reopened = False  # set by Session.resume: the first stage run notes the resume
         # The prompts a person may steer, with who wrote them; restored on resume.
         self.prompts: dict[str, dict[str, Any]] = store.manifest.setdefault("prompts", {})
 
@@ -231,8 +224,25 @@ class Run:
             self.store.forget_stage(name)
             self._latents.pop(name, None)
 
+    def _note_resume(self) -> None:
+        """A reopened run starts working again: say so, with the settings it goes on with."""
+        from datetime import datetime, timezone
+
+        from critifusion_tui.config import settings_for_manifest
+
+        self.reopened = False
+        manifest = self.store.manifest
+        manifest["config"] = settings_for_manifest(self.settings)
+        manifest["status"] = "running"
+        manifest.setdefault("resumed", []).append(datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"))
+        self.store.write_manifest()
+
     async def _stage(self, name: str, work: Callable[[], Awaitable[dict[str, Any]]], detail: str = "") -> dict[str, Any]:
         """Run one stage: events, timing, the record saved, failures recorded and re-raised."""
+        if self.reopened:
+            self._note_resume()
+        elif self.store.manifest.get("status") != "running":
+            self.store.manifest["status"] = "running"  # a finished run whose stage runs again
         self._emit(StageStarted(name, detail))
         started = time.perf_counter()
         try:
