@@ -1,0 +1,57 @@
+"""Shared setup of the TUI tests (only tests under tests/tui see it).
+
+- textual-image measures the terminal's cell size once, when `textual_image.widget` is first
+  imported. Under pytest stdout is no terminal, so the answer would depend on the machine; it
+  is pinned here, before any test module imports a widget, to 10x20 pixels (the VT340 size the
+  library itself falls back to), which keeps image layouts and snapshots stable.
+- Pillow 13 deprecates `Image.getdata`, which textual-image's renderables call; that warning
+  is ignored for TUI tests only (pyproject keeps `pillow < 14`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual_image._terminal import CellSize, get_cell_size
+
+CELL_SIZE = CellSize(10, 20)
+get_cell_size._result = CELL_SIZE  # type: ignore[attr-defined]  # the library's own cache
+
+_HERE = Path(__file__).parent
+_PILLOW_GETDATA = "ignore:.*getdata.*:DeprecationWarning"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in Path(item.path).parents:
+            item.add_marker(pytest.mark.filterwarnings(_PILLOW_GETDATA))
+
+
+def screen_text(app) -> str:
+    """What the running `app`'s screen shows, as plain text (one line per terminal row)."""
+    import io
+
+    from rich.console import Console
+
+    width, height = app.size
+    console = Console(
+        width=width,
+        height=height,
+        file=io.StringIO(),
+        force_terminal=True,
+        color_system="truecolor",
+        record=True,
+        legacy_windows=False,
+        safe_box=False,
+    )
+    console.print(
+        app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
+    )
+    return console.export_text()
+
+
+@pytest.fixture(name="screen_text")
+def screen_text_fixture():
+    """The `screen_text(app)` helper, as a fixture."""
+    return screen_text

@@ -1,0 +1,180 @@
+"""The prompt editor: exact CLIP counts, where SDXL stops reading, Changed only for the user."""
+
+from __future__ import annotations
+
+from textual.app import App, ComposeResult
+from textual.color import Color
+from textual.widgets import Static, TextArea
+
+from critifusion_tui.tui.widgets.prompt_editor import (
+    ComponentsEditor,
+    PromptEditor,
+    clip_counter_text,
+)
+from tests.tui.conftest import screen_text
+
+# 70 x "red" and nine more one-token words: 81 tokens with BOS and EOS. SDXL reads up to
+# "echo" (75 words + BOS + EOS = 77) and never sees "castle river moon garden".
+OVER = " ".join(["red"] * 70 + "alpha bravo charlie delta echo castle river moon garden".split())
+OVER_LINE = (
+    "81 / 77 CLIP tokens: SDXL stops reading after “…bravo charlie delta echo”; "
+    "not read: “castle river moon garden”"
+)
+
+
+class EditorApp(App):
+    def __init__(self, editor: PromptEditor) -> None:
+        super().__init__()
+        self.editor = editor
+        self.changes: list[tuple[str | None, str]] = []
+
+    def compose(self) -> ComposeResult:
+        yield self.editor
+
+    def on_prompt_editor_changed(self, message: PromptEditor.Changed) -> None:
+        self.changes.append((message.editor.id, message.text))
+
+
+async def test_counter_shows_the_exact_clip_count():
+    app = EditorApp(PromptEditor("Prompt", "a photo of a cat", id="prompt"))
+    async with app.run_test(size=(80, 24)):
+        editor = app.editor
+        assert editor.count == 7
+        assert editor.counter_text == "7 / 77 CLIP tokens"
+        text = screen_text(app)
+        assert "Prompt" in text
+        assert "a photo of a cat" in text
+        assert "7 / 77 CLIP tokens" in text
+        assert not editor.over_limit
+        assert not editor.query_one(".prompt-editor--counter").has_class("-over")
+
+
+async def test_over_the_limit_says_where_sdxl_stops_reading():
+    app = EditorApp(PromptEditor("Prompt", OVER, id="prompt"))
+    async with app.run_test(size=(80, 24)):
+        editor = app.editor
+        assert editor.count == 81
+        assert editor.over_limit
+        assert editor.counter_text == OVER_LINE
+        counter = editor.query_one(".prompt-editor--counter", Static)
+        assert counter.has_class("-over")
+        assert counter.styles.color == Color.parse(app.get_css_variables()["warning"])
+        # The line wraps at 80 columns; all of it is on screen.
+        flat = " ".join(line.strip() for line in screen_text(app).splitlines())
+        assert OVER_LINE in flat
+
+
+def test_counter_excerpts_are_short():
+    long_words = " ".join(["red"] * 74 + ["supercalifragilisticexpialidocious-" * 3, "blue"])
+    line, over = clip_counter_text(long_words)
+    assert over
+    assert "not read: “" in line
+    dropped = line.split("not read: “")[1].rstrip("”")
+    assert len(dropped) <= 32 and dropped.endswith("…")
+    assert clip_counter_text("a photo of a cat") == ("7 / 77 CLIP tokens", False)
+    assert clip_counter_text("", 77) == ("2 / 77 CLIP tokens", False)
+    assert clip_counter_text("red red red", max_tokens=4) == (
+        "5 / 4 CLIP tokens: SDXL stops reading after “red red”; not read: “red”",
+        True,
+    )
+
+
+async def test_typing_recounts_and_posts_changed():
+    app = EditorApp(PromptEditor("Prompt", "a photo of a cat", id="prompt"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        editor = app.editor
+        editor.text_area.focus()
+        editor.text_area.move_cursor(editor.text_area.document.end)
+        await pilot.press("s")
+        await pilot.pause()
+        assert editor.text == "a photo of a cats"
+        assert editor.count == 7
+        await pilot.press("space", "o", "n")
+        await pilot.pause()
+        assert editor.count == 8
+        assert editor.counter_text == "8 / 77 CLIP tokens"
+        assert app.changes[-1] == ("prompt", "a photo of a cats on")
+        assert len(app.changes) == 4
+
+
+async def test_setting_text_in_code_recounts_without_changed():
+    app = EditorApp(PromptEditor("Prompt", id="prompt"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        editor = app.editor
+        assert editor.counter_text == "2 / 77 CLIP tokens"
+        editor.text = OVER
+        await pilot.pause()
+        assert editor.counter_text == OVER_LINE
+        editor.text = "a photo of a cat"
+        await pilot.pause()
+        assert editor.count == 7
+        assert "7 / 77 CLIP tokens" in screen_text(app)
+        assert app.changes == []
+
+
+async def test_author_line_and_edit_by_the_user():
+    model = "aggregator:together:Qwen/Qwen2.5-72B-Instruct-Turbo"
+    app = EditorApp(PromptEditor("Refinement prompt", "a photo of a cat", id="refine"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        editor = app.editor
+        assert "written by" not in screen_text(app)
+        editor.set_author(model)
+        await pilot.pause()
+        assert f"written by: {model}" in screen_text(app)
+        editor.text_area.focus()
+        await pilot.press("x")
+        await pilot.pause()
+        flat = " ".join(line.strip() for line in screen_text(app).splitlines())
+        assert f"written by: {model} · edited by you" in flat
+        assert editor.edited
+        editor.text = "new text from the program"
+        editor.set_author("you")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "written by: you" in text and "edited by" not in text
+
+
+async def test_read_only_editor_ignores_typing():
+    app = EditorApp(PromptEditor("Prompt", "a photo of a cat", read_only=True, id="prompt"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.editor.text_area.focus()
+        await pilot.press("x", "y")
+        await pilot.pause()
+        assert app.editor.text == "a photo of a cat"
+        assert app.changes == []
+
+
+async def test_markup_and_escapes_in_text_are_shown_as_data():
+    app = EditorApp(PromptEditor("[b]Prompt[/b]", "a [bold]cat[/]\x1b[31m red", id="prompt"))
+    async with app.run_test(size=(80, 24)):
+        text = screen_text(app)
+        assert "[b]Prompt[/b]" in text
+        assert "a [bold]cat[/] red" in text
+        assert app.editor.text == "a [bold]cat[/] red"
+
+
+async def test_components_editor_edits_one_item_per_line():
+    editor = ComponentsEditor("Components", ["a red fox", "snow", "pine forest"], id="components")
+    app = EditorApp(editor)
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert editor.items == ["a red fox", "snow", "pine forest"]
+        assert editor.count == 3
+        assert "3 items, one per line" in screen_text(app)
+        editor.text_area.focus()
+        editor.text_area.move_cursor(editor.text_area.document.end)
+        await pilot.press("enter", "d", "u", "s", "k", "enter", "enter")
+        await pilot.pause()
+        assert editor.items == ["a red fox", "snow", "pine forest", "dusk"]
+        assert "4 items, one per line" in screen_text(app)
+        assert app.changes[-1][0] == "components"
+        n = len(app.changes)
+        editor.items = ["only one"]
+        await pilot.pause()
+        assert editor.text == "only one"
+        assert "1 item, one per line" in screen_text(app)
+        assert len(app.changes) == n
+
+
+def test_help_is_there():
+    assert PromptEditor.HELP and ComponentsEditor.HELP
+    assert isinstance(PromptEditor("x").text_area, TextArea)
