@@ -1,0 +1,716 @@
+"""History: the runs under the output folder, newest first; reopen, view or compare them.
+
+A run is a folder directly under the output folder that holds a ``manifest.json`` of schema
+``critifusion.run/1`` (see :mod:`critifusion_tui.engine.store`). A folder without a manifest is
+not a run and is passed over; one whose manifest cannot be read, or has another schema, is
+counted and named at the top ("2 folders could not be read"), never silently dropped.
+
+Keys: enter reopens the highlighted run (posts :class:`HistoryScreen.Reopen` to the app and
+dismisses the screen with the folder), v shows its base and refined images side by side,
+space marks it for comparison (two marks, A and B), c compares the two marked runs, r reads
+the folder again, escape goes back.
+
+Everything a manifest holds (prompts above all) is data: shown as plain Text without
+terminal control, never as markup.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.table import Table
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widget import Widget
+from textual.widgets import DataTable, Footer, Static
+
+from critifusion_tui.engine.store import MANIFEST, SCHEMA
+from critifusion_tui.tui.widgets._safe import safe_str
+from critifusion_tui.tui.widgets.image_view import ImageView
+
+STATUS_STYLE = {"done": "green", "failed": "bold red", "cancelled": "yellow", "running": "cyan"}
+NOISE_LABEL = "tiny-random: noise"
+
+# What "key parameters" means when two runs are compared: (label, where in the manifest).
+KEY_PARAMETERS: list[tuple[str, tuple[str, ...]]] = [
+    ("model", ("config", "diffusion", "model")),
+    ("seed", ("seed",)),
+    ("size", ()),  # width x height, assembled below
+    ("steps", ("config", "diffusion", "steps")),
+    ("guidance", ("config", "diffusion", "guidance")),
+    ("negative", ("config", "diffusion", "negative")),
+    ("preset", ("config", "criticore", "preset")),
+    ("candidates", ("config", "criticore", "candidates")),
+    ("aggregator", ("config", "criticore", "aggregator")),
+    ("critics (VLM)", ("config", "criticore", "vlms")),
+    ("SpecFusion mode", ("config", "specfusion", "mode")),
+    ("total_steps", ("config", "specfusion", "total_steps")),
+    ("last_k", ("config", "specfusion", "last_k")),
+    ("SpecFusion guidance", ("config", "specfusion", "guidance")),
+    ("rho_t", ("config", "specfusion", "rho_t")),
+    ("base_c", ("config", "specfusion", "base_c")),
+    ("noise_std", ("config", "specfusion", "noise_std")),
+    ("refine strength (used)", ("stages", "refine", "strength")),
+    ("refine guidance (used)", ("stages", "refine", "guidance")),
+    ("refine steps (used)", ("stages", "refine", "steps")),
+    ("variants", ("variants",)),
+    ("status", ("status",)),
+]
+
+
+def _dig(data: Any, path: Iterable[str]) -> Any:
+    for part in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
+
+
+def _one_line(text: str) -> str:
+    return " ".join(safe_str(str(text)).split())
+
+
+def _shorten(text: str, width: int) -> str:
+    text = _one_line(text)
+    if width <= 1:
+        return text[: max(width, 0)]
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {rest:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+@dataclass
+class RunSummary:
+    """What the history shows of one run folder."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    created: datetime | None
+    sort_key: float = field(default=0.0)
+
+    @property
+    def prompt(self) -> str:
+        return str(self.manifest.get("prompt", ""))
+
+    @property
+    def status(self) -> str:
+        return str(self.manifest.get("status", "unknown"))
+
+    @property
+    def created_text(self) -> str:
+        if self.created is None:
+            return "?"
+        return self.created.astimezone().strftime("%Y-%m-%d %H:%M")
+
+    @property
+    def seconds(self) -> float | None:
+        """Time spent in the stages (their recorded seconds, summed)."""
+        stages = self.manifest.get("stages")
+        if not isinstance(stages, dict):
+            return None
+        values = [
+            float(record["seconds"])
+            for record in stages.values()
+            if isinstance(record, dict) and isinstance(record.get("seconds"), (int, float))
+        ]
+        return sum(values) if values else None
+
+    @property
+    def tiny_random(self) -> bool:
+        return bool(
+            self.manifest.get("tiny_random")
+            or _dig(self.manifest, ("versions", "model")) == "tiny-random"
+            or _dig(self.manifest, ("config", "diffusion", "model")) == "tiny-random"
+        )
+
+    def image(self, stage: str) -> Path | None:
+        """The image a completed stage ("base", "refine") saved, if it is on disk."""
+        record = _dig(self.manifest, ("stages", stage))
+        if not isinstance(record, dict) or not isinstance(record.get("image"), str):
+            return None
+        path = self.folder / record["image"]
+        return path if path.is_file() else None
+
+    def parameter(self, label: str, path: tuple[str, ...]) -> str:
+        if label == "size":
+            width = _dig(self.manifest, ("config", "diffusion", "width"))
+            height = _dig(self.manifest, ("config", "diffusion", "height"))
+            return f"{width}x{height}" if width or height else "–"
+        value = _dig(self.manifest, path)
+        if value is None:
+            return "auto" if label == "SpecFusion guidance" and _dig(self.manifest, path[:-1]) else "–"
+        if isinstance(value, list):
+            return ", ".join(str(v) for v in value)
+        return str(value)
+
+    def refined_prompt(self) -> str:
+        refinement = _dig(self.manifest, ("prompts", "refinement", "value"))
+        if isinstance(refinement, str):
+            return refinement
+        refine = _dig(self.manifest, ("stages", "refine", "prompt"))
+        return refine if isinstance(refine, str) else ""
+
+
+def read_run(folder: Path) -> RunSummary:
+    """One run folder's summary; raises ValueError (with the reason) when it cannot be read."""
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {MANIFEST}: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{MANIFEST} is not a JSON object")
+    if manifest.get("schema") != SCHEMA:
+        raise ValueError(f"schema {manifest.get('schema')!r} is not {SCHEMA!r}")
+    created: datetime | None = None
+    try:
+        created = datetime.fromisoformat(str(manifest.get("created")))
+        if created.tzinfo is None:
+            created = created.astimezone()  # a naive time is read as local time
+        sort_key = created.timestamp()
+    except (TypeError, ValueError):
+        created = None
+        try:
+            sort_key = path.stat().st_mtime
+        except OSError:
+            sort_key = 0.0
+    return RunSummary(folder, manifest, created, sort_key)
+
+
+def scan_runs(output_dir: Path) -> tuple[list[RunSummary], list[tuple[Path, str]]]:
+    """The runs under `output_dir`, newest first, and the folders that could not be read."""
+    runs: list[RunSummary] = []
+    unreadable: list[tuple[Path, str]] = []
+    try:
+        children = sorted(Path(output_dir).iterdir())
+    except OSError:
+        return runs, unreadable
+    for child in children:
+        try:
+            if not child.is_dir() or not (child / MANIFEST).exists():
+                continue
+        except OSError:
+            continue
+        try:
+            runs.append(read_run(child))
+        except ValueError as exc:
+            unreadable.append((child, str(exc)))
+    runs.sort(key=lambda r: (r.sort_key, r.folder.name), reverse=True)
+    return runs, unreadable
+
+
+def _status_text(status: str) -> Text:
+    return Text(safe_str(status), style=STATUS_STYLE.get(status, ""))
+
+
+# ----------------------------------------------------------------------------------- screens
+
+
+class RunTable(DataTable):
+    """The run list: home and end jump to the newest and the oldest run."""
+
+    BINDINGS = [
+        Binding("home", "scroll_top", "Newest", id="history.first", show=False,
+                tooltip="Jump to the newest run"),
+        Binding("end", "scroll_bottom", "Oldest", id="history.last", show=False,
+                tooltip="Jump to the oldest run"),
+    ]
+
+
+class HistoryScreen(Screen[Path | None]):
+    """Earlier runs: enter reopens, v views, space marks, c compares two, escape goes back."""
+
+    HELP = (
+        "Earlier runs in the output folder, newest first.\n"
+        "enter reopens the highlighted run in the main screen (finished stages are not run again).\n"
+        "v shows its base and refined images side by side.\n"
+        "space marks a run for comparison (A, then B); c compares the two marked runs: their "
+        "refined images, prompts and the settings that differ.\n"
+        "r reads the folder again; escape goes back."
+    )
+
+    BINDINGS = [
+        Binding("enter", "reopen", "Reopen", id="history.reopen", priority=True,
+                tooltip="Reopen the highlighted run in the main screen"),
+        Binding("v", "view", "View images", id="history.view",
+                tooltip="Base and refined images side by side"),
+        Binding("space", "mark", "Mark", id="history.mark",
+                tooltip="Mark (or unmark) the highlighted run for comparison"),
+        Binding("c", "compare", "Compare", id="history.compare",
+                tooltip="Compare the two marked runs"),
+        Binding("r", "rescan", "Rescan", id="history.refresh",
+                tooltip="Read the output folder again"),
+        Binding("escape", "back", "Back", id="history.back", tooltip="Back to the main screen"),
+    ]
+
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (140, "-wide")]
+
+    DEFAULT_CSS = """
+    HistoryScreen #history-title {
+        height: 1;
+        padding: 0 1;
+        background: $panel;
+        text-style: bold;
+    }
+    HistoryScreen #history-summary {
+        height: auto;
+        padding: 0 1;
+        color: $text-muted;
+    }
+    HistoryScreen #history-summary.-problem {
+        color: $warning;
+    }
+    HistoryScreen #history-body {
+        height: 1fr;
+        layout: vertical;
+    }
+    HistoryScreen.-wide #history-body {
+        layout: horizontal;
+    }
+    HistoryScreen #runs {
+        height: 1fr;
+    }
+    HistoryScreen.-wide #runs {
+        width: 3fr;
+    }
+    HistoryScreen #run-side {
+        height: auto;
+        max-height: 7;
+        border-top: solid $primary 50%;
+    }
+    HistoryScreen #run-detail {
+        height: auto;
+        padding: 0 1;
+    }
+    HistoryScreen #run-preview {
+        display: none;
+    }
+    HistoryScreen.-wide #run-side {
+        width: 2fr;
+        height: 1fr;
+        max-height: 100%;
+        border-top: none;
+        border-left: solid $primary 50%;
+    }
+    HistoryScreen.-wide #run-preview {
+        display: block;
+        height: 1fr;
+        max-height: 32;
+        margin-top: 1;
+    }
+    HistoryScreen #history-empty {
+        padding: 1 2;
+        color: $text-muted;
+    }
+    """
+
+    class Reopen(Message):
+        """The person asked to reopen the run in `folder` (sent to the app)."""
+
+        def __init__(self, folder: Path) -> None:
+            super().__init__()
+            self.folder = Path(folder)
+
+    def __init__(
+        self,
+        output_dir: Path,
+        *,
+        image_mode: str = "auto",
+        image_class: type[Widget] | None = None,
+        name: str | None = None,
+        id: str | None = None,
+    ) -> None:
+        super().__init__(name=name, id=id)
+        self.output_dir = Path(output_dir)
+        self.image_mode = image_mode
+        self.image_class = image_class
+        self.runs: list[RunSummary] = []
+        self.unreadable: list[tuple[Path, str]] = []
+        self.marked: list[Path] = []
+        self._prompt_width = 0
+        self._preview_timer: Timer | None = None
+
+    # ---------------------------------------------------------------- layout
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text(f"History: {safe_str(str(self.output_dir))}"), id="history-title")
+        yield Static(id="history-summary")
+        with Horizontal(id="history-body"):
+            table = RunTable(id="runs", cursor_type="row", zebra_stripes=True)
+            table.cursor_foreground_priority = "renderable"
+            yield table
+            with Vertical(id="run-side"):
+                yield Static(id="run-detail")
+                yield ImageView(
+                    "Refined", mode=self.image_mode, image_class=self.image_class, id="run-preview"
+                )
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.rescan()
+        self.query_one("#runs", DataTable).focus()
+
+    def on_resize(self) -> None:
+        # The table's own size is known only after the layout that follows a resize.
+        self.call_after_refresh(self._refit)
+
+    def _refit(self) -> None:
+        if self.runs and self._prompt_width_for() != self._prompt_width:
+            self._fill_table()
+
+    # ---------------------------------------------------------------- data
+
+    def rescan(self) -> None:
+        self.runs, self.unreadable = scan_runs(self.output_dir)
+        live = {run.folder for run in self.runs}
+        self.marked = [folder for folder in self.marked if folder in live]
+        self._show_summary()
+        self._fill_table()
+
+    @property
+    def current(self) -> RunSummary | None:
+        table = self.query_one("#runs", DataTable)
+        if not self.runs or table.row_count == 0:
+            return None
+        return self.runs[min(max(table.cursor_row, 0), len(self.runs) - 1)]
+
+    def _show_summary(self) -> None:
+        count = len(self.runs)
+        parts = [f"{count} run{'s' if count != 1 else ''}" if count else "No runs here yet"]
+        bad = len(self.unreadable)
+        if bad:
+            names = ", ".join(folder.name for folder, _ in self.unreadable[:3])
+            more = f" and {bad - 3} more" if bad > 3 else ""
+            parts.append(
+                f"{bad} folder{'s' if bad != 1 else ''} could not be read ({names}{more})"
+            )
+        summary = self.query_one("#history-summary", Static)
+        summary.update(Text(_one_line(" · ".join(parts))))
+        summary.set_class(bool(bad), "-problem")
+
+    def _prompt_width_for(self) -> int:
+        table = self.query_one("#runs", DataTable)
+        width = table.size.width or self.size.width or 80
+        # Mark, created, status, time and tiny columns, plus two cells of padding each.
+        return max(12, width - (1 + 16 + 9 + 8 + 4) - 2 * 6 - 1)
+
+    def _fill_table(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        keep = self.current.folder if self.current and table.row_count else None
+        self._prompt_width = self._prompt_width_for()
+        table.clear(columns=True)
+        table.add_column("", key="mark", width=1)
+        table.add_column("Created", key="created", width=16)
+        table.add_column("Status", key="status", width=9)
+        table.add_column("Time", key="time", width=8)
+        table.add_column("", key="tiny", width=4)
+        table.add_column("Prompt", key="prompt", width=self._prompt_width)
+        for run in self.runs:
+            table.add_row(
+                self._mark_text(run.folder),
+                Text(run.created_text),
+                _status_text(run.status),
+                Text(format_seconds(run.seconds), justify="right"),
+                Text("tiny", style="dim") if run.tiny_random else Text(""),
+                Text(_shorten(run.prompt, self._prompt_width)),
+                key=str(run.folder),
+            )
+        if keep is not None:
+            index = next((i for i, r in enumerate(self.runs) if r.folder == keep), 0)
+            table.move_cursor(row=index, animate=False)
+        self._show_detail()
+
+    def _mark_text(self, folder: Path) -> Text:
+        if folder in self.marked:
+            return Text("AB"[self.marked.index(folder)], style="bold reverse")
+        return Text("")
+
+    def _show_detail(self) -> None:
+        detail = self.query_one("#run-detail", Static)
+        run = self.current
+        if run is None:
+            detail.update(Text(f"No run folders in {safe_str(str(self.output_dir))}.", style="dim"))
+            return
+        text = Text()
+        text.append("Prompt: ", style="bold")
+        text.append(safe_str(run.prompt))
+        refined = run.refined_prompt()
+        if refined and refined != run.prompt:
+            text.append("\nRefinement prompt: ", style="bold")
+            text.append(safe_str(refined))
+        text.append("\n")
+        text.append(
+            f"{run.status} · {format_seconds(run.seconds)} · seed {run.parameter('seed', ('seed',))}"
+            f" · {run.parameter('size', ())} · {run.parameter('model', KEY_PARAMETERS[0][1])}",
+            style="dim",
+        )
+        if run.tiny_random:
+            text.append(f" · {NOISE_LABEL}", style="dim")
+        text.append("\n")
+        text.append(safe_str(str(run.folder)), style="dim")
+        detail.update(text)
+
+    @on(DataTable.RowHighlighted, "#runs")
+    def _highlighted(self) -> None:
+        self._show_detail()
+        # The preview (wide screens only) waits for the cursor to settle: decoding an image
+        # for every row passed over would make holding down an arrow key stutter.
+        if self._preview_timer is not None:
+            self._preview_timer.stop()
+        self._preview_timer = self.set_timer(0.15, self.show_preview)
+
+    def show_preview(self) -> None:
+        """Show the highlighted run's refined image (its base image when it has none)."""
+        self._preview_timer = None
+        view = self.query_one("#run-preview", ImageView)
+        run = self.current
+        if not self.has_class("-wide") or run is None:
+            view.clear()
+            return
+        for stage, title in (("refine", "Refined"), ("base", "Base (not refined)")):
+            path = run.image(stage)
+            if path is not None:
+                view.border_title = title
+                view.show(path, NOISE_LABEL if run.tiny_random else "")
+                return
+        view.border_title = "No image"
+        view.clear("This run saved no image.")
+
+    @on(DataTable.RowSelected, "#runs")
+    def _selected(self) -> None:  # a mouse click on a highlighted row
+        self.action_reopen()
+
+    # ---------------------------------------------------------------- actions
+
+    def action_reopen(self) -> None:
+        run = self.current
+        if run is None:
+            self.notify("No run to reopen.", severity="warning")
+            return
+        self.app.post_message(self.Reopen(run.folder))
+        self.dismiss(run.folder)
+
+    def action_view(self) -> None:
+        run = self.current
+        if run is None:
+            self.notify("No run to view.", severity="warning")
+            return
+        self.app.push_screen(RunImagesScreen(run, image_mode=self.image_mode, image_class=self.image_class))
+
+    def action_mark(self) -> None:
+        run = self.current
+        if run is None:
+            return
+        if run.folder in self.marked:
+            self.marked.remove(run.folder)
+        else:
+            self.marked.append(run.folder)
+            if len(self.marked) > 2:
+                self.marked.pop(0)  # the oldest mark makes room
+        table = self.query_one("#runs", DataTable)
+        for folder in {run.folder, *[r.folder for r in self.runs]}:
+            if str(folder) in table.rows:
+                table.update_cell(str(folder), "mark", self._mark_text(folder))
+        table.action_cursor_down()
+
+    def action_compare(self) -> None:
+        if len(self.marked) < 2:
+            self.notify("Mark two runs with space first, then press c.", severity="warning")
+            return
+        by_folder = {run.folder: run for run in self.runs}
+        a, b = (by_folder[f] for f in self.marked)
+        self.app.push_screen(CompareScreen(a, b, image_mode=self.image_mode, image_class=self.image_class))
+
+    def action_rescan(self) -> None:
+        self.rescan()
+
+    def action_back(self) -> None:
+        self.dismiss(None)
+
+
+class ImagesScreenBase(Screen[None]):
+    """Shared layout of the two image screens: image columns, then text, scrolled together."""
+
+    BINDINGS = [
+        Binding("escape", "back", "Back", id="history.close_view", tooltip="Back to the run list"),
+    ]
+
+    DEFAULT_CSS = """
+    ImagesScreenBase #view-title {
+        height: 1;
+        padding: 0 1;
+        background: $panel;
+        text-style: bold;
+    }
+    ImagesScreenBase .images {
+        height: 1fr;
+        min-height: 8;
+    }
+    ImagesScreenBase .images ImageView {
+        height: 1fr;
+    }
+    ImagesScreenBase .prompts {
+        height: auto;
+    }
+    ImagesScreenBase .column {
+        width: 1fr;
+    }
+    ImagesScreenBase .prompt {
+        height: auto;
+        padding: 0 1;
+    }
+    ImagesScreenBase #view-text {
+        height: auto;
+        max-height: 45%;
+    }
+    ImagesScreenBase .facts {
+        height: auto;
+        padding: 0 1;
+    }
+    """
+
+    def __init__(self, *, image_mode: str = "auto", image_class: type[Widget] | None = None) -> None:
+        super().__init__()
+        self.image_mode = image_mode
+        self.image_class = image_class
+
+    def image_view(self, title: str, id: str) -> ImageView:
+        return ImageView(title, mode=self.image_mode, image_class=self.image_class, id=id)
+
+    def show_image(self, view: ImageView, run: RunSummary, stages: tuple[str, ...], missing: str) -> None:
+        for stage in stages:
+            path = run.image(stage)
+            if path is not None:
+                label = NOISE_LABEL if run.tiny_random else ""
+                if stage != stages[0]:
+                    label = f"{stage} image, not refined" + (f" · {label}" if label else "")
+                view.show(path, label)
+                return
+        view.clear(missing)
+
+    def on_mount(self) -> None:
+        self.query_one("#view-text", VerticalScroll).focus()
+
+    def action_back(self) -> None:
+        self.dismiss(None)
+
+
+class RunImagesScreen(ImagesScreenBase):
+    """One run's base and refined images side by side, with its prompts."""
+
+    def __init__(self, run: RunSummary, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.run = run
+
+    def compose(self) -> ComposeResult:
+        run = self.run
+        yield Static(Text(f"{run.created_text} · {_one_line(run.folder.name)}"), id="view-title")
+        with Horizontal(classes="images"):
+            yield self.image_view("Base", "view-base")
+            yield self.image_view("Refined (SpecFusion)", "view-refined")
+        with VerticalScroll(id="view-text"):
+            yield Static(self._prompts(), classes="prompt", id="view-prompts")
+        yield Footer()
+
+    def _prompts(self) -> Text:
+        run = self.run
+        text = Text()
+        text.append("Prompt: ", style="bold")
+        text.append(safe_str(run.prompt))
+        refined = run.refined_prompt()
+        if refined:
+            text.append("\nRefinement prompt: ", style="bold")
+            text.append(safe_str(refined))
+        text.append(f"\n{run.status} · {format_seconds(run.seconds)}", style="dim")
+        return text
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        base = self.query_one("#view-base", ImageView)
+        refined = self.query_one("#view-refined", ImageView)
+        self.show_image(base, self.run, ("base",), "No base image in this run.")
+        status = self.run.status
+        why = "the run was cancelled" if status == "cancelled" else (
+            "the run failed" if status == "failed" else "not refined yet")
+        self.show_image(refined, self.run, ("refine",), f"No refined image: {why}.")
+
+
+class CompareScreen(ImagesScreenBase):
+    """Two runs side by side: refined images, prompts, and the key settings that differ."""
+
+    def __init__(self, a: RunSummary, b: RunSummary, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.a = a
+        self.b = b
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text("Compare A and B"), id="view-title")
+        with Horizontal(classes="images"):
+            for tag, run in (("A", self.a), ("B", self.b)):
+                yield self.image_view(f"{tag}: {_one_line(run.folder.name)}", f"compare-{tag.lower()}")
+        with VerticalScroll(id="view-text"):
+            with Horizontal(classes="prompts"):
+                for tag, run in (("A", self.a), ("B", self.b)):
+                    yield Static(self._prompt(tag, run), classes="prompt column", id=f"prompt-{tag.lower()}")
+            yield Static(self.differences_table(), classes="facts", id="differences")
+        yield Footer()
+
+    @staticmethod
+    def _prompt(tag: str, run: RunSummary) -> Text:
+        text = Text()
+        text.append(f"{tag} prompt: ", style="bold")
+        text.append(safe_str(run.prompt))
+        text.append(f"\n{run.created_text} · {run.status} · {format_seconds(run.seconds)}", style="dim")
+        return text
+
+    def differences(self) -> list[tuple[str, str, str]]:
+        """(parameter, value in A, value in B) for each key parameter that differs."""
+        rows = []
+        for label, path in KEY_PARAMETERS:
+            left, right = self.a.parameter(label, path), self.b.parameter(label, path)
+            if left != right:
+                rows.append((label, left, right))
+        refined_a, refined_b = self.a.refined_prompt(), self.b.refined_prompt()
+        if refined_a != refined_b:
+            rows.append(("refinement prompt", refined_a or "–", refined_b or "–"))
+        return rows
+
+    def differences_table(self) -> Table | Text:
+        rows = self.differences()
+        if not rows:
+            return Text("The key settings are the same; only the prompts differ.", style="dim")
+        table = Table(title="Settings that differ", box=box.SIMPLE_HEAD, expand=True, title_justify="left")
+        table.add_column("setting", style="bold", no_wrap=True)
+        table.add_column("A", ratio=3, overflow="fold")
+        table.add_column("B", ratio=3, overflow="fold")
+        for label, left, right in rows:
+            table.add_row(Text(label), Text(_shorten(left, 300)), Text(_shorten(right, 300)))
+        return table
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        for tag, run in (("a", self.a), ("b", self.b)):
+            view = self.query_one(f"#compare-{tag}", ImageView)
+            self.show_image(view, run, ("refine", "base"), "No image in this run.")
