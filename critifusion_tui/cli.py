@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     tui = sub.add_parser("tui", parents=[common], help="open the app (the default)")
     tui.add_argument("prompt", nargs="?", default="", help="prompt to start with")
+    tui.add_argument(
+        "--images", choices=("auto", "kitty", "sixel", "halfblock", "none"),
+        help="inline image protocol (default: tui.images, auto-detected)",
+    )
 
     run = sub.add_parser(
         "run", parents=[common], help="run the whole method headless",
@@ -127,9 +131,17 @@ def cmd_tui(args: argparse.Namespace) -> int:
     loaded = _load(args)
     if loaded is None:
         return EXIT_USAGE
+    # Checked before the app module is imported: textual-image asks the terminal about its
+    # graphics at import, which fails without a terminal on standard input.
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print(
+            "critifusion: the app needs a terminal; use 'critifusion run PROMPT' for headless runs",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     from critifusion_tui.tui.app import run_app
 
-    return run_app(loaded, prompt=args.prompt)
+    return run_app(loaded, prompt=args.prompt, image_mode=args.images)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
