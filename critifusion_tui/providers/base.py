@@ -101,6 +101,45 @@ class ChatResult:
 DeltaCallback = Callable[[str], None]
 
 
+class StreamCollector:
+    """What every streaming backend does with its raw deltas: clean them (hygiene holds back
+    what may still change meaning), pass each cleaned piece on, keep the whole answer.
+
+    An error raised by ``on_delta`` itself is the caller's, not the backend's: ``owns(exc)``
+    tells the backend to re-raise it as it is instead of mapping it to a ProviderError.
+    """
+
+    def __init__(self, on_delta: DeltaCallback) -> None:
+        from critifusion_tui.providers.hygiene import StreamCleaner
+
+        self._on_delta = on_delta
+        self._cleaner = StreamCleaner()
+        self._parts: list[str] = []
+        self._raw: list[str] = []  # kept only to say why an answer came out empty
+        self._callback_error: BaseException | None = None
+
+    def feed(self, raw_piece: str) -> None:
+        self._raw.append(raw_piece)
+        self._deliver(self._cleaner.feed(raw_piece))
+
+    def finish(self) -> tuple[str, str]:
+        """Flush what the cleaner held back; return the cleaned and the raw answer."""
+        self._deliver(self._cleaner.finish())
+        return "".join(self._parts), "".join(self._raw)
+
+    def owns(self, exc: BaseException) -> bool:
+        return exc is self._callback_error
+
+    def _deliver(self, piece: str) -> None:
+        if piece:
+            self._parts.append(piece)
+            try:
+                self._on_delta(piece)
+            except BaseException as exc:
+                self._callback_error = exc
+                raise
+
+
 @runtime_checkable
 class ChatModel(Protocol):
     """One model behind one backend; the only interface the engine talks to.

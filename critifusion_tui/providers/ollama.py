@@ -25,13 +25,14 @@ from critifusion_tui.providers.base import (
     ProviderError,
     ProviderTimeoutError,
     RateLimitedError,
+    StreamCollector,
     UnusableAnswerError,
     as_messages,
     empty_answer,
     last_user_index,
     short_detail,
 )
-from critifusion_tui.providers.hygiene import StreamCleaner, clean_model_text
+from critifusion_tui.providers.hygiene import clean_model_text
 
 if TYPE_CHECKING:
     from ollama import AsyncClient
@@ -118,33 +119,18 @@ class OllamaChat:
         self, client: AsyncClient, request: dict, on_delta: DeltaCallback
     ) -> tuple[str, str]:
         """Stream the answer through ``on_delta``; return the cleaned and the raw text."""
-        cleaner = StreamCleaner()
-        parts: list[str] = []
-        raw_parts: list[str] = []  # kept only to say why an answer came out empty
-        callback_failed: list[BaseException] = []
-
-        def deliver(piece: str) -> None:
-            if piece:
-                parts.append(piece)
-                try:
-                    on_delta(piece)
-                except BaseException as exc:  # the caller's own error: re-raised unmapped
-                    callback_failed.append(exc)
-                    raise
-
+        collector = StreamCollector(on_delta)
         try:
             stream = await client.chat(**request, stream=True)
             async for part in stream:
                 # ``message.thinking`` (reasoning models) is deliberately not shown.
                 if part.message and part.message.content:
-                    raw_parts.append(part.message.content)
-                    deliver(cleaner.feed(part.message.content))
+                    collector.feed(part.message.content)
         except Exception as exc:
-            if callback_failed and exc is callback_failed[0]:
+            if collector.owns(exc):
                 raise
             raise self._provider.map_error(exc, self.ref) from exc
-        deliver(cleaner.finish())
-        return "".join(parts), "".join(raw_parts)
+        return collector.finish()
 
 
 class OllamaProvider:

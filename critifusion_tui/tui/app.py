@@ -32,7 +32,6 @@ from critifusion_tui.engine.events import (
     CandidateStarted,
     DiffusionStep,
     Event,
-    GateOpened,
     ImageReady,
     Notice,
     StageFailed,
@@ -588,8 +587,6 @@ class CritiFusionApp(App):
             self.log_buffer.add(event.level, event.stage or "run", event.message)
             if event.stage == "critique" and event.level == "info":
                 self.query_one("#critique-summary", Static).update(Text(event.message))
-        elif isinstance(event, GateOpened):
-            pass
         if isinstance(event, StageFinished) and stage == "critique":
             self._summarise_critique()
 
