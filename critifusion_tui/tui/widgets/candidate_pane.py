@@ -173,39 +173,28 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
     }
     """
 
-    class Retry(Message):
+    class PaneMessage(Message):
+        """A request about one model's part in one stage (what the app acts on)."""
+
+        def __init__(self, stage: str, role: str, model: str) -> None:
+            super().__init__()
+            self.stage = stage
+            self.role = role
+            self.model = model
+
+        @property
+        def pane(self) -> CandidatePane:
+            return self._sender  # type: ignore[return-value]
+
+        @property
+        def control(self) -> CandidatePane:
+            return self.pane
+
+    class Retry(PaneMessage):
         """The user asked this model to answer this stage again."""
 
-        def __init__(self, stage: str, role: str, model: str) -> None:
-            super().__init__()
-            self.stage = stage
-            self.role = role
-            self.model = model
-
-        @property
-        def pane(self) -> CandidatePane:
-            return self._sender  # type: ignore[return-value]
-
-        @property
-        def control(self) -> CandidatePane:
-            return self.pane
-
-    class UseAnswer(Message):
+    class UseAnswer(PaneMessage):
         """The user chose this model's answer for the stage."""
-
-        def __init__(self, stage: str, role: str, model: str) -> None:
-            super().__init__()
-            self.stage = stage
-            self.role = role
-            self.model = model
-
-        @property
-        def pane(self) -> CandidatePane:
-            return self._sender  # type: ignore[return-value]
-
-        @property
-        def control(self) -> CandidatePane:
-            return self.pane
 
     def __init__(
         self,
