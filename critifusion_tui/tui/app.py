@@ -327,7 +327,9 @@ class CritiFusionApp(App):
         """At a gate, the prompt to steer is what the user sees first, focused."""
         editor = self.query_one(selector, PromptEditor)
         editor.text_area.focus()
-        self.call_after_refresh(editor.scroll_visible, top=True, animate=False)
+        # After the new text has been laid out (its height changes with it), bring the
+        # editor's label to the top of the view.
+        self.set_timer(0.1, lambda: editor.scroll_visible(top=True, animate=False))
 
     def _fill_editor(self, selector: str, name: str) -> None:
         entry = self.active_run.prompts.get(name) if self.active_run else None
@@ -509,6 +511,10 @@ class CritiFusionApp(App):
         self.push_screen(ConfirmScreen("A stage is running. Quit anyway? Completed stages are saved."), answered)
 
     # ---------------------------------------------------------------- messages from widgets
+
+    def on_stage_rail_selected(self, message: StageRail.Selected) -> None:
+        """Enter on a stage in the rail shows that stage's view (stages 1 and 2 run at once)."""
+        self._show(message.stage)
 
     @on(CandidatePane.Retry)
     def retry_candidate(self, message: CandidatePane.Retry) -> None:

@@ -287,3 +287,19 @@ async def test_model_text_is_never_markup(tmp_path, server, settings):
         assert pane.text == "[bold red]loud[/] fox red, forest"
         assert "[bold red]loud[/] fox red" in app.query_one("#positive", PromptEditor).text
     await asyncio.sleep(0)
+
+
+async def test_the_rail_opens_any_stage_view(tmp_path):
+    app = make_app(app_settings(tmp_path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("ctrl+r")
+        await until(pilot, settled(app, TAGS_GATE))
+        rail = app.query_one(StageRail)
+        rail.focus()
+        rail.select("components")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.query_one("#views").current == "view-components"
+        await pilot.press("up", "enter")
+        await pilot.pause()
+        assert app.query_one("#views").current == "view-tags"
