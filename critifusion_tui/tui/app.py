@@ -12,13 +12,15 @@ it is imported only when the app really starts, never on the `--help` path.
 
 from __future__ import annotations
 
+import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rich.text import Text
 from textual import on
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
@@ -69,6 +71,29 @@ RUNNING_HINT = {
 }
 
 
+# Loggers of the client libraries that say what the engine's events cannot: httpx logs every
+# HTTP request with its status, the together client every retry it makes on its own.
+PROVIDER_LOGGERS = ("httpx", "together._base_client")
+
+
+class ProviderLogHandler(logging.Handler):
+    """Copies the clients' INFO records (requests, retries) into the app's log buffer.
+
+    Nothing here prints: with no handler on the root logger, INFO records go nowhere else.
+    """
+
+    def __init__(self, buffer: LogBuffer) -> None:
+        super().__init__(logging.INFO)
+        self.buffer = buffer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = "warning" if record.levelno >= logging.WARNING else "info"
+            self.buffer.add(level, record.name.split(".")[0], record.getMessage())
+        except Exception:
+            self.handleError(record)  # logging's own way to report a broken handler
+
+
 class EngineEvent(Message):
     """An engine event, delivered to the app's one handler on the loop thread."""
 
@@ -117,6 +142,15 @@ class CritiFusionApp(App):
         self.failures: dict[str, list[str]] = {}
         self.panes: dict[tuple[str, str, str], CandidatePane] = {}
 
+    def get_system_commands(self, screen):
+        """Every action of the app is also in the command palette (ctrl+p), with its key."""
+        yield from super().get_system_commands(screen)
+        for binding in self.BINDINGS:
+            yield SystemCommand(
+                f"{binding.description} ({binding.key})", binding.tooltip or binding.description,
+                partial(self.call_later, self.run_action, binding.action),
+            )
+
     # ---------------------------------------------------------------- layout
 
     def compose(self) -> ComposeResult:
@@ -162,11 +196,19 @@ class CritiFusionApp(App):
         )
 
     async def on_unmount(self) -> None:
+        for name in PROVIDER_LOGGERS:
+            logging.getLogger(name).removeHandler(self._provider_log)
         # The provider clients belong to this event loop: close them before it ends.
         if self.session is not None:
             await self.session.aclose()
 
     def on_mount(self) -> None:
+        self._provider_log = ProviderLogHandler(self.log_buffer)
+        for name in PROVIDER_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.addHandler(self._provider_log)
+            if logger.getEffectiveLevel() > logging.INFO:
+                logger.setLevel(logging.INFO)
         self.query_one("#prompt", Input).focus()
         self._set_phase(PROMPT)
         self._apply_width(self.size.width)

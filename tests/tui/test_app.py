@@ -303,3 +303,33 @@ async def test_the_rail_opens_any_stage_view(tmp_path):
         await pilot.press("up", "enter")
         await pilot.pause()
         assert app.query_one("#views").current == "view-tags"
+
+
+async def test_every_action_is_in_the_command_palette(tmp_path):
+    app = make_app(app_settings(tmp_path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        names = [command.title for command in app.get_system_commands(app.screen)]
+        for binding in app.BINDINGS:
+            assert f"{binding.description} ({binding.key})" in names
+        assert all(binding.id for binding in app.BINDINGS)
+        # Running one from the palette does what its key does.
+        command = next(c for c in app.get_system_commands(app.screen) if c.title.startswith("Run / continue"))
+        command.callback()
+        await until(pilot, settled(app, TAGS_GATE))
+
+
+async def test_the_log_has_every_provider_call_and_retry(tmp_path, server, settings):
+    server.script("busy", status=429, retry_after=0.05, times=2)  # its tags and components calls
+    data = app_settings(tmp_path).model_dump()
+    data["providers"] = settings.providers.model_dump()
+    data["providers"]["together"]["max_retries"] = 1
+    data["criticore"]["candidates"] = ["together:busy"]
+    app = make_app(Settings.model_validate(data))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("ctrl+r")
+        await until(pilot, settled(app, TAGS_GATE))
+        lines = [f"{e.level} {e.source} {e.text}" for e in app.log_buffer]
+    assert sum(line.startswith("info together Retrying request to /v1/chat/completions") for line in lines) == 2
+    assert sum("HTTP Request: POST" in line and "429 Too Many Requests" in line for line in lines) == 2
+    assert sum("HTTP Request: POST" in line and "200 OK" in line for line in lines) == 2
+    assert any("candidate together:busy answered" in line for line in lines)
