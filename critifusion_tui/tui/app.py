@@ -256,6 +256,7 @@ class CritiFusionApp(App):
     def _start(self, work_coro, description: str) -> None:
         """Run engine work in a worker; only one at a time."""
         if self.busy:
+            work_coro.close()  # never started: close it rather than leave it unawaited
             self.bell()
             self.notify("A stage is running: wait, or press escape to cancel it.", severity="warning")
             return
@@ -399,22 +400,22 @@ class CritiFusionApp(App):
     def action_cancel(self) -> None:
         if self.busy:
             self.worker.cancel()
-            return
-        if isinstance(self.focused, Input) and self.focused.value:
-            return  # escape inside a field is the field's business
 
     def action_rerun_stage(self) -> None:
         """f5: run again the stage the rail has selected (or the one shown)."""
         if self.active_run is None:
             self.notify("No run yet: ctrl+r starts one.", severity="warning")
             return
+        if self.busy:
+            self.notify("A stage is running: wait, or press escape to cancel it.", severity="warning")
+            return
         stage = self.query_one(StageRail).selected or "tags"
         if stage in ("tags", "components"):
-            self._apply_tag_edits() if self.phase == TAGS_GATE else None
             coro = getattr(self.active_run, f"{stage}_stage")()
             self._start(self._then(coro, TAGS_GATE), f"re-run {stage}")
         elif stage == "base":
             self._apply_tag_edits()
+            self.active_run.forget("base")  # else the step below would find it done and skip it
             self._start(self._base_and_critique(), "re-run base")
         elif stage == "critique":
             self._start(self._then(self.active_run.critique_stage(), REFINE_GATE), "re-run critique")
@@ -560,7 +561,8 @@ class CritiFusionApp(App):
 
     @on(CandidatePane.Retry)
     def retry_candidate(self, message: CandidatePane.Retry) -> None:
-        if self.active_run is None:
+        if self.active_run is None or self.busy:
+            self.bell()
             return
         if message.role == "aggregator":
             message.stop()

@@ -333,3 +333,19 @@ async def test_the_log_has_every_provider_call_and_retry(tmp_path, server, setti
     assert sum("HTTP Request: POST" in line and "429 Too Many Requests" in line for line in lines) == 2
     assert sum("HTTP Request: POST" in line and "200 OK" in line for line in lines) == 2
     assert any("candidate together:busy answered" in line for line in lines)
+
+
+async def test_f5_on_a_finished_base_draws_it_again(tmp_path):
+    app = make_app(app_settings(tmp_path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("ctrl+r")
+        await until(pilot, settled(app, TAGS_GATE))
+        await pilot.press("ctrl+r")
+        await until(pilot, settled(app, REFINE_GATE))
+        first = app.active_run.store.stage("base")
+        app.query_one(StageRail).select("base")
+        await pilot.press("f5")
+        await until(pilot, lambda: not app.busy and app.active_run.done("critique"))
+        again = app.active_run.store.stage("base")
+        assert again is not first and again["seconds"] != first["seconds"]
+        assert app.phase == REFINE_GATE
