@@ -603,7 +603,8 @@ class CritiFusionApp(App):
             self.log_buffer.add("info", event.stage, f"started {event.detail}".strip())
         elif isinstance(event, CandidateStarted):
             self._pane(stage, event.role, event.model).start()
-            self.log_buffer.add("info", event.stage, f"{event.role} {event.model}: request sent")
+            what = "offline rules, no request" if event.model == "rules" else "request sent"
+            self.log_buffer.add("info", event.stage, f"{event.role} {event.model}: {what}")
         elif isinstance(event, CandidateDelta):
             self._pane(stage, event.role, event.model).append(event.text)
         elif isinstance(event, CandidateFinished):
