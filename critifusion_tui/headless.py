@@ -171,18 +171,15 @@ async def run_one(
     outcome.folder = run.folder
     emit(Notice("", "info", f"run folder {run.folder}"))
     try:
-        outcome.manifest = await run.run_all()
+        await run.run_all()
         outcome.status = "done"
     except RunFailed as exc:
         outcome.error = str(exc)
-        outcome.manifest = run.store.manifest
     except asyncio.CancelledError:
         outcome.status = "cancelled"
-        outcome.manifest = run.store.manifest
         raise
     finally:
-        if outcome.status != "done":
-            outcome.manifest = run.store.manifest
+        outcome.manifest = run.store.manifest  # whatever happened, the run folder says it
     return outcome
 
 
@@ -257,11 +254,10 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
                 if "resume" in job:
                     kwargs["resume"] = job["resume"]
                 elif folder is not None and (folder / MANIFEST).exists():
-                    status = RunStore.open(folder).manifest.get("status")
-                    if status == "done":
+                    earlier = RunStore.open(folder).manifest
+                    if earlier.get("status") == "done":
                         reporter(Notice("", "info", f"skipping {job['prompt']!r}: already done in {folder}"))
-                        outcome = Outcome(folder, "done", manifest=RunStore.open(folder).manifest)
-                        outcomes.append(outcome)
+                        outcomes.append(Outcome(folder, "done", manifest=earlier))
                         continue
                     kwargs["resume"] = folder
                 else:

@@ -41,7 +41,7 @@ from critifusion_tui.engine.events import (
     StageStarted,
     ignore,
 )
-from critifusion_tui.engine.store import RunStore
+from critifusion_tui.engine.store import RunStore, timestamp
 
 VARIANTS = ("full", "all")
 # The stages of the full method, and of the comparison branch that refines the base made
@@ -226,15 +226,13 @@ class Run:
 
     def _note_resume(self) -> None:
         """A reopened run starts working again: say so, with the settings it goes on with."""
-        from datetime import datetime, timezone
-
         from critifusion_tui.config import settings_for_manifest
 
         self.reopened = False
         manifest = self.store.manifest
         manifest["config"] = settings_for_manifest(self.settings)
         manifest["status"] = "running"
-        manifest.setdefault("resumed", []).append(datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"))
+        manifest.setdefault("resumed", []).append(timestamp())
         self.store.write_manifest()
 
     async def _stage(self, name: str, work: Callable[[], Awaitable[dict[str, Any]]], detail: str = "") -> dict[str, Any]:

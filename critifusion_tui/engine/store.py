@@ -28,6 +28,11 @@ class StoreError(Exception):
     """A run folder that cannot be created, read or resumed; the message says which and why."""
 
 
+def timestamp() -> str:
+    """Local time with its offset, to the second: how the manifest dates things."""
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
 def slugify(text: str, limit: int = SLUG_MAX) -> str:
     """A file-name-safe, lower-case slug of a prompt ("A red fox!" -> "a-red-fox")."""
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
@@ -164,7 +169,7 @@ class RunStore:
                 "by": by,
                 "before": before,
                 "after": after,
-                "at": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+                "at": timestamp(),
             }
         )
         self.write_manifest()

@@ -208,7 +208,7 @@ async def list_models(client: AsyncTogether) -> list[str]:
                         names.append(value)
             return names
         except NotFoundError:
-            pass
+            pass  # no v2 catalogue on this server: GET /v1/models below answers instead
     body = await client.get("/v1/models", cast_to=object)
     entries = body.get("data", []) if isinstance(body, dict) else body
     for entry in entries or []:

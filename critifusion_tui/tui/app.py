@@ -64,6 +64,7 @@ NEXT_HINT = {
 }
 
 
+BUSY = "A stage is running: wait, or press escape to cancel it."
 RUNNING_HINT = {
     "tags": "Expanding the prompt into tags", "components": "Decomposing the prompt into components",
     "base": "Drawing the base image", "critique": "The critics are looking at the image",
@@ -258,7 +259,7 @@ class CritiFusionApp(App):
         if self.busy:
             work_coro.close()  # never started: close it rather than leave it unawaited
             self.bell()
-            self.notify("A stage is running: wait, or press escape to cancel it.", severity="warning")
+            self.notify(BUSY, severity="warning")
             return
         self.worker = self.run_worker(work_coro, name=description, group="stage", exclusive=True, exit_on_error=False)
 
@@ -272,7 +273,7 @@ class CritiFusionApp(App):
         if not self._main_screen_active():
             return
         if self.busy:
-            self.notify("A stage is running: wait, or press escape to cancel it.", severity="warning")
+            self.notify(BUSY, severity="warning")
             return
         if self.phase in (PROMPT, DONE):
             self._new_run()
@@ -407,7 +408,7 @@ class CritiFusionApp(App):
             self.notify("No run yet: ctrl+r starts one.", severity="warning")
             return
         if self.busy:
-            self.notify("A stage is running: wait, or press escape to cancel it.", severity="warning")
+            self.notify(BUSY, severity="warning")
             return
         stage = self.query_one(StageRail).selected or "tags"
         if stage in ("tags", "components"):
