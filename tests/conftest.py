@@ -74,8 +74,17 @@ class NetworkGuard:
             raise NetworkBlockedError(f"name lookup blocked in tests: {host!r}")
 
 
+_session_dirs: dict[str, object] = {}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_caches(tmp_path_factory: pytest.TempPathFactory):
+    _session_dirs["hub"] = tmp_path_factory.mktemp("empty-hub-cache")
+    _session_dirs["cache"] = tmp_path_factory.mktemp("user-cache")
+
+
 @pytest.fixture(autouse=True)
-def network_guard(monkeypatch: pytest.MonkeyPatch):
+def network_guard(_isolated_caches, monkeypatch: pytest.MonkeyPatch):
     """Loopback only, offline environment; fails the test if anything tried to get out."""
     guard = NetworkGuard()
     real_connect = socket.socket.connect
@@ -101,6 +110,10 @@ def network_guard(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # The developer's own model caches must not decide a test: an empty hub cache, and a
+    # user cache (built-in single-file configs are written there) shared by the session.
+    monkeypatch.setenv("HF_HUB_CACHE", str(_session_dirs["hub"]))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(_session_dirs["cache"]))
     for name in SCRUBBED_ENV:
         monkeypatch.delenv(name, raising=False)
 

@@ -42,15 +42,23 @@ diffusers lets propagate at once (no further step, no decode).
 from __future__ import annotations
 
 import gc
-import json
-import os
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from critifusion_tui.engine.diffusion_errors import (
+    DiffusionCancelled,
+    DiffusionError,
+    DiffusionLoadError,
+    DiffusionOutOfMemory,
+)
+from critifusion_tui.engine.diffusion_errors import first_line as _first_line
+from critifusion_tui.engine.diffusion_loading import QuietLibraries, build_pipeline, pipeline_classes
+from critifusion_tui.engine.load_output import CapturedOutput, capture_output
+from critifusion_tui.engine.model_source import LoadPlan, plan_load
+from critifusion_tui.engine.scheduler_plan import scheduler_overrides
 from critifusion_tui.engine.tiny_sdxl import is_tiny_folder, is_tiny_name
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -72,10 +80,6 @@ __all__ = [
 StepCallback = Callable[[int, int], Any]
 """``on_step(done, total)``: called after each denoising step, ``done`` in 1..total."""
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-_SDXL_CLASSES = {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"}
-_SD_CLASSES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"}
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 _DTYPE_NAMES = {
     "float16": "float16",
     "fp16": "float16",
@@ -94,27 +98,6 @@ OOM_HINT = (
 )
 
 
-class DiffusionError(Exception):
-    """Base of the diffusion room's errors; the message is meant for the user as it is."""
-
-
-class DiffusionLoadError(DiffusionError):
-    """The model could not be found or loaded; the message says how to fix it."""
-
-
-class DiffusionOutOfMemory(DiffusionError):
-    """The accelerator ran out of memory. The cache was emptied and the engine is still usable."""
-
-
-class DiffusionCancelled(DiffusionError):
-    """A run was cancelled; raised within one denoising step of the request."""
-
-    def __init__(self, done: int = 0, total: int = 0, what: str = "diffusion") -> None:
-        self.done, self.total, self.what = done, total, what
-        where = f" after step {done} of {total}" if total else " before the first step"
-        super().__init__(f"{what} cancelled{where}")
-
-
 def img2img_step_count(steps: int, strength: float) -> int:
     """Steps an img2img call really runs: diffusers' ``min(int(steps * strength), steps)``.
 
@@ -123,31 +106,6 @@ def img2img_step_count(steps: int, strength: float) -> int:
     Note the float product: strength 29/100 at 100 steps runs 28 steps (0.29 * 100 < 29).
     """
     return min(int(int(steps) * float(strength)), int(steps))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].rstrip(". ") if text else type(exc).__name__
-
-
-def _hub_offline() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # pragma: no cover - hub library missing or changed
-        return False
-
-
-def _hub_cache() -> str:
-    try:
-        from huggingface_hub import constants
-
-        return str(constants.HF_HUB_CACHE)
-    except Exception:  # pragma: no cover
-        return "~/.cache/huggingface/hub"
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -243,90 +201,24 @@ def _cancel_requested(cancel: Any) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class _Source:
-    kind: str  # "tiny", "folder", "file" or "hub"
-    location: str
-
-
-def _classify(model: str) -> _Source:
-    text = (model or "").strip()
-    if not text:
-        raise DiffusionLoadError("diffusion.model is empty. Fix: name a hub id, a folder or a .safetensors file.")
-    if is_tiny_name(text):
-        return _Source("tiny", text.lower())
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return _Source("folder", str(path))
-    if path.is_file():
-        if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
-            return _Source("file", str(path))
-        raise DiffusionLoadError(
-            f"{text} is a file but not a checkpoint (.safetensors or .ckpt). Fix: point "
-            "diffusion.model at a diffusers folder (with model_index.json), a .safetensors / "
-            ".ckpt file, or a Hugging Face hub id."
-        )
-    looks_like_path = (
-        text.startswith(("/", ".", "~"))
-        or "\\" in text
-        or path.suffix.lower() in SINGLE_FILE_SUFFIXES
-        or not _HUB_ID.fullmatch(text)
-    )
-    if looks_like_path:
-        raise DiffusionLoadError(
-            f"model not found: {text} does not exist (resolved to {path.absolute()}). Fix: set "
-            "diffusion.model to an existing diffusers folder (containing model_index.json), a "
-            ".safetensors / .ckpt file, a Hugging Face hub id such as owner/name, or "
-            '"tiny-random" to try the app without a model.'
-        )
-    return _Source("hub", text)
-
-
-class _QuietLoad:
-    """Silence diffusers / transformers / hub tqdm bars and their import-time warnings while
-    loading (the TUI owns stderr; "CLIPImageProcessor requires torchvision" is not news to a
-    user who only runs diffusion). Errors still raise and are reported by the engine."""
-
-    def __enter__(self) -> _QuietLoad:
-        # transformers' logging module is light; set it before diffusers imports the rest.
-        from transformers.utils import logging as tlog
-
-        self._t_level = tlog.get_verbosity()
-        tlog.set_verbosity_error()
-        from diffusers.utils import logging as dlog
-
-        self._d_level = dlog.get_verbosity()
-        dlog.set_verbosity_error()
-        self._d, self._t = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
-        dlog.disable_progress_bar()
-        tlog.disable_progress_bar()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        from diffusers.utils import logging as dlog
-        from transformers.utils import logging as tlog
-
-        dlog.set_verbosity(self._d_level)
-        tlog.set_verbosity(self._t_level)
-        if self._d:
-            dlog.enable_progress_bar()
-        if self._t:
-            tlog.enable_progress_bar()
-
-
 class Diffusion:
     """SDXL / SD 1.5 diffusion for one session: load once, base latent, img2img latent, decode.
 
-    ``model`` is a Hugging Face hub id (standard cache; the cache is tried first without any
-    network, then the hub unless ``offline`` or ``HF_HUB_OFFLINE=1``), a local diffusers folder,
-    a single-file ``.safetensors`` / ``.ckpt`` checkpoint, or ``"tiny-random"`` /
-    ``"tiny-random-sd15"`` (tiny random pipelines built offline in about a second; their images
-    are noise, see :attr:`is_tiny_random`).
+    ``model`` is a Hugging Face hub id (read from the cache's snapshot folder with no request;
+    downloaded only when not cached and neither ``offline`` nor ``HF_HUB_OFFLINE=1``), a local
+    diffusers folder, a single-file ``.safetensors`` / ``.ckpt`` checkpoint, or
+    ``"tiny-random"`` / ``"tiny-random-sd15"`` (tiny random pipelines built offline in about a
+    second; their images are noise, see :attr:`is_tiny_random`). What a load will read is
+    decided first, without loading, by :meth:`plan` (``engine/model_source.py``), which
+    ``doctor`` calls too.
 
     ``device`` ``auto`` picks CUDA, then Apple MPS, then the CPU; ``dtype`` ``auto`` is float16
-    on CUDA and MPS, float32 on the CPU (``bfloat16`` is selectable). ``cpu_offload`` uses
+    on CUDA and MPS, float32 on the CPU (``bfloat16`` is selectable). ``variant`` ``auto``,
+    ``fp16`` or ``none`` picks the weight files (see the plan). ``cpu_offload`` uses
     ``enable_model_cpu_offload`` (accelerator only), ``vae_tiling`` the VAE's tiled decode,
-    ``compile`` ``torch.compile`` of the UNet (in place, so both pipelines share it).
+    ``compile`` ``torch.compile`` of the UNet (CUDA only; in place, so both pipelines share it).
+    ``capture_fds`` are the file descriptors pointed away from the terminal while loading
+    (the app draws on fd 2, so it passes ``(1,)``); what was caught is in :attr:`load_messages`.
 
     Construction is cheap and imports nothing heavy; :meth:`load` (or any generating call)
     loads. Calls are serialised by a lock: one UNet, one run at a time.
@@ -341,10 +233,11 @@ class Diffusion:
         cpu_offload: bool = False,
         vae_tiling: bool = False,
         compile: bool = False,
-        variant: str | None = None,
+        variant: str | None = "auto",
         offline: bool = False,
         single_file_config: str | None = None,
         tiny_seed: int = 0,
+        capture_fds: tuple[int, ...] = (1, 2),
     ) -> None:
         self.model = str(model).strip()
         self.requested_device = device
@@ -352,30 +245,31 @@ class Diffusion:
         self.cpu_offload = bool(cpu_offload)
         self.vae_tiling = bool(vae_tiling)
         self.compile = bool(compile)
-        self.variant = variant
+        self.variant = variant or "auto"
         self.offline = bool(offline)
-        self.single_file_config = single_file_config
+        self.single_file_config = single_file_config or None
         self.tiny_seed = int(tiny_seed)
+        self.capture_fds = tuple(capture_fds)
+        self.load_messages: list[tuple[str, str]] = []
         self._lock = threading.RLock()
         self._txt2img: Any = None
         self._img2img: Any = None
         self._planner: Any = None
         self._offload_owner: Any = None
-        self._source: _Source | None = None
-        self._kind: str | None = None
+        self._plan: LoadPlan | None = None
         self._device: str | None = None
         self._dtype: Any = None
-        self._tiny = False
 
     @classmethod
     def from_config(cls, cfg: Any, **overrides: Any) -> Diffusion:
         """Build from a ``DiffusionConfig``-like object (duck-typed: ``model``, ``device``,
-        ``dtype`` and, when present, ``cpu_offload``, ``vae_tiling``, ``compile``)."""
+        ``dtype`` and, when present, ``variant``, ``single_file_config``, ``cpu_offload``,
+        ``vae_tiling``, ``compile``)."""
         kwargs: dict[str, Any] = {
             "device": getattr(cfg, "device", "auto"),
             "dtype": getattr(cfg, "dtype", "auto"),
         }
-        for key in ("cpu_offload", "vae_tiling", "compile", "variant", "offline"):
+        for key in ("cpu_offload", "vae_tiling", "compile", "variant", "offline", "single_file_config"):
             if hasattr(cfg, key):
                 kwargs[key] = getattr(cfg, key)
         kwargs.update(overrides)
@@ -390,8 +284,8 @@ class Diffusion:
     @property
     def is_tiny_random(self) -> bool:
         """True when the model is a tiny random pipeline (its images are noise: label them)."""
-        if self._source is not None:
-            return self._tiny
+        if self._plan is not None:
+            return self._plan.tiny
         if is_tiny_name(self.model):
             return True
         path = Path(self.model).expanduser()
@@ -401,8 +295,8 @@ class Diffusion:
     def kind(self) -> str:
         """``"sdxl"`` or ``"sd"`` (SD 1.x / 2.x); loads the model."""
         self.load()
-        assert self._kind is not None
-        return self._kind
+        assert self._plan is not None
+        return self._plan.kind
 
     @property
     def device(self) -> str:
@@ -440,23 +334,65 @@ class Diffusion:
         return side, side
 
     def describe(self) -> dict[str, Any]:
-        """What was loaded, for the manifest and ``critifusion doctor`` (loads the model)."""
+        """What was loaded, for the manifest and ``critifusion doctor`` (loads the model):
+        the plan's record (source, variant, weight files with sizes, single-file config) with
+        the device, dtype and scheduler actually in use."""
         self.load()
+        assert self._plan is not None
+        record = self._plan.describe()
+        record.update(
+            pipeline=type(self._txt2img).__name__,
+            device=self._device,
+            dtype=str(self._dtype).removeprefix("torch."),
+            scheduler=self.scheduler_summary(),
+            default_size=list(self.default_size),
+            cpu_offload=self.cpu_offload,
+            vae_tiling=self.vae_tiling,
+            compile=self.compile,
+        )
+        return record
+
+    def scheduler_summary(self) -> dict[str, Any]:
+        """The scheduler that runs (read back from the built object, not from the plan)."""
+        config = self.txt2img.scheduler.config
         return {
-            "model": self.model,
-            "source": self._source.kind if self._source else None,
-            "kind": self._kind,
-            "pipeline": type(self._txt2img).__name__,
-            "device": self._device,
-            "dtype": str(self._dtype).removeprefix("torch."),
-            "tiny_random": self._tiny,
-            "scheduler": f"{type(self._txt2img.scheduler).__name__} (karras sigmas)",
-            "cpu_offload": self.cpu_offload,
-            "vae_tiling": self.vae_tiling,
-            "compile": self.compile,
+            "class": type(self._txt2img.scheduler).__name__,
+            "algorithm": config.get("algorithm_type"),
+            "sigmas": "karras" if config.get("use_karras_sigmas") else "default",
+            "timestep_spacing": config.get("timestep_spacing"),
+            "prediction_type": config.get("prediction_type"),
         }
 
     # ------------------------------------------------------------------ loading
+
+    def plan(self) -> LoadPlan:
+        """What :meth:`load` will read, decided from configs and file headers only.
+
+        Resolves the device and dtype, refuses settings that cannot work on them, and returns
+        the :class:`LoadPlan` (or raises :class:`DiffusionLoadError` naming the missing piece).
+        ``critifusion doctor`` calls this too, so both always agree.
+        """
+        device = resolve_device(self.requested_device)
+        dtype = resolve_dtype(self.requested_dtype, device)
+        if self.cpu_offload and device == "cpu":
+            raise DiffusionLoadError(
+                "diffusion.cpu_offload needs a GPU (it moves models between the CPU and the "
+                "GPU), but the device is the CPU. Fix: set diffusion.cpu_offload = false."
+            )
+        if self.compile and not device.startswith("cuda"):
+            raise DiffusionLoadError(
+                f"diffusion.compile = true needs a CUDA GPU, but the device is {device}: "
+                "compiling the UNet there takes minutes and gains nothing. "
+                "Fix: set diffusion.compile = false."
+            )
+        return plan_load(
+            self.model,
+            device=device,
+            dtype=str(dtype).removeprefix("torch."),
+            variant=self.variant,
+            single_file_config=self.single_file_config,
+            offline=self.offline,
+        )
 
     def load(self) -> Diffusion:
         """Load the model once (later calls return at once). Raises :class:`DiffusionLoadError`."""
@@ -465,28 +401,20 @@ class Diffusion:
         with self._lock:
             if self._txt2img is not None:
                 return self
-            source = _classify(self.model)
-            device = resolve_device(self.requested_device)
-            dtype = resolve_dtype(self.requested_dtype, device)
-            if self.cpu_offload and device == "cpu":
-                raise DiffusionLoadError(
-                    "diffusion.cpu_offload needs a GPU (it moves models between the CPU and the "
-                    "GPU), but the device is the CPU. Fix: set diffusion.cpu_offload = false."
-                )
-            with _QuietLoad():
-                if source.kind == "tiny":
-                    pipe, kind = self._load_tiny(source.location, dtype)
-                elif source.kind == "folder":
-                    pipe, kind = self._load_folder(Path(source.location), dtype)
-                elif source.kind == "file":
-                    pipe, kind = self._load_single_file(Path(source.location), dtype)
-                else:
-                    pipe, kind = self._load_hub(source.location, dtype)
-            self._source = source
-            self._tiny = source.kind == "tiny" or (source.kind == "folder" and is_tiny_folder(source.location))
+            plan = self.plan()
+            dtype = resolve_dtype(plan.dtype, plan.device)
+            caught: CapturedOutput | None = None
+            try:
+                with capture_output(self.capture_fds) as caught, QuietLibraries():
+                    pipe = build_pipeline(plan, dtype, tiny_seed=self.tiny_seed)
+            finally:  # also on failure: what a library printed often says why
+                self.load_messages = caught.messages() if caught is not None else []
+            if plan.source == "download":
+                plan = self.plan()  # now cached: record the files really read
+            self._plan = plan
             detail: str | None = None
             try:
-                self._assemble(pipe, kind, device, dtype)
+                self._assemble(pipe, plan.kind, plan.device, dtype)
             except Exception as exc:
                 if not _is_oom(exc):
                     raise
@@ -494,10 +422,10 @@ class Diffusion:
             if detail is not None:  # outside the except block: the frames are released
                 del pipe
                 self._offload_owner = self._planner = None
-                self._device = device
+                self._device = plan.device
                 self._free_memory()
                 raise DiffusionOutOfMemory(
-                    f"Out of GPU memory while moving {self.model} to {device} ({dtype}). "
+                    f"Out of GPU memory while moving {self.model} to {plan.device} ({dtype}). "
                     f"{OOM_HINT} ({detail})"
                 )
             return self
@@ -508,215 +436,25 @@ class Diffusion:
             self._txt2img = self._img2img = self._planner = self._offload_owner = None
             self._free_memory()
 
-    def _load_tiny(self, name: str, dtype: Any) -> tuple[Any, str]:
-        from critifusion_tui.engine.tiny_sdxl import TINY_RANDOM, build_tiny
-
-        return build_tiny(name, seed=self.tiny_seed, dtype=dtype), ("sdxl" if name == TINY_RANDOM else "sd")
-
-    @staticmethod
-    def _pipeline_kind(config: dict[str, Any], where: str) -> str:
-        name = str(config.get("_class_name", ""))
-        if name in _SDXL_CLASSES:
-            text_encoder = config.get("text_encoder")
-            if config.get("requires_aesthetics_score") or not text_encoder or text_encoder == [None, None]:
-                raise DiffusionLoadError(
-                    f"{where} is an SDXL refiner (no first text encoder), not a base model. "
-                    "Fix: use an SDXL base checkpoint such as stable-diffusion-xl-base-1.0."
-                )
-            return "sdxl"
-        if name in _SD_CLASSES:
-            return "sd"
-        raise DiffusionLoadError(
-            f"{where} holds a {name or 'unknown'} pipeline; this app runs SDXL "
-            "(StableDiffusionXLPipeline) and SD 1.x/2.x (StableDiffusionPipeline) models."
-        )
-
-    @staticmethod
-    def _classes(kind: str) -> tuple[Any, Any]:
-        if kind == "sdxl":
-            from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
-
-            return StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline
-        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
-
-        return StableDiffusionPipeline, StableDiffusionImg2ImgPipeline
-
-    def _pretrained_kwargs(self, kind: str, dtype: Any) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"dtype": dtype}
-        if self.variant:
-            kwargs["variant"] = self.variant
-        if kind == "sd":
-            # Our decode goes through the VAE directly (as the reference does), so a safety
-            # checker would never run: don't spend memory on it.
-            kwargs.update(safety_checker=None, requires_safety_checker=False)
-        return kwargs
-
-    def _load_folder(self, folder: Path, dtype: Any) -> tuple[Any, str]:
-        index = folder / "model_index.json"
-        if not index.is_file():
-            hint = ""
-            if any((folder / sub).is_dir() for sub in ("unet", "vae", "text_encoder")):
-                hint = " It has component folders: is model_index.json missing from a partial copy?"
-            raise DiffusionLoadError(
-                f"{folder} is not a diffusers pipeline folder (no model_index.json).{hint} Fix: "
-                "point diffusion.model at the folder that contains model_index.json, or at a "
-                ".safetensors checkpoint file."
-            )
-        try:
-            config = json.loads(index.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DiffusionLoadError(f"{index} could not be read: {_first_line(exc)}") from exc
-        kind = self._pipeline_kind(config, str(folder))
-        txt_cls, _ = self._classes(kind)
-        try:
-            pipe = txt_cls.from_pretrained(str(folder), **self._pretrained_kwargs(kind, dtype))
-        except Exception as exc:
-            raise DiffusionLoadError(
-                f"could not load the model folder {folder}: {_first_line(exc)}. Fix: check that the "
-                "folder is complete (unet, vae, text encoders, tokenizers, scheduler), e.g. by "
-                "downloading it again."
-            ) from exc
-        return pipe, kind
-
-    def _single_file_kind(self, path: Path) -> str:
-        try:
-            if path.suffix.lower() == ".safetensors":
-                from safetensors import safe_open
-
-                with safe_open(str(path), framework="pt") as handle:
-                    keys = list(handle.keys())
-            else:
-                import torch
-
-                try:
-                    state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-                except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
-                    state = torch.load(str(path), map_location="cpu", weights_only=True)
-                if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-                    state = state["state_dict"]
-                keys = list(state) if isinstance(state, dict) else []
-        except Exception as exc:
-            raise DiffusionLoadError(
-                f"{path} is not a readable checkpoint ({_first_line(exc)}). It may be truncated or "
-                "not a model file. Fix: download it again, or point diffusion.model at another "
-                "checkpoint."
-            ) from exc
-        has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
-        if has("conditioner.embedders.1."):
-            return "sdxl"
-        if has("conditioner.embedders.0."):
-            raise DiffusionLoadError(
-                f"{path} looks like an SDXL refiner checkpoint, not a base model. Fix: use an "
-                "SDXL base checkpoint."
-            )
-        if has("cond_stage_model.") or has("model.diffusion_model."):
-            return "sd"
-        raise DiffusionLoadError(
-            f"{path} is not an SDXL or Stable Diffusion 1.x/2.x checkpoint (no UNet / text "
-            "encoder keys of the original layout). Fix: use an SDXL or SD 1.5 checkpoint."
-        )
-
-    def _load_single_file(self, path: Path, dtype: Any) -> tuple[Any, str]:
-        kind = self._single_file_kind(path)
-        txt_cls, _ = self._classes(kind)
-        kwargs = self._pretrained_kwargs(kind, dtype)
-        kwargs.pop("variant", None)
-        if self.single_file_config:
-            kwargs["config"] = self.single_file_config
-
-        def attempt(local_only: bool) -> Any:
-            return txt_cls.from_single_file(str(path), local_files_only=local_only, **kwargs)
-
-        try:
-            return self._local_first(attempt), kind
-        except DiffusionLoadError:
-            raise
-        except Exception as exc:
-            base = "stabilityai/stable-diffusion-xl-base-1.0" if kind == "sdxl" else "an SD 1.5 base"
-            raise DiffusionLoadError(
-                f"could not build a pipeline from the single file {path}: {_first_line(exc)}. "
-                "A single-file checkpoint also needs the diffusers configuration of its base "
-                f"model ({base}) from the Hugging Face cache. Fix: run once with network access "
-                "(without HF_HUB_OFFLINE), or convert the checkpoint to a diffusers folder."
-            ) from exc
-
-    def _local_first(self, attempt: Callable[[bool], Any]) -> Any:
-        """Try the local cache only (no network at all), then the hub when allowed."""
-        try:
-            return attempt(True)
-        except OSError:
-            if self.offline or _hub_offline():
-                raise
-        return attempt(False)
-
-    def _load_hub(self, model_id: str, dtype: Any) -> tuple[Any, str]:
-        from diffusers import DiffusionPipeline
-
-        offline = self.offline or _hub_offline()
-        try:
-            config = self._local_first(lambda local: DiffusionPipeline.load_config(model_id, local_files_only=local))
-            kind = self._pipeline_kind(dict(config), model_id)
-            txt_cls, _ = self._classes(kind)
-            kwargs = self._pretrained_kwargs(kind, dtype)
-            pipe = self._local_first(
-                lambda local: txt_cls.from_pretrained(model_id, local_files_only=local, **kwargs)
-            )
-        except DiffusionLoadError:
-            raise
-        except Exception as exc:
-            raise DiffusionLoadError(self._hub_error_message(model_id, exc, offline)) from exc
-        return pipe, kind
-
-    @classmethod
-    def _hub_error_message(cls, model_id: str, exc: BaseException, offline: bool) -> str:
-        # "owner/name" is also a relative path: say that no such folder exists either.
-        folder = f" (No local folder {Path(model_id).absolute()} exists either.)"
-        return cls._hub_error_text(model_id, exc, offline) + folder
-
-    @staticmethod
-    def _hub_error_text(model_id: str, exc: BaseException, offline: bool) -> str:
-        from huggingface_hub import errors as hub_errors
-
-        gated = getattr(hub_errors, "GatedRepoError", ())
-        missing = getattr(hub_errors, "RepositoryNotFoundError", ())
-        if gated and isinstance(exc, gated):
-            return (
-                f"{model_id} is a gated model on the Hugging Face Hub. Fix: accept its licence on "
-                "its model page, then log in (`hf auth login`) or set HF_TOKEN."
-            )
-        if missing and isinstance(exc, missing):
-            return (
-                f"{model_id} was not found on the Hugging Face Hub. Fix: check the id (owner/name); "
-                "private models need `hf auth login` or HF_TOKEN; a local model needs its folder path."
-            )
-        if offline:
-            return (
-                f"{model_id} is not (fully) in the Hugging Face cache ({_hub_cache()}) and downloads "
-                "are off (HF_HUB_OFFLINE=1 or offline mode). Fix: download it once with network "
-                f"access (`hf download {model_id}`), or set diffusion.model to a local folder or "
-                f".safetensors file. ({_first_line(exc)})"
-            )
-        return (
-            f"could not load {model_id} from the Hugging Face Hub or its cache ({_hub_cache()}): "
-            f"{_first_line(exc)}. Fix: check the network and the id, or set diffusion.model to a "
-            "local folder or .safetensors file."
-        )
-
-    def _assemble(self, pipe: Any, kind: str, device: str, dtype: Any) -> None:
+    def _scheduler(self, saved: Any) -> Any:
         from diffusers import DPMSolverMultistepScheduler
 
+        return DPMSolverMultistepScheduler.from_config(saved, **scheduler_overrides(dict(saved)))
+
+    def _assemble(self, pipe: Any, kind: str, device: str, dtype: Any) -> None:
         self._check_tokenizers(pipe)
-        txt_cls, img_cls = self._classes(kind)
+        txt_cls, img_cls = pipeline_classes(kind)
         if not isinstance(pipe, txt_cls):  # pragma: no cover - loaders above use txt_cls
             pipe = txt_cls(**pipe.components)
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, use_karras_sigmas=True)
+        saved = pipe.scheduler.config
+        pipe.scheduler = self._scheduler(saved)
         components = dict(pipe.components)
         # Its own scheduler instance: schedulers keep per-run state (step index, history).
-        components["scheduler"] = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+        components["scheduler"] = self._scheduler(saved)
         extra: dict[str, Any] = {"add_watermarker": False} if kind == "sdxl" else {"requires_safety_checker": False}
         # The constructor shares the module objects as they are; `from_pipe` would cast them.
         img = img_cls(**components, **extra)
-        self._planner = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+        self._planner = self._scheduler(saved)
 
         if self.cpu_offload:
             pipe.enable_model_cpu_offload(device=device)
@@ -729,7 +467,7 @@ class Diffusion:
             pipe.unet.compile()  # in place: the object both pipelines hold stays the same
         for p in (pipe, img):
             p.set_progress_bar_config(disable=True)
-        self._kind, self._device, self._dtype = kind, device, dtype
+        self._device, self._dtype = device, dtype
         self._img2img = img
         self._txt2img = pipe  # last: `loaded` turns true only on a complete engine
 

@@ -29,10 +29,12 @@ __all__ = [
     "TINY_MODELS",
     "TINY_RANDOM",
     "TINY_RANDOM_SD15",
+    "TINY_SCHEDULER_CONFIG",
     "build_tiny",
     "build_tiny_clip_tokenizer",
     "build_tiny_sd15",
     "build_tiny_sdxl",
+    "clip_vocab_and_merges",
     "is_tiny_folder",
     "is_tiny_name",
     "save_tiny",
@@ -82,7 +84,8 @@ def _byte_symbols() -> list[str]:
 
 
 @lru_cache(maxsize=1)
-def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP's vocabulary (49,408 ids) and BPE merges, built from the shipped merges file."""
     raw = (resources.files("critifusion_tui") / "data" / _MERGES_FILE).read_bytes()
     lines = gzip.decompress(raw).decode("utf-8").split("\n")[1 : _N_MERGES + 1]
     merges = [tuple(line.split()) for line in lines]
@@ -103,7 +106,7 @@ def build_tiny_clip_tokenizer() -> Any:
     """
     from transformers import CLIPTokenizer
 
-    vocab, merges = _clip_vocab_and_merges()
+    vocab, merges = clip_vocab_and_merges()
     return CLIPTokenizer(
         vocab=dict(vocab),
         merges=list(merges),
@@ -153,19 +156,23 @@ def _tiny_vae(scaling_factor: float) -> Any:
     )
 
 
+# SDXL base's own scheduler config (the engine builds DPM-Solver++ with Karras sigmas from it).
+TINY_SCHEDULER_CONFIG = {
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "prediction_type": "epsilon",
+}
+
+
 def _scheduler() -> Any:
     from diffusers import EulerDiscreteScheduler
 
-    # SDXL base's own scheduler config; the engine swaps in DPM-Solver++ (Karras) from it.
-    return EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        steps_offset=1,
-        timestep_spacing="leading",
-        prediction_type="epsilon",
-    )
+    return EulerDiscreteScheduler(**{k: v for k, v in TINY_SCHEDULER_CONFIG.items() if not k.startswith("_")})
 
 
 def build_tiny_sdxl(seed: int = 0) -> Any:
