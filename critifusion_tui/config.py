@@ -27,6 +27,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from critifusion_tui.engine.prompts import DEFAULT_NEGATIVE, PRESETS
@@ -139,12 +140,22 @@ class CriticoreConfig(Section):
 Pixels = Annotated[int, Field(ge=64, le=4096)]
 
 
+def _size(value: Any) -> Any:
+    # "auto" = the model's native size (1024 for SDXL, 512 for SD 1.5), resolved at load.
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+Size = Annotated[Pixels | Literal["auto"], BeforeValidator(_size)]
+
+
 class DiffusionConfig(Section):
     model: str = Field(DEFAULT_SDXL, min_length=1)
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
-    width: Pixels = 1024
-    height: Pixels = 1024
+    variant: Literal["auto", "fp16", "none"] = "auto"
+    single_file_config: str = ""
+    width: Size = "auto"
+    height: Size = "auto"
     steps: int = Field(50, ge=1, le=1000)
     guidance: float = Field(4.5, ge=0)
     seed: int = Field(2026, ge=0, lt=2**63)
@@ -155,8 +166,8 @@ class DiffusionConfig(Section):
 
     @field_validator("width", "height")
     @classmethod
-    def _multiple_of_8(cls, value: int) -> int:
-        if value % 8:
+    def _multiple_of_8(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value % 8:
             raise ValueError("must be a multiple of 8 (the VAE works on 8x8 pixel cells)")
         return value
 
@@ -166,6 +177,23 @@ class DiffusionConfig(Section):
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
             raise ValueError(f"expected 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N', got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _compile_needs_cuda(self) -> DiffusionConfig:
+        # With device "auto" this is checked when the device is known (the load plan).
+        if self.compile and self.device in ("cpu", "mps"):
+            raise ValueError(
+                f'compile = true needs a CUDA GPU, but device = "{self.device}": compiling the UNet '
+                "there takes minutes and gains nothing. Set compile = false."
+            )
+        return self
+
+    def size(self) -> tuple[int | None, int | None]:
+        """(width, height) in pixels, None where "auto" (the model's native size)."""
+        return (
+            None if self.width == "auto" else int(self.width),
+            None if self.height == "auto" else int(self.height),
+        )
 
 
 def _auto_is_none(value: Any) -> Any:

@@ -314,36 +314,61 @@ async def _ollama_checks(config, wanted) -> list[Placed]:
     return placed
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def model_checks(settings) -> list[Check]:
-    """Where the diffusion weights would come from: nothing here downloads anything."""
-    model = settings.diffusion.model
-    if model == "tiny-random":
-        return [Check("diffusion model", "warn", "tiny-random: built in, offline; its images are noise")]
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if (path / "model_index.json").is_file():
-            return [Check("diffusion model", "ok", f"local diffusers folder {path}")]
-        return [Check("diffusion model", "fail", f"{path} is a folder without model_index.json")]
-    if path.suffix in (".safetensors", ".ckpt"):
-        if path.is_file():
-            size = path.stat().st_size / 2**30
-            return [Check("diffusion model", "ok", f"single-file checkpoint {path} ({size:.1f} GiB)")]
-        return [Check("diffusion model", "fail", f"{path}: no such checkpoint file")]
+    """What `run` would load, from the very plan `run` uses: configs and file headers only.
+
+    Nothing here downloads or loads weights. "ok" here means `run` loads; a "FAIL" carries the
+    same message `run` would stop with.
+    """
+    from critifusion_tui.engine.diffusion import Diffusion
+    from critifusion_tui.engine.diffusion_errors import DiffusionError
+    from critifusion_tui.engine.scheduler_plan import scheduler_label
+
+    cfg = settings.diffusion
     try:
-        from huggingface_hub import constants, try_to_load_from_cache
-    except ImportError:
-        return [Check("diffusion model", "warn", f"{model}: huggingface_hub missing, cannot check the cache")]
-    cached = try_to_load_from_cache(model, "model_index.json")
-    if isinstance(cached, str):
-        return [Check("diffusion model", "ok", f"{model} in the Hugging Face cache ({constants.HF_HUB_CACHE})")]
-    if constants.HF_HUB_OFFLINE:
-        return [Check("diffusion model", "fail", f"{model} is not in the cache and HF_HUB_OFFLINE is set")]
-    return [
-        Check(
-            "diffusion model", "warn",
-            f"{model} is not in the Hugging Face cache: the first run downloads it (SDXL: ~7 GB)",
-        )
-    ]
+        plan = Diffusion.from_config(cfg).plan()
+    except DiffusionError as exc:
+        return [Check("diffusion model", "fail", str(exc))]
+    except Exception as exc:  # torch missing or broken: the System section says more
+        return [Check("diffusion model", "fail", f"cannot plan the load: {type(exc).__name__}: {exc}")]
+    where = {
+        "tiny": "built in, offline",
+        "folder": f"local diffusers folder {plan.location}",
+        "hub": f"{plan.model} in the Hugging Face cache ({plan.location})",
+        "download": f"{plan.model} is not in the Hugging Face cache: the first run downloads it (SDXL: ~7 GB)",
+        "file": f"single-file checkpoint {plan.location}",
+    }[plan.source]
+    kind = "SDXL" if plan.kind == "sdxl" else "SD 1.x"
+    if plan.tiny:
+        checks = [Check("diffusion model", "warn", f"{plan.model}: {where}; a tiny random {kind}, its images are noise")]
+    else:
+        checks = [Check("diffusion model", "warn" if plan.source == "download" else "ok", f"{where} ({kind})")]
+    if plan.source in ("folder", "hub"):
+        variants = sorted({c.variant or "full" for c in plan.components})
+        checks.append(Check("variant", "info", f"{' and '.join(variants)} weights (diffusion.variant = {cfg.variant})"))
+    for component in plan.components:
+        total = sum(size for _, size in component.files)
+        names = ", ".join(Path(p).name for p, _ in component.files[:3])
+        more = f" +{len(component.files) - 3} files" if len(component.files) > 3 else ""
+        checks.append(Check(component.name, "info", f"{names}{more} ({_size(total)})"))
+    if plan.config_source:
+        checks.append(Check("config", "info", f"{plan.config_source} ({plan.config_folder})"))
+    checks.append(Check("device", "info", f"{plan.device}, {plan.dtype}"))
+    if plan.scheduler:
+        checks.append(Check("scheduler", "info", scheduler_label(plan.scheduler)))
+    width, height = cfg.size()
+    native = f"{plan.native_size[0]}x{plan.native_size[1]}"
+    if width is None or height is None:
+        size = f"{width or plan.native_size[0]}x{height or plan.native_size[1]} (native size)"
+    else:
+        size = f"{width}x{height} (the model's native size is {native})"
+    checks.append(Check("image size", "info", size))
+    checks.extend(Check("note", "info", note) for note in plan.notes)
+    return checks
 
 
 def terminal_checks(settings) -> list[Check]:

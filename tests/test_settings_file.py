@@ -63,7 +63,7 @@ def test_documented_config_keeps_comments_and_order(tmp_path: Path):
     assert comments(after) == comments(before)
     headers = lambda t: [line for line in t.splitlines() if line.startswith("[")]
     assert headers(after) == headers(before)
-    assert "width = 512\n" in after and "width = 1024" not in after
+    assert "width = 512\n" in after and 'width = "auto"' not in after
     assert 'guidance = 6.5\n' in after and 'guidance = "auto"' not in after
     # The multi-line array stays multi-line, in the file's own two-space indent.
     assert 'candidates = [\n  "rules",\n  "ollama:llama3.1",\n]\n' in after
@@ -76,7 +76,7 @@ def test_documented_config_keeps_comments_and_order(tmp_path: Path):
         '  "together:Qwen/Qwen2.5-Coder-32B-Instruct",',
         '  "together:deepseek-ai/DeepSeek-V3",',
         '  "together:nvidia/NVIDIA-Nemotron-Nano-9B-v2",',
-        "width = 1024",
+        'width = "auto"',
         'guidance = "auto"',
     ]
 

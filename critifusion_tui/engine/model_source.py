@@ -45,6 +45,7 @@ __all__ = [
     "LoadPlan",
     "hub_cache",
     "hub_offline",
+    "native_size_hint",
     "plan_load",
     "read_checkpoint_keys",
 ]
@@ -374,7 +375,7 @@ def pipeline_kind(index: dict[str, Any], where: str) -> str:
     if name in _SD_CLASSES:
         return "sd"
     raise DiffusionLoadError(
-        f"{where} holds a {name or 'unknown'} pipeline; this app runs SDXL "
+        f"{where} holds {'a ' + name if name else 'an unknown'} pipeline; this app runs SDXL "
         "(StableDiffusionXLPipeline) and SD 1.x/2.x (StableDiffusionPipeline) models."
     )
 
@@ -556,6 +557,22 @@ def _native_size(folder: Path) -> tuple[int, int]:
         return side * factor, side * factor
     except (OSError, ValueError, KeyError, TypeError):
         return (1024, 1024)
+
+
+def native_size_hint(model: str, single_file_config: str | None = None) -> tuple[int, int] | None:
+    """The model's native size from its configs alone, or None where that would need more
+    than a few small reads (a ``.ckpt``, an uncached hub id, a broken model: the load says
+    why). Cheap enough for the app's first paint: no torch, no network."""
+    try:
+        source, location = classify(model)
+        if source == "tiny":
+            return (64, 64)
+        if source == "file" and Path(location).suffix.lower() != ".safetensors":
+            return None
+        plan = plan_load(model, device="cpu", dtype="float32", single_file_config=single_file_config, offline=True)
+        return plan.native_size
+    except (DiffusionLoadError, OSError, ValueError, KeyError):
+        return None
 
 
 # ---------------------------------------------------------------------- single files

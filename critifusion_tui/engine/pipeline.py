@@ -355,10 +355,33 @@ class Run:
     # ---------------------------------------------------------------- stage 3: base image
 
     async def load_model(self) -> None:
-        """Load the diffusion model (once per session), reporting it as part of `stage`."""
-        if not self.session.diffusion.loaded:
+        """Load the diffusion model (once per session), reporting it as part of the base stage.
+
+        What the libraries printed while loading is shown as notices (not on the terminal),
+        and what was really loaded (device, dtype, variant, files, scheduler) is recorded in
+        the manifest's ``diffusion`` field, not just the configured ``auto``s.
+        """
+        diffusion = self.session.diffusion
+        if not diffusion.loaded:
             self._emit(Notice("base", "info", f"loading {self.settings.diffusion.model}"))
-            await self._blocking("base", self.session.diffusion.load)
+            try:
+                await self._blocking("base", diffusion.load)
+            finally:
+                for level, text in diffusion.load_messages:
+                    self._emit(Notice("base", level, f"while loading: {text}"))
+        if self.store.manifest.get("diffusion") is None:
+            self.store.manifest["diffusion"] = await asyncio.to_thread(diffusion.describe)
+            await asyncio.to_thread(self.store.write_manifest)
+
+    async def image_size(self) -> tuple[int, int]:
+        """The base image's (width, height): the configured size, or the model's native one
+        for "auto" (which needs the model's config, so the model is loaded first)."""
+        width, height = self.settings.diffusion.size()
+        if width is None or height is None:
+            await self.load_model()
+            native_w, native_h = self.session.diffusion.default_size
+            width, height = width or native_w, height or native_h
+        return width, height
 
     async def base_stage(self, *, original: bool = False) -> dict[str, Any]:
         """SPEC 3: the base latent (kept for the refinement) and its image."""
@@ -373,10 +396,13 @@ class Run:
 
         async def work() -> dict[str, Any]:
             await self.load_model()
+            width, height = await self.image_size()
+            if "auto" in (cfg.width, cfg.height):
+                self._emit(Notice(name, "info", f"image size {width}x{height} (the model's native size)"))
             diffusion = self.session.diffusion
             latent = await self._in_thread(
-                name, diffusion.base_latent, prompt=prompt, negative=negative, width=cfg.width,
-                height=cfg.height, steps=cfg.steps, guidance=cfg.guidance, seed=self.seed,
+                name, diffusion.base_latent, prompt=prompt, negative=negative, width=width,
+                height=height, steps=cfg.steps, guidance=cfg.guidance, seed=self.seed,
             )
             self._latents[name] = latent
             await asyncio.to_thread(self.store.write_latent, LATENT_FILE[name], latent)
@@ -385,11 +411,12 @@ class Run:
             return {
                 "prompt": prompt, "negative": negative, "image": png, "latent": LATENT_FILE[name],
                 "seed": self.seed, "steps": cfg.steps, "guidance": cfg.guidance,
-                "width": cfg.width, "height": cfg.height,
+                "width": width, "height": height,
             }
 
         self.forget(name)
-        return await self._stage(name, work, detail=f"{cfg.width}x{cfg.height}, {cfg.steps} steps")
+        size = "native size" if "auto" in (cfg.width, cfg.height) else f"{cfg.width}x{cfg.height}"
+        return await self._stage(name, work, detail=f"{size}, {cfg.steps} steps")
 
     async def _save_png(self, stage: str, image, prompt: str, negative: str, seed: int) -> str:
         """Encode and write the PNG off the loop (a 1024 px PNG takes a noticeable moment)."""

@@ -192,9 +192,20 @@ class CritiFusionApp(App):
             f"aggregator  {', '.join(s.criticore.aggregator)}\n"
             f"vlms        {', '.join(s.criticore.vlms)}\n"
             f"model       {s.diffusion.model}{noise}\n"
-            f"image       {s.diffusion.width}x{s.diffusion.height}, {s.diffusion.steps} steps, "
+            f"image       {self._size_summary()}, {s.diffusion.steps} steps, "
             f"seed {s.diffusion.seed}; SpecFusion {s.specfusion.mode}"
         )
+
+    def _size_summary(self) -> str:
+        from critifusion_tui.engine.model_source import native_size_hint
+
+        cfg = self.loaded.settings.diffusion
+        if "auto" not in (cfg.width, cfg.height):
+            return f"{cfg.width}x{cfg.height}"
+        native = native_size_hint(cfg.model, cfg.single_file_config)
+        width = cfg.width if cfg.width != "auto" else (native[0] if native else "auto")
+        height = cfg.height if cfg.height != "auto" else (native[1] if native else "auto")
+        return f"{width}x{height} (model's native size)"
 
     async def on_unmount(self) -> None:
         for name in PROVIDER_LOGGERS:
@@ -225,10 +236,17 @@ class CritiFusionApp(App):
 
     def _session(self):
         if self.session is None:
-            from critifusion_tui.engine.pipeline import Session
-
-            self.session = Session(self.loaded.settings)
+            self.session = self._new_session()
         return self.session
+
+    def _new_session(self, diffusion=None):
+        from critifusion_tui.engine.diffusion import Diffusion
+        from critifusion_tui.engine.pipeline import Session
+
+        settings = self.loaded.settings
+        # Textual draws on fd 2: the model load may capture only fd 1 (library prints).
+        diffusion = diffusion or Diffusion.from_config(settings.diffusion, capture_fds=(1,))
+        return Session(settings, diffusion=diffusion)
 
     @property
     def busy(self) -> bool:
@@ -478,10 +496,12 @@ class CritiFusionApp(App):
             self.notify(str(exc), severity="error", timeout=15)
             return
         old = self.session
-        keep_model = old is not None and old.settings.diffusion.model == self.loaded.settings.diffusion.model
-        from critifusion_tui.engine.pipeline import Session
-
-        self.session = Session(self.loaded.settings, diffusion=old.diffusion if keep_model else None)
+        # The loaded model serves on only if nothing that decides the load changed.
+        load_keys = ("model", "device", "dtype", "variant", "single_file_config", "cpu_offload", "vae_tiling", "compile")
+        keep_model = old is not None and all(
+            getattr(old.settings.diffusion, k) == getattr(self.loaded.settings.diffusion, k) for k in load_keys
+        )
+        self.session = self._new_session(old.diffusion if keep_model else None)
         self.query_one("#config-summary", Static).update(self._config_summary())
         self.notify(f"Saved {len(changes)} setting(s); they apply to the next run.")
 

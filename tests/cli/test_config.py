@@ -39,7 +39,8 @@ def test_built_in_defaults_follow_the_spec():
     loaded = load_config()
     assert loaded.path is None and loaded.source == "built-in defaults"
     s = loaded.settings
-    assert (s.diffusion.width, s.diffusion.height, s.diffusion.steps, s.diffusion.guidance) == (1024, 1024, 50, 4.5)
+    # "auto" is the model's native size: 1024 for SDXL base (SPEC 3), 512 for SD 1.5.
+    assert (s.diffusion.width, s.diffusion.height, s.diffusion.steps, s.diffusion.guidance) == ("auto", "auto", 50, 4.5)
     assert (s.specfusion.total_steps, s.specfusion.last_k, s.specfusion.guidance) == (50, 37, None)
     assert (s.specfusion.rho_t, s.specfusion.base_c, s.specfusion.noise_std) == (0.85, 0.5, 0.001)
     assert s.diffusion.negative.startswith("blurry, low quality, artifacts, watermark")

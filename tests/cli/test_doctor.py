@@ -39,7 +39,8 @@ def test_report_covers_system_config_roles_model_terminal(env, tmp_path):
     assert out.count("TOGETHER_API_KEY") == 1
     # Without a key the catalogue is not asked for (the key line has already failed).
     assert "together         catalogue not checked: no key" in out
-    assert "stabilityai/stable-diffusion-xl-base-1.0 is not in the cache and HF_HUB_OFFLINE is set" in out
+    assert "stabilityai/stable-diffusion-xl-base-1.0 is not in the Hugging Face cache" in out
+    assert "downloads are off (HF_HUB_OFFLINE=1" in out
     assert "not run in a terminal: detection skipped" in out
     assert proc.returncode == 1 and "problem(s) found" in out
 
@@ -64,29 +65,21 @@ def test_key_variables_are_reported_never_shown(env, tmp_path):
 def test_offline_setup_passes(env, tmp_path):
     proc = doctor(*OFFLINE_ROLES, "--set", "diffusion.model=tiny-random", env=env, cwd=tmp_path)
     assert "offline rules: preset tags, prompt clauses, no-op critic" in proc.stdout
-    assert "tiny-random: built in, offline; its images are noise" in proc.stdout
+    assert "tiny-random: built in, offline; a tiny random SDXL, its images are noise" in proc.stdout
     assert proc.returncode == 0, proc.stdout
     assert "All checks passed." in proc.stdout
 
 
 def test_local_model_folder_and_single_file(env, tmp_path):
+    # Only the messages; every real layout (cache, folder, single file) is in test_model_matrix.
     folder = tmp_path / "my-sdxl"
     folder.mkdir()
     proc = doctor(*OFFLINE_ROLES, "--set", f"diffusion.model='{folder}'", env=env, cwd=tmp_path)
-    assert f"{folder} is a folder without model_index.json" in proc.stdout and proc.returncode == 1
-    (folder / "model_index.json").write_text("{}")
+    assert f"{folder} is not a diffusers pipeline folder (no model_index.json)" in proc.stdout
+    assert proc.returncode == 1
+    (folder / "model_index.json").write_text("{}")  # `run` cannot load this: neither may doctor
     proc = doctor(*OFFLINE_ROLES, "--set", f"diffusion.model='{folder}'", env=env, cwd=tmp_path)
-    assert f"local diffusers folder {folder}" in proc.stdout and proc.returncode == 0
+    assert "holds an unknown pipeline" in proc.stdout and proc.returncode == 1
     proc = doctor(*OFFLINE_ROLES, "--set", f"diffusion.model='{tmp_path}/x.safetensors'", env=env, cwd=tmp_path)
-    assert "x.safetensors: no such checkpoint file" in proc.stdout and proc.returncode == 1
-
-
-def test_model_in_the_hugging_face_cache_is_found(env, tmp_path):
-    snapshot = tmp_path / "hf" / "hub" / "models--acme--sdxl" / "snapshots" / "abc123"
-    snapshot.mkdir(parents=True)
-    (snapshot / "model_index.json").write_text("{}")
-    refs = tmp_path / "hf" / "hub" / "models--acme--sdxl" / "refs"
-    refs.mkdir()
-    (refs / "main").write_text("abc123")
-    proc = doctor(*OFFLINE_ROLES, "--set", "diffusion.model=acme/sdxl", env=env, cwd=tmp_path)
-    assert "acme/sdxl in the Hugging Face cache" in proc.stdout, proc.stdout
+    assert "x.safetensors does not exist" in proc.stdout and proc.returncode == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
