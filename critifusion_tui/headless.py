@@ -21,6 +21,7 @@ from critifusion_tui.engine.events import (
     DiffusionStep,
     Event,
     ImageReady,
+    ModelLoaded,
     Notice,
     StageFailed,
     StageFinished,
@@ -48,6 +49,8 @@ def describe(event: Event) -> str | None:
         return f"{tag} {event.role} {event.model} answered in {event.seconds:.1f} s"
     if isinstance(event, Notice):
         return f"{tag} {event.level}: {event.message}"
+    if isinstance(event, ModelLoaded):
+        return f"{tag} model: {event.summary}"
     if isinstance(event, ImageReady):
         return f"{tag} image {event.path}" + (f" ({event.label})" if event.label else "")
     if isinstance(event, DiffusionStep):

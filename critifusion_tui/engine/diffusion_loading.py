@@ -82,6 +82,21 @@ def build_pipeline(plan: LoadPlan, dtype: Any, *, tiny_seed: int = 0) -> Any:
     return _download(plan, dtype)
 
 
+def _method_scheduler(folder: str | None) -> dict[str, Any]:
+    """``{"scheduler": ...}``: SPEC 3's scheduler built from the saved config, handed to the
+    loader so diffusers never instantiates the saved class with options that crash it
+    (``use_beta_sigmas`` needs scipy; exponential and Karras sigmas together are refused)."""
+    import json
+
+    from diffusers import DPMSolverMultistepScheduler
+
+    from critifusion_tui.engine.scheduler_plan import scheduler_overrides
+
+    path = Path(folder or "") / "scheduler" / "scheduler_config.json"
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    return {"scheduler": DPMSolverMultistepScheduler.from_config(saved, **scheduler_overrides(saved))}
+
+
 def _from_folder(plan: LoadPlan, dtype: Any) -> Any:
     txt_cls, _ = pipeline_classes(plan.kind)
     where = plan.model if plan.source == "hub" else plan.location
@@ -95,7 +110,7 @@ def _from_folder(plan: LoadPlan, dtype: Any) -> Any:
         }
         return txt_cls.from_pretrained(
             plan.location, dtype=dtype, variant=plan.variant, local_files_only=True,
-            **_kind_kwargs(plan.kind), **loaded,
+            **_kind_kwargs(plan.kind), **_method_scheduler(plan.location), **loaded,
         )
     except Exception as exc:
         raise DiffusionLoadError(
@@ -116,7 +131,8 @@ def _from_single_file(plan: LoadPlan, dtype: Any) -> Any:
             path = link
         try:
             return txt_cls.from_single_file(
-                str(path), config=plan.config_folder, local_files_only=True, dtype=dtype, **_kind_kwargs(plan.kind)
+                str(path), config=plan.config_folder, local_files_only=True, dtype=dtype,
+                **_kind_kwargs(plan.kind), **_method_scheduler(plan.config_folder),
             )
         except Exception as exc:
             raise DiffusionLoadError(

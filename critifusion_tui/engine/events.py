@@ -94,6 +94,14 @@ class GateOpened(Event):
 
 
 @dataclass(frozen=True)
+class ModelLoaded(Event):
+    """The diffusion model is loaded: `summary` for a person, `record` as in the manifest."""
+
+    summary: str = ""
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Notice(Event):
     """Something the user should see: a retry, a fallback, a warning. level: info, warning, error."""
 

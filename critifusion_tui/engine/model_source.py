@@ -45,6 +45,7 @@ __all__ = [
     "LoadPlan",
     "hub_cache",
     "hub_offline",
+    "load_summary",
     "native_size_hint",
     "plan_load",
     "read_checkpoint_keys",
@@ -143,6 +144,24 @@ class LoadPlan:
             "tiny_random": self.tiny,
             "notes": list(self.notes),
         }
+
+
+def load_summary(record: dict[str, Any]) -> str:
+    """One line for a person from a :meth:`LoadPlan.describe`-style record (what was loaded)."""
+    from critifusion_tui.engine.scheduler_plan import scheduler_label
+
+    where = {"hub": "HF cache", "folder": "folder", "file": "single file", "tiny": "built in",
+             "download": "downloaded"}.get(record.get("source", ""), record.get("source", ""))
+    if record.get("source") == "file":
+        where += f", config {record.get('single_file_config')}"
+    elif record.get("source") in ("hub", "folder"):
+        variants = sorted(set(record.get("component_variants", {}).values()))
+        where += ", " + "+".join("fp16" if v == "fp16" else "full" for v in variants) + " weights"
+    line = f"{record.get('model')} ({where}) on {record.get('device')}, {record.get('dtype')}"
+    scheduler = record.get("scheduler") or {}
+    if scheduler.get("prediction_type"):
+        line += "; " + scheduler_label({"timestep_spacing": "linspace", **scheduler})
+    return line
 
 
 # ---------------------------------------------------------------------- the hub cache
@@ -493,6 +512,7 @@ def _plan_folder(
     # Choose a variant per component, then the one passed to from_pretrained.
     wanted = {"fp16": "fp16", "none": None}.get(variant, "fp16" if prefer_fp16 else None)
     chosen: dict[str, str | None] = {}
+    without_weights: list[str] = []
     for name, (library, _cls, found) in weighted.items():
         if variant != "auto":
             if wanted not in found:
@@ -509,9 +529,14 @@ def _plan_folder(
                     f"{name} has no weights ({_WEIGHT_NAMES[library][0]} or "
                     f"{with_variant(_WEIGHT_NAMES[library][0], 'fp16')})"
                 )
-                fixes.append(f"{name}/{with_variant(_WEIGHT_NAMES[library][0], wanted)}")
+                without_weights.append(name)
         else:
             chosen[name] = wanted if wanted in found else next(iter(found))
+    # Suggest the files of the variant the rest of this copy has (an fp16 download stays fp16).
+    present = Counter(chosen.values())
+    suggest = present.most_common(1)[0][0] if present else wanted
+    for name in without_weights:
+        fixes.append(f"{name}/{with_variant(_WEIGHT_NAMES[weighted[name][0]][0], suggest)}")
     scheduler_cfg = _read_json(folder / "scheduler" / "scheduler_config.json", problems, "scheduler/scheduler_config.json")
     if scheduler_cfg is None:
         fixes.append("scheduler/scheduler_config.json")

@@ -30,6 +30,7 @@ from critifusion_tui import __version__
 from critifusion_tui.engine.criticore import CritiCore, CritiqueResult
 from critifusion_tui.engine.events import (
     DiffusionStep,
+    ModelLoaded,
     Emit,
     Event,
     GateOpened,
@@ -41,6 +42,7 @@ from critifusion_tui.engine.events import (
     StageStarted,
     ignore,
 )
+from critifusion_tui.engine.model_source import load_summary
 from critifusion_tui.engine.store import RunStore, timestamp
 
 VARIANTS = ("full", "all")
@@ -369,9 +371,11 @@ class Run:
             finally:
                 for level, text in diffusion.load_messages:
                     self._emit(Notice("base", level, f"while loading: {text}"))
-        if self.store.manifest.get("diffusion") is None:
-            self.store.manifest["diffusion"] = await asyncio.to_thread(diffusion.describe)
+        record = await asyncio.to_thread(diffusion.describe)
+        if self.store.manifest.get("diffusion") != record:
+            self.store.manifest["diffusion"] = record
             await asyncio.to_thread(self.store.write_manifest)
+            self._emit(ModelLoaded("base", summary=load_summary(record), record=record))
 
     async def image_size(self) -> tuple[int, int]:
         """The base image's (width, height): the configured size, or the model's native one

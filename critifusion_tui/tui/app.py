@@ -35,6 +35,7 @@ from critifusion_tui.engine.events import (
     DiffusionStep,
     Event,
     ImageReady,
+    ModelLoaded,
     Notice,
     StageFailed,
     StageFinished,
@@ -134,6 +135,8 @@ class CritiFusionApp(App):
         self.image_mode = image_mode or loaded.settings.tui.images
         self.image_class = image_class  # tests pin a renderer; None lets the mode decide
         self.session = session
+        # What the engine reported loading (source, variant, device, scheduler), once it has.
+        self._loaded_model: str | None = None
         self.active_run: Any = None
         self.phase = PROMPT
         self.skip_next_critique = False
@@ -191,7 +194,7 @@ class CritiFusionApp(App):
             f"candidates  {', '.join(s.criticore.candidates)}\n"
             f"aggregator  {', '.join(s.criticore.aggregator)}\n"
             f"vlms        {', '.join(s.criticore.vlms)}\n"
-            f"model       {s.diffusion.model}{noise}\n"
+            f"model       {self._loaded_model or s.diffusion.model}{noise}\n"
             f"image       {self._size_summary()}, {s.diffusion.steps} steps, "
             f"seed {s.diffusion.seed}; SpecFusion {s.specfusion.mode}"
         )
@@ -502,6 +505,8 @@ class CritiFusionApp(App):
             getattr(old.settings.diffusion, k) == getattr(self.loaded.settings.diffusion, k) for k in load_keys
         )
         self.session = self._new_session(old.diffusion if keep_model else None)
+        if not keep_model:
+            self._loaded_model = None
         self.query_one("#config-summary", Static).update(self._config_summary())
         self.notify(f"Saved {len(changes)} setting(s); they apply to the next run.")
 
@@ -655,6 +660,10 @@ class CritiFusionApp(App):
         elif isinstance(event, StageSkipped):
             rail.set_state(stage, "skipped")
             self.log_buffer.add("info", event.stage, f"skipped: {event.reason}")
+        elif isinstance(event, ModelLoaded):
+            self.log_buffer.add("info", event.stage, f"model: {event.summary}")
+            self._loaded_model = event.summary
+            self.query_one("#config-summary", Static).update(self._config_summary())
         elif isinstance(event, Notice):
             self.log_buffer.add(event.level, event.stage or "run", event.message)
             if event.stage == "critique" and event.level == "info":
