@@ -77,8 +77,8 @@ SECTIONS: list[tuple[str, str, list[Field]]] = [
         [
             Field("diffusion.model", "Model", "input", 'Hub id, local folder, .safetensors file or "tiny-random"'),
             Field("diffusion.seed", "Seed", "input", "Whole number >= 0"),
-            Field("diffusion.width", "Width", "input", "Pixels, a multiple of 8 (64-4096)"),
-            Field("diffusion.height", "Height", "input", "Pixels, a multiple of 8 (64-4096)"),
+            Field("diffusion.width", "Width", "input", 'Pixels, a multiple of 8 (64-4096), or "auto" (the model\'s size)'),
+            Field("diffusion.height", "Height", "input", 'Pixels, a multiple of 8 (64-4096), or "auto" (the model\'s size)'),
             Field("diffusion.steps", "Steps", "input", "Denoising steps (1-1000)"),
             Field("diffusion.guidance", "Guidance", "input", "Classifier-free guidance (>= 0)"),
         ],

@@ -57,7 +57,7 @@ async def test_routing_and_specfusion_changes_are_written(config_file: Path):
         screen.query_one("#criticore-candidates", TextArea).text = "rules\n\n  ollama:llama3.1  \n"
         screen.query_one("#criticore-vlms", TextArea).text = "ollama:llava"
         screen.query_one("#specfusion-guidance", Input).value = "6.5"
-        screen.query_one("#diffusion-width", Input).value = "1024"  # unchanged: not written
+        screen.query_one("#diffusion-width", Input).value = "auto"  # unchanged: not written
         mode = screen.query_one("#specfusion-mode", Select)
         mode.focus()
         await pilot.press("enter", "down", "enter")  # open the list, pick "adaptive"
@@ -78,7 +78,7 @@ async def test_routing_and_specfusion_changes_are_written(config_file: Path):
     assert settings.specfusion.guidance == 6.5
     text = config_file.read_text(encoding="utf-8")
     assert 'candidates = [\n  "rules",\n  "ollama:llama3.1",\n]' in text
-    assert "# Image size in pixels; multiples of 8." in text
+    assert "# Image size in pixels (multiples of 8), or \"auto\": the model's native size" in text
 
 
 async def test_invalid_values_show_errors_and_write_nothing(config_file: Path):
