@@ -180,17 +180,15 @@ def hub_offline() -> bool:
 
 
 def hub_cache() -> Path:
-    """The Hugging Face hub cache folder (``HF_HUB_CACHE``, else ``HF_HOME/hub``)."""
+    """The Hugging Face hub cache folder, found as the hub client finds it (``HF_HUB_CACHE``,
+    else ``HF_HOME/hub``, else ``$XDG_CACHE_HOME/huggingface/hub``), without importing it:
+    the app asks this for its first paint."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     if os.environ.get("HF_HOME"):
         return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    try:
-        from huggingface_hub import constants
-
-        return Path(constants.HF_HUB_CACHE)
-    except Exception:  # pragma: no cover
-        return Path("~/.cache/huggingface/hub").expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(xdg).expanduser() / "huggingface" / "hub"
 
 
 def cached_snapshot(repo_id: str) -> Path | None:

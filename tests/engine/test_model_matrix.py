@@ -373,3 +373,18 @@ def test_doctor_and_run_agree_through_the_commands(tmp_path, saved):
     run = _cli("run", "a fox", "--demo", "--set", f"diffusion.model='{folder2}'", "--out", str(out), env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     assert json.loads((out / "manifest.json").read_text())["status"] == "done"
+
+
+def test_the_apps_size_hint_reads_configs_only(tmp_path, saved):
+    """The app shows the native size on its first paint: no torch, no hub client for that."""
+    code = (
+        "import sys\n"
+        "from critifusion_tui.engine.model_source import native_size_hint\n"
+        f"print(native_size_hint({str(saved['fp16'])!r}), native_size_hint('tiny-random-sd15'),"
+        f" native_size_hint({str(tmp_path / 'missing')!r}))\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'huggingface_hub') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["(64, 64) (64, 64) None", "[]"]
