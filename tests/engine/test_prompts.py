@@ -108,7 +108,18 @@ def test_seed_tags() -> None:
         ("Sure! Here is the final list: a cat, 8k", ["a cat", "8k"]),
         ("**Final tag list:** a cat", ["a cat"]),
         ("Refined prompt: a red fox, snow", ["a red fox", "snow"]),
-        ("a cat\nTags: sunset", ["a cat", "Tags: sunset"]),  # a label only on the first line
+        ("a cat\nTags: sunset", ["a cat", "sunset"]),  # a label on any line
+        ("Idea: a cat\nReply: sunset, 8k", ["a cat", "sunset", "8k"]),  # our own labels too
+        ("猫、夕焼け、雪", ["猫", "夕焼け", "雪"]),  # the ideographic comma splits
+        ("a **red** fox, __soft__ light, *warm* glow", ["a red fox", "soft light", "warm glow"]),
+        (
+            'shop sign, a sign reading "OPEN 24/7, NO REFUNDS", neon',
+            ["shop sign", 'a sign reading "OPEN 24/7, NO REFUNDS"', "neon"],
+        ),
+        ('sign, "OPEN 24/7, NO REFUNDS", 8k', ["sign", '"OPEN 24/7, NO REFUNDS"', "8k"]),
+        ("看板に「営業中、年中無休」、夜", ["看板に「営業中、年中無休」", "夜"]),
+        ('a 12" record, vinyl', ['a 12" record', "vinyl"]),  # a stray quote holds nothing
+        ("## Tags\na cat", ["a cat"]),
         ("style: anime, x", ["style: anime", "x"]),  # not a label
         ("salt &amp; pepper, &quot;x&quot;, a &amp;amp; b", ["salt & pepper", "x", "a & b"]),
         ("a cat., sunset.\nsharp focus...", ["a cat", "sunset", "sharp focus"]),
