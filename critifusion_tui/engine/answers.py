@@ -46,6 +46,26 @@ _JSON_LANGS = frozenset({"", "json", "json5", "jsonc", "javascript", "js"})
 _TEXT_LANGS = frozenset({"", "text", "txt", "plaintext", "markdown", "md", "csv"})
 
 
+# The shapes asked for as JSON schemas, for backends that constrain output to one (Ollama's
+# ``format``, OpenAI-compatible ``response_format``): small models then answer in shape.
+COMPONENTS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "components": {"type": "array", "items": {"type": "string"}, "minItems": 3, "maxItems": 6}
+    },
+    "required": ["components"],
+}
+CRITIQUE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "issues": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_ISSUES},
+        "refined": {"type": "string"},
+        "alignment": {"type": "number", "minimum": 0, "maximum": 100},
+    },
+    "required": ["issues", "refined"],
+}
+
+
 @dataclass(frozen=True)
 class Reading:
     """What one answer gave. ``problem`` set: nothing in it can be used, and why."""
@@ -341,7 +361,13 @@ def read_critique(text: str, guard: EchoGuard = NO_GUARD, *, need_refined: bool 
     issues_text = extract_tag(text, "issues")
     refined_text = extract_tag(text, "refined")
     if issues_text is None and refined_text is None:
-        return Reading(problem="it holds neither <issues> nor <refined>")
+        # Constrained output (CRITIQUE_SCHEMA) answers the same as JSON.
+        found = next((v for v in _json_values(text) if isinstance(v, dict) and "refined" in v), None)
+        if found is None:
+            return Reading(problem="it holds neither <issues> nor <refined>")
+        issues = found.get("issues")
+        issues_text = "\n".join(str(i) for i in issues) if isinstance(issues, list) else str(issues or "")
+        refined_text = str(found.get("refined") or "")
     refined = clean_refined(refined_text or "")
     if is_placeholder(refined):
         refined = ""

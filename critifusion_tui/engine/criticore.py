@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from critifusion_tui.engine.answers import (
+    COMPONENTS_SCHEMA,
+    CRITIQUE_SCHEMA,
     EchoGuard,
     Reading,
     extract_tag,
@@ -100,6 +102,9 @@ class Answer:
     error_code: str | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # what the check dropped or flagged
+    # How the shape was asked for, when constrained output was requested: "json_schema",
+    # or "free (json_schema refused)" when the server would not take it; None otherwise.
+    output: str | None = None
     reading: Reading | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -112,6 +117,8 @@ class Answer:
             record["unusable"] = True
         if self.notes:
             record["notes"] = list(self.notes)
+        if self.output:
+            record["output"] = self.output
         return record
 
 
@@ -207,6 +214,8 @@ class Critic:
             record["unusable"] = True
         if self.answer.notes:
             record["notes"] = list(self.answer.notes)
+        if self.answer.output:
+            record["output"] = self.answer.output
         return record
 
 
@@ -250,8 +259,14 @@ class CritiqueResult:
 
 
 def parse_alignment(text: str) -> float | None:
-    """The first number of an <alignment> tag, clamped to 0..100."""
+    """The first number of an <alignment> tag (or a JSON answer's "alignment"), clamped to 0..100."""
     found = extract_tag(text, "alignment")
+    if found is None:
+        try:
+            data = json.loads(text)
+            found = str(data.get("alignment", "")) if isinstance(data, dict) else None
+        except ValueError:
+            found = None
     match = re.search(r"\d+(?:\.\d+)?", found or "")
     return min(100.0, max(0.0, float(match.group()))) if match else None
 
@@ -305,7 +320,7 @@ def parse_critic(answer: Answer, fallback_refined: str, *, alignment: bool = Tru
 
 # --- The stages ----------------------------------------------------------------------------
 
-Ask = Callable[[], Awaitable[str]]
+Ask = Callable[[], Awaitable[Any]]  # the answer's text, or a ChatResult
 Read = Callable[[str], Reading]
 
 
@@ -356,8 +371,11 @@ class CritiCore:
         self.emit(CandidateStarted(stage, role=role, model=model))
         started = time.perf_counter()
         reading: Reading | None = None
+        output: str | None = None
         try:
-            text = await ask()
+            result = await ask()
+            text = result if isinstance(result, str) else result.text
+            output = getattr(result, "output", None)
             reading = read(text) if read is not None else None
         except ProviderError as exc:
             answer = Answer(model, role, error=str(exc), error_code=exc.code)
@@ -374,6 +392,7 @@ class CritiCore:
                 )
             else:
                 answer = Answer(model, role, text=text, notes=notes, reading=reading)
+            answer.output = output
         answer.seconds = time.perf_counter() - started
         self.emit(
             CandidateFinished(
@@ -393,19 +412,26 @@ class CritiCore:
 
         return ask
 
-    def _chat(self, stage: str, role: str, model: str, messages, *, temperature, max_tokens, image=None) -> Ask:
-        """An Ask that chats with `model` (a slot label), streaming each cleaned piece as an event."""
+    def _chat(self, stage: str, role: str, model: str, messages, *, temperature, max_tokens, image=None, schema=None) -> Ask:
+        """An Ask that chats with `model` (a slot label), streaming each cleaned piece as an event.
 
-        async def ask() -> str:
+        `schema`: the answer's JSON schema, for backends that can constrain output to it.
+        """
+
+        async def ask():
             chat_model = self.router.model(model_of(model))
+            extra = {"schema": schema} if schema is not None else {}
             result = await chat_model.chat(
                 messages,
                 temperature=temperature,
                 max_tokens=max_tokens,
                 image=image,
                 on_delta=lambda piece: self.emit(CandidateDelta(stage, role=role, model=model, text=piece)),
+                **extra,
             )
-            return result.text
+            if schema is None:
+                return result.text
+            return result
 
         return ask
 
@@ -522,7 +548,7 @@ class CritiCore:
                 return self._offline("components", "candidate", json.dumps({"components": rules_components(prompt)}))
             return self._chat(
                 "components", "candidate", model, messages,
-                temperature=COMPONENTS_TEMPERATURE, max_tokens=COMPONENTS_MAX_TOKENS,
+                temperature=COMPONENTS_TEMPERATURE, max_tokens=COMPONENTS_MAX_TOKENS, schema=COMPONENTS_SCHEMA,
             )
 
         answers = await self._gather(
@@ -553,6 +579,7 @@ class CritiCore:
                 return self._chat(
                     "components", "aggregator", model, agg_messages,
                     temperature=COMPONENTS_AGG_TEMPERATURE, max_tokens=COMPONENTS_AGG_MAX_TOKENS,
+                    schema=COMPONENTS_SCHEMA,
                 )
 
             attempts = await self._aggregate("components", make_agg, lambda text: read_components(text, agg_guard))
@@ -605,6 +632,7 @@ class CritiCore:
             return self._chat(
                 "critique", "vlm", model, messages,
                 temperature=CRITIC_TEMPERATURE, max_tokens=CRITIC_MAX_TOKENS, image=image_png,
+                schema=CRITIQUE_SCHEMA,
             )
 
         previous_answers = [c.answer for c in previous.critics] if previous else None
@@ -650,6 +678,7 @@ class CritiCore:
             return self._chat(
                 "critique", "aggregator", model, agg_messages,
                 temperature=CRITIC_AGG_TEMPERATURE, max_tokens=CRITIC_AGG_MAX_TOKENS,
+                schema=CRITIQUE_SCHEMA,
             )
 
         attempts = await self._aggregate(
