@@ -120,8 +120,8 @@ class EchoGuard:
 NO_GUARD = EchoGuard(())
 
 
-def _echo_problem(echo: str) -> str:
-    return f'it repeats our instructions ("{_short(echo)}") instead of answering'
+def _echo_problem(echo: str, what: str = "it") -> str:
+    return f'{what} repeats our instructions ("{_short(echo)}") instead of answering'
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -374,7 +374,7 @@ def read_critique(text: str, guard: EchoGuard = NO_GUARD, *, need_refined: bool 
     if refined:
         echo = guard.echo_in(refined)
         if echo:
-            return Reading(problem=f"its <refined> {_echo_problem(echo)}")
+            return Reading(problem=_echo_problem(echo, "its <refined>"))
     issues: list[str] = []
     dropped = 0
     for line in issue_lines(issues_text or "", limit=100):

@@ -166,7 +166,7 @@ def test_more_than_six_components_are_cut_and_noted() -> None:
 
 
 REFUSED_CRITIQUES = [
-    ("critique_agg_echo.txt", "critic_agg", True, "its <refined> it repeats our instructions"),
+    ("critique_agg_echo.txt", "critic_agg", True, "its <refined> repeats our instructions"),
     ("critique_placeholder.txt", "critic", False, "hold only placeholders"),
     ("critique_placeholder.txt", "critic_agg", True, "no usable <refined>"),
     ("critique_user_echo.txt", "critic", False, "repeats our instructions"),
