@@ -96,9 +96,19 @@ class OllamaConfig(Section):
     keep_alive: str = "5m"
 
 
+class OpenAIConfig(Section):
+    # vLLM's default address; llama.cpp's server listens on :8080, LM Studio on :1234.
+    base_url: str = Field("http://127.0.0.1:8000/v1", min_length=1)
+    # Empty: the server needs no key (local servers); else the variable that holds it.
+    api_key_env: str = ""
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(2, ge=0)
+
+
 class ProvidersConfig(Section):
     together: TogetherConfig = Field(default_factory=TogetherConfig)
     ollama: OllamaConfig = Field(default_factory=OllamaConfig)
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
 
 
 class CriticoreConfig(Section):

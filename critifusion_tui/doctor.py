@@ -45,7 +45,7 @@ def system_checks() -> list[Check]:
         Check("python", "ok", f"{platform.python_version()} ({sys.executable})"),
         Check("platform", "info", f"{platform.system()} {platform.release()} {platform.machine()}"),
     ]
-    for dist in ("diffusers", "transformers", "textual", "textual-image", "together", "ollama"):
+    for dist in ("diffusers", "transformers", "textual", "textual-image", "together", "ollama", "openai"):
         version = _version(dist)
         checks.append(Check(dist, "ok" if version else "fail", version or "not installed"))
     return checks
@@ -118,6 +118,14 @@ def role_checks(settings) -> list[Check]:
             )
     if "ollama" in users:
         checks.append(Check("ollama", "info", f"server {ollama.host} (no key needed)"))
+    if "openai" in users:
+        openai_cfg = settings.providers.openai
+        if not openai_cfg.api_key_env:
+            checks.append(Check("openai", "info", f"server {openai_cfg.base_url} (no key configured)"))
+        elif os.environ.get(openai_cfg.api_key_env):
+            checks.append(Check("openai key", "ok", f"${openai_cfg.api_key_env} is set (server {openai_cfg.base_url})"))
+        else:
+            checks.append(Check("openai key", "fail", f"${openai_cfg.api_key_env} is not set; export the server's key"))
     if "rules" in users:
         checks.append(Check("rules", "info", "offline rules: preset tags, prompt clauses, no-op critic"))
     return checks
@@ -137,17 +145,19 @@ def provider_checks(settings, offline: bool = False) -> list[Check]:
     Together: the serverless catalogue (the 3.x client's list, or GET /v1/models), checked only
     with a key and never with ``offline``. Ollama: /api/tags, and /api/show for a VLM's
     "vision" capability; a local server counts as offline-capable, so it is checked always.
+    OpenAI-compatible: the server's own GET /v1/models (not Together's catalogue), checked
+    always (usually a local server) unless its key variable is named and unset.
     Each list is fetched once, both providers concurrently, in one event loop.
     """
     # (position, role, ref): lines come out in the config's order, whichever answers first.
-    wanted: dict[str, list[tuple[int, str, ModelRef]]] = {"together": [], "ollama": []}
+    wanted: dict[str, list[tuple[int, str, ModelRef]]] = {"together": [], "ollama": [], "openai": []}
     position = 0
     for role, refs in settings.criticore.refs().items():
         for ref in dict.fromkeys(refs):  # a ref listed twice in one role: one line
             if ref.provider in wanted:
                 wanted[ref.provider].append((position, role, ref))
                 position += 1
-    if not wanted["together"] and not wanted["ollama"]:
+    if not any(wanted.values()):
         return []
     together = settings.providers.together
     key = os.environ.get(together.api_key_env) or ""
@@ -155,6 +165,12 @@ def provider_checks(settings, offline: bool = False) -> list[Check]:
     skipped: list[Check] = []
     if wanted["ollama"]:
         jobs.append(_ollama_checks(settings.providers.ollama, wanted["ollama"]))
+    openai_cfg = settings.providers.openai
+    if wanted["openai"]:
+        if openai_cfg.api_key_env and not os.environ.get(openai_cfg.api_key_env):
+            skipped.append(Check("openai", "info", "model list not checked: no key"))
+        else:
+            jobs.append(_openai_checks(openai_cfg, wanted["openai"]))
     if wanted["together"]:
         if offline:
             skipped.append(Check("together", "info", "catalogue not checked: --offline skips hosted checks"))
@@ -172,10 +188,11 @@ def provider_checks(settings, offline: bool = False) -> list[Check]:
             found += part
     # Provider lines (position -1) first, then one line per model in config order.
     checks = [check for _, check in sorted(found, key=lambda item: item[0])]
-    if key.strip():
-        # Belt and braces: no server's error text may carry the key into the report.
+    secrets = [key.strip(), os.environ.get(openai_cfg.api_key_env, "").strip() if openai_cfg.api_key_env else ""]
+    for secret in filter(None, secrets):
+        # Belt and braces: no server's error text may carry a key into the report.
         for check in checks:
-            check.detail = check.detail.replace(key.strip(), "***")
+            check.detail = check.detail.replace(secret, "***")
     return checks
 
 
@@ -237,6 +254,39 @@ async def _together_checks(config, wanted) -> list[Placed]:
         close = closest_names(ref.name, available)
         hint = f"closest: {', '.join(close)}" if close else f"no close names; see {MODELS_PAGE}"
         placed.append((pos, Check(role, "fail", f"{ref} not available on Together; {hint}")))
+    return placed
+
+
+async def _openai_checks(config, wanted) -> list[Placed]:
+    """An OpenAI-compatible server: its own /v1/models, and the closest names of a missing one."""
+    from critifusion_tui.providers.base import ProviderError, ProviderTimeoutError, closest_names
+    from critifusion_tui.providers.openai import OpenAIProvider
+
+    capped = _capped(config, max_retries=0)
+    provider = OpenAIProvider(capped)
+    where = config.base_url
+
+    def provider_line(detail: str) -> list[Placed]:
+        return [(-1, Check("openai", "fail", detail))]
+
+    try:
+        available = await asyncio.wait_for(provider.list_models(), capped.timeout_s + 1)
+    except (ProviderTimeoutError, asyncio.TimeoutError):
+        return provider_line(f"{where} does not answer within {capped.timeout_s:g} s: is the server running?")
+    except ProviderError as error:
+        return provider_line(f"models not checked at {where}/models: {_error_detail(error)}")
+    except Exception as error:  # whatever the mapping missed is still one line, no traceback
+        return provider_line(f"models not checked: {type(error).__name__}: {error}")
+    finally:
+        await _close(provider)
+    placed: list[Placed] = []
+    for pos, role, ref in wanted:
+        if ref.name in available:
+            placed.append((pos, Check(role, "ok", f"{ref} available")))
+            continue
+        close = closest_names(ref.name, available)
+        served = f"closest: {', '.join(close)}" if close else f"it serves: {', '.join(available[:5]) or 'no models'}"
+        placed.append((pos, Check(role, "fail", f"{ref} not served by {where}; {served}")))
     return placed
 
 

@@ -1,7 +1,8 @@
-"""A scriptable loopback HTTP server that speaks the Together and Ollama endpoints.
+"""A scriptable loopback HTTP server that speaks the Together, Ollama and OpenAI endpoints.
 
-Tests point the real ``together`` and ``ollama`` clients at it (``base_url=server.url``,
-``host=server.url``), script what each model answers, and read back every request::
+Tests point the real ``together``, ``ollama`` and ``openai`` clients at it
+(``base_url=server.url``, ``host=server.url``, ``base_url=server.openai_url``), script what
+each model answers, and read back every request::
 
     with LoopbackServer() as server:
         server.script("model-a", text="hello", delay=0.5)
@@ -13,7 +14,11 @@ Tests point the real ``together`` and ``ollama`` clients at it (``base_url=serve
 
 Endpoints: ``POST /v1/chat/completions`` (JSON, or SSE with ``data: ...`` lines and
 ``data: [DONE]`` when the body asks ``stream``), ``GET /v1/models``, ``GET /v2/supported-models``,
-``POST /api/chat`` (JSON or NDJSON), ``GET /api/tags``, ``POST /api/show``. It binds
+``POST /api/chat`` (JSON or NDJSON), ``GET /api/tags``, ``POST /api/show``, and under
+``/openai/v1`` an OpenAI-compatible server (``chat/completions`` as above, ``models`` as
+OpenAI's ``{"object": "list", "data": [...]}``). With ``refuse_schema`` set, a chat that asks
+for constrained output (``response_format`` json_schema, Ollama's ``format``) gets HTTP 400,
+as servers without that feature answer. It binds
 127.0.0.1 on a free port and runs each connection in its own thread, so concurrent calls
 overlap the way they would against a real service.
 """
@@ -82,6 +87,8 @@ class LoopbackServer:
         self.models: dict[str, ModelEntry] = {}
         # False: /v2/supported-models answers 404 (an older or compatible server).
         self.supported_models = True
+        # True: a chat asking for constrained output is refused with 400 (an older server).
+        self.refuse_schema = False
         self._scripts: dict[str, deque[Script]] = defaultdict(deque)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -121,6 +128,11 @@ class LoopbackServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def openai_url(self) -> str:
+        """The base URL an OpenAI-compatible client takes (with its /v1)."""
+        return f"{self.url}/openai/v1"
 
     # -- scripting --------------------------------------------------------------------------
 
@@ -234,6 +246,8 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", "/api/chat"): self._ollama_chat,
             ("GET", "/api/tags"): self._ollama_tags,
             ("POST", "/api/show"): self._ollama_show,
+            ("POST", "/openai/v1/chat/completions"): self._together_chat,
+            ("GET", "/openai/v1/models"): self._openai_models,
         }.get((self.command, parts.path))
         try:
             if route is None:
@@ -247,6 +261,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _together_chat(self, body: dict) -> None:
         model = str(body.get("model", ""))
+        if self.loopback.refuse_schema and "response_format" in body:
+            message = "response_format json_schema is not supported by this server"
+            self._json(400, {"error": {"message": message, "type": "invalid_request_error"}})
+            return
         script = self._begin(model)
         if script is None:
             return
@@ -271,6 +289,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._chunk("data: [DONE]\n\n")
         self._end_chunked()
 
+    def _openai_models(self, body: dict) -> None:
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "loopback"} for m in self.loopback.models]
+        self._json(200, {"object": "list", "data": data})
+
     def _together_models(self, body: dict) -> None:
         # The real /v1/models answers a bare list of model objects.
         self._json(200, [{"id": m, "object": "model", "type": "chat"} for m in self.loopback.models])
@@ -289,6 +311,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _ollama_chat(self, body: dict) -> None:
         model = str(body.get("model", ""))
+        if self.loopback.refuse_schema and isinstance(body.get("format"), dict):
+            self._json(400, {"error": "invalid format: json schema is not supported"})
+            return
         script = self._begin(model)
         if script is None:
             return

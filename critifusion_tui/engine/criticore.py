@@ -1,14 +1,19 @@
 """CritiCore: the four text stages of the method (SPEC 1, 2, 4, 5) over a provider router.
 
-Every stage asks its models in parallel, records each model's answer, error and time, then
-asks the aggregator (the first of its list that answers) to merge them. A failing model never
-stops a stage: it is recorded, shown through an event, and the stage goes on with the others,
-down to the method's own fallbacks when nobody answered. Every stage can be re-run alone with
-edited inputs, and `only=` re-asks some models while keeping the other answers of a previous
-result, so one failed candidate can be retried without paying for the rest.
+Every stage asks its models in parallel, records each model's answer, error and time, checks
+each answer against the shape the stage asked for (``engine/answers.py``), then asks the
+aggregator (the first of its list that answers usably) to merge the usable ones. A failing
+model, or one whose answer is unusable (an echo of our instructions, a placeholder, prose
+instead of tags), never stops a stage: it is recorded with its reason, shown through an
+event, and the stage goes on with the others, down to the method's own fallbacks when nobody
+answered. With one usable answer there is nothing to merge and no aggregator is asked.
 
-The system prompts below are our own words for what SPEC.md asks of each call; the numbers
-(temperatures, token limits, counts) are the method's.
+Every stage can be re-run alone with edited inputs, and `only=` re-asks some models while
+keeping the other answers of a previous result. A model listed twice in a role is asked twice
+and keeps both answers, the second under ``<ref>#2``.
+
+The messages are the templates of ``engine/instructions.py`` (our words for what SPEC.md asks);
+the numbers (temperatures, token limits, counts) are the method's.
 """
 
 from __future__ import annotations
@@ -21,6 +26,17 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from critifusion_tui.engine.answers import (
+    COMPONENTS_SCHEMA,
+    CRITIQUE_SCHEMA,
+    EchoGuard,
+    Reading,
+    extract_tag,
+    issue_lines,
+    read_components,
+    read_critique,
+    read_tags,
+)
 from critifusion_tui.engine.events import (
     CandidateDelta,
     CandidateFinished,
@@ -29,16 +45,23 @@ from critifusion_tui.engine.events import (
     Notice,
     ignore,
 )
+from critifusion_tui.engine.instructions import DEFAULT_INSTRUCTIONS, Instructions
+from critifusion_tui.engine.instructions import DEFAULTS as DEFAULT_TEMPLATES
 from critifusion_tui.engine.prompts import (
     dedup_keep_order,
-    merge_critique_with_tags,
     negative_tags,
-    postprocess_tags,
+    positive_prompt,
+    refinement_prompt,
     seed_tags,
 )
 from critifusion_tui.engine.tokens import clip77_strict
 from critifusion_tui.providers.base import ModelRef, ProviderError, system, user
 from critifusion_tui.providers.rules import rules_components, rules_critique, rules_tags
+
+__all__ = [
+    "Answer", "ComponentsResult", "CritiCore", "Critic", "CritiqueResult", "TagsResult",
+    "extract_tag", "issue_lines", "parse_alignment", "parse_components", "parse_critic",
+]
 
 # --- The method's numbers (SPEC 1, 2, 4) ---------------------------------------------------
 
@@ -52,57 +75,17 @@ MAX_COMPONENTS = 6
 MAX_ISSUES = 5
 DIVIDER = "\n---\n"
 
-# --- What each call asks (our wording of SPEC's requests) ----------------------------------
+# --- What each call asks: the templates live in engine/instructions.py ---------------------
+# (kept here under their old names for code that imported them from this module)
 
-TAGS_SYSTEM = """You write prompts for Stable Diffusion XL.
-Turn the user's idea into ONE comma-separated list of SDXL tags.
-- Put the subject phrase first.
-- Give composition, lighting, colour and detail tags before any style tag.
-- Use no more than two style tags.
-- Write 16 to 26 short tags in all.
-- Separate tags with commas only: no sentences, no "and", no full stop at the end.
-- Keep the tags "high detailed", "sharp focus", "8k" and "UHD".
-Reply with the tag list and nothing else."""
-
-TAGS_AGG_SYSTEM = """You merge several SDXL tag lists written for the same idea into ONE
-comma-separated list of 16 to 26 short tags.
-- Put the subject phrase first.
-- Give composition, lighting, colour and detail tags before any style tag.
-- Use no more than two style tags.
-- Separate tags with commas only: no sentences, no "and", no full stop at the end.
-- Keep the tags "high detailed", "sharp focus", "8k" and "UHD".
-Reply with the merged list and nothing else."""
-
-COMPONENTS_SYSTEM = """Break the user's description of an image into 3 to 6 concrete visual
-components that a person could verify by looking at the picture: the things in it, what they
-do to each other, and where they are relative to each other.
-Reply with JSON only, in the form {"components": ["...", "..."]}."""
-
-COMPONENTS_AGG_SYSTEM = """Each answer below lists visual components of the same image
-description as JSON. Merge them into one list of 3 to 6 distinct components that can be
-checked by looking at the picture.
-Reply with JSON only, in the form {"components": ["...", "..."]}."""
-
-CRITIC_SYSTEM = """You are a precise critic who judges an image only by what can be seen in it.
-Reply with exactly the tags you are asked for and nothing else."""
-
-CRITIC_USER = """The attached image was generated from this prompt:
-"{prompt}"
-Components to check: {components}
-1. List the concrete visual problems you see, each with a brief correction.
-2. Write a refined prompt that fixes them while keeping the prompt's original intent.
-Reply with exactly these tags:
-<issues>...</issues>
-<refined>...</refined>"""
-
-CRITIC_ALIGNMENT = """
-Also rate how well the image matches the prompt, from 0 (not at all) to 100 (perfectly):
-<alignment>...</alignment>"""
-
-CRITIC_AGG_SYSTEM = """You merge the reports of several image critics into one.
-Reply only with these tags:
-<issues>at most 5 bullet points</issues>
-<refined>one prompt of at most 70 words, with no camera, lens, gear or resolution jargon</refined>"""
+TAGS_SYSTEM = DEFAULT_TEMPLATES["tags_system"].text
+TAGS_AGG_SYSTEM = DEFAULT_TEMPLATES["tags_agg_system"].text
+COMPONENTS_SYSTEM = DEFAULT_TEMPLATES["components_system"].text
+COMPONENTS_AGG_SYSTEM = DEFAULT_TEMPLATES["components_agg_system"].text
+CRITIC_SYSTEM = DEFAULT_TEMPLATES["critic_system"].text
+CRITIC_USER = DEFAULT_TEMPLATES["critic_user"].text
+CRITIC_ALIGNMENT = DEFAULT_TEMPLATES["critic_alignment"].text
+CRITIC_AGG_SYSTEM = DEFAULT_TEMPLATES["critic_agg_system"].text
 
 
 # --- Results -------------------------------------------------------------------------------
@@ -110,21 +93,33 @@ Reply only with these tags:
 
 @dataclass
 class Answer:
-    """One model's part in a stage: what it said, or why it said nothing."""
+    """One model's part in a stage: what it said, or why it said nothing (or nothing usable)."""
 
-    model: str
+    model: str  # the model reference, "#2" added for a second listing of the same model
     role: str  # candidate, aggregator or vlm
     text: str = ""
     error: str | None = None
     error_code: str | None = None
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the check dropped or flagged
+    # How the shape was asked for, when constrained output was requested: "json_schema",
+    # or "free (json_schema refused)" when the server would not take it; None otherwise.
+    output: str | None = None
+    reading: Reading | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def record(self) -> dict[str, Any]:
-        return {"model": self.model, "text": self.text, "error": self.error, "seconds": round(self.seconds, 3)}
+        record = {"model": self.model, "text": self.text, "error": self.error, "seconds": round(self.seconds, 3)}
+        if self.error_code == "unusable_answer":
+            record["unusable"] = True
+        if self.notes:
+            record["notes"] = list(self.notes)
+        if self.output:
+            record["output"] = self.output
+        return record
 
 
 @dataclass
@@ -138,7 +133,7 @@ class TagsResult:
     aggregated: str  # the merged text the positive was made from
     positive: str
     negative: str
-    source: str  # aggregator, candidates (no aggregator answered) or fallback (none answered)
+    source: str  # aggregator, candidates (no aggregator answered or nothing to merge) or fallback
     seconds: float = 0.0
 
     @property
@@ -154,7 +149,7 @@ class TagsResult:
             raise ValueError(f"{model} is not a candidate of this result")
         if not answer.ok:
             raise ValueError(f"{model} has no answer to take: {answer.error}")
-        return postprocess_tags(answer.text, self.prompt, self.preset)
+        return positive_prompt(_tags_text(answer), self.prompt, self.preset)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -177,7 +172,7 @@ class ComponentsResult:
     candidates: list[Answer]
     aggregator: list[Answer]
     components: list[str]
-    source: str  # aggregator, candidates (no aggregator answer parsed) or fallback (the prompt's clauses)
+    source: str  # aggregator, candidates (no aggregator answer, or nothing to merge) or fallback
     seconds: float = 0.0
 
     @property
@@ -206,7 +201,7 @@ class Critic:
     alignment: float | None = None
 
     def record(self) -> dict[str, Any]:
-        return {
+        record = {
             "model": self.answer.model,
             "text": self.answer.text,
             "issues": list(self.issues),
@@ -215,6 +210,13 @@ class Critic:
             "error": self.answer.error,
             "seconds": round(self.answer.seconds, 3),
         }
+        if self.answer.error_code == "unusable_answer":
+            record["unusable"] = True
+        if self.answer.notes:
+            record["notes"] = list(self.answer.notes)
+        if self.answer.output:
+            record["output"] = self.answer.output
+        return record
 
 
 @dataclass
@@ -228,7 +230,7 @@ class CritiqueResult:
     issues: list[str]
     refined: str
     alignment: float | None
-    source: str  # aggregator, critic (no aggregator answered) or none (no critic answered)
+    source: str  # aggregator, critic (no aggregator answered, or one critic) or none (no critic)
     seconds: float = 0.0
 
     @property
@@ -253,56 +255,31 @@ class CritiqueResult:
         return record
 
 
-# --- Parsing -------------------------------------------------------------------------------
-
-_BULLET = re.compile(r"^\s*(?:[-*•·+–—]|\d{1,2}[.)])\s*")
-
-
-def extract_tag(text: str, tag: str) -> str | None:
-    """The content of `<tag>...</tag>`, also when the model HTML-escaped the brackets."""
-    pattern = re.compile(rf"<\s*{tag}\s*>(.*?)<\s*/\s*{tag}\s*>", re.S | re.I)
-    for candidate in (text, text.replace("&lt;", "<").replace("&gt;", ">")):
-        match = pattern.search(candidate)
-        if match:
-            return match.group(1).strip()
-    return None
-
-
-def issue_lines(text: str, limit: int = MAX_ISSUES) -> list[str]:
-    """Issues split on newlines and semicolons, bullets stripped, at most `limit`."""
-    lines = []
-    for part in re.split(r"[\n;]+", text):
-        line = _BULLET.sub("", part).strip()
-        if line:
-            lines.append(line)
-    return lines[:limit]
+# --- Parsing (kept as functions: other code and scripts call them) ---------------------------
 
 
 def parse_alignment(text: str) -> float | None:
-    """The first number of an <alignment> tag, clamped to 0..100."""
+    """The first number of an <alignment> tag (or a JSON answer's "alignment"), clamped to 0..100."""
     found = extract_tag(text, "alignment")
+    if found is None:
+        try:
+            data = json.loads(text)
+            found = str(data.get("alignment", "")) if isinstance(data, dict) else None
+        except ValueError:
+            found = None
     match = re.search(r"\d+(?:\.\d+)?", found or "")
     return min(100.0, max(0.0, float(match.group()))) if match else None
 
 
 def parse_components(text: str) -> list[str]:
-    """SPEC 2: JSON, else the span from the first "{" to the last "}"; non-empty strings, <= 6.
+    """SPEC 2: the components of a JSON answer, read as ``answers.read_components`` does.
 
-    Raises ValueError when neither parses into an object with a components list.
+    Raises ValueError with the reason when the answer holds no usable components.
     """
-    candidates = [text]
-    start, end = text.find("{"), text.rfind("}")
-    if start != -1 and end > start:
-        candidates.append(text[start : end + 1])
-    for candidate in candidates:
-        try:
-            data = json.loads(candidate)
-        except json.JSONDecodeError:
-            continue
-        items = data.get("components") if isinstance(data, dict) else None
-        if isinstance(items, list):
-            return [c.strip() for c in items if isinstance(c, str) and c.strip()][:MAX_COMPONENTS]
-    raise ValueError('no JSON object with a "components" list in the answer')
+    reading = read_components(text)
+    if reading.problem:
+        raise ValueError(reading.problem)
+    return list(reading.items)
 
 
 NO_CRITIC_TAGS = "the answer holds neither <issues> nor <refined>"
@@ -310,38 +287,41 @@ NO_REFINED_TAG = "the answer holds no <refined>"
 
 
 def check_critic(text: str) -> None:
-    """Raise ValueError when a critic's answer has none of the tags it was asked for."""
-    if extract_tag(text, "issues") is None and extract_tag(text, "refined") is None:
-        raise ValueError(NO_CRITIC_TAGS)
+    """Raise ValueError when a critic's answer cannot be used (see ``answers.read_critique``)."""
+    reading = read_critique(text)
+    if reading.problem:
+        raise ValueError(reading.problem)
 
 
 def check_merged_critique(text: str) -> None:
     """Raise ValueError when the critique aggregator's answer has no usable <refined>."""
-    if not extract_tag(text, "refined"):
-        raise ValueError(NO_REFINED_TAG)
+    reading = read_critique(text, need_refined=True)
+    if reading.problem:
+        raise ValueError(reading.problem)
 
 
 def parse_critic(answer: Answer, fallback_refined: str, *, alignment: bool = True) -> Critic:
     """SPEC 4: issues (<= 5 lines) and refined (CLIP-77 strict) from one critic's answer.
 
     `alignment`: read the <alignment> rating too (only when the critic was asked for one).
+    An answer the check already read keeps that reading (it knew the echo guard).
     """
-    issues_text = extract_tag(answer.text, "issues")
-    refined = extract_tag(answer.text, "refined")
-    if issues_text is None and refined is None:
-        bad = replace(answer, error=NO_CRITIC_TAGS, error_code="unusable_answer")
+    reading = answer.reading or read_critique(answer.text)
+    if reading.problem:
+        bad = replace(answer, error=f"{answer.model}: unusable answer: {reading.problem}", error_code="unusable_answer")
         return Critic(bad)
     return Critic(
         answer,
-        issues=issue_lines(issues_text or ""),
-        refined=clip77_strict(refined or fallback_refined),
+        issues=list(reading.items),
+        refined=clip77_strict(reading.refined or fallback_refined),
         alignment=parse_alignment(answer.text) if alignment else None,
     )
 
 
 # --- The stages ----------------------------------------------------------------------------
 
-Ask = Callable[[], Awaitable[str]]
+Ask = Callable[[], Awaitable[Any]]  # the answer's text, or a ChatResult
+Read = Callable[[str], Reading]
 
 
 class CritiCore:
@@ -356,13 +336,15 @@ class CritiCore:
         vlms: Sequence[str],
         preset: str = "hq_preference",
         emit: Emit = ignore,
+        instructions: Instructions | None = None,
     ) -> None:
         self.router = router
-        self.candidates = [str(ModelRef.parse(r)) for r in candidates]
+        self.candidates = slot_labels(str(ModelRef.parse(r)) for r in candidates)
         self.aggregators = [str(ModelRef.parse(r)) for r in aggregator]
-        self.vlms = [str(ModelRef.parse(r)) for r in vlms]
+        self.vlms = slot_labels(str(ModelRef.parse(r)) for r in vlms)
         self.preset = preset
         self.emit = emit
+        self.instructions = instructions or DEFAULT_INSTRUCTIONS
 
     @classmethod
     def from_settings(cls, router, settings, emit: Emit = ignore) -> CritiCore:
@@ -372,28 +354,29 @@ class CritiCore:
             preset=core.preset, emit=emit,
         )
 
+    def _guard(self, names: Sequence[str], *data: str) -> EchoGuard:
+        """An echo guard for a call that sent the templates `names` filled with `data`."""
+        return EchoGuard(self.instructions.fixed_wording(names), data)
+
     # ---------------------------------------------------------------- one call
 
-    async def _call(
-        self, stage: str, role: str, model: str, ask: Ask, check: Callable[[str], object] | None = None
-    ) -> Answer:
+    async def _call(self, stage: str, role: str, model: str, ask: Ask, read: Read | None = None) -> Answer:
         """Run one model's call, timing it and turning any failure into a recorded error.
 
-        `check` raises ValueError for an answer that came but cannot be used (no JSON, no
-        tags): the answer is then recorded as an ``unusable_answer`` error, text kept, and the
-        finished event already says so.
+        `read` checks the answer against the stage's shape: an answer with a problem is
+        recorded as an ``unusable_answer`` error with the reason, text kept, and the finished
+        event already says so; a usable one keeps the reading and its notes. The offline
+        ``rules`` model is read too (its items feed the merge) but is never flagged.
         """
         self.emit(CandidateStarted(stage, role=role, model=model))
         started = time.perf_counter()
+        reading: Reading | None = None
+        output: str | None = None
         try:
-            text = await ask()
-            if check is not None:
-                try:
-                    check(text)
-                except ValueError as exc:
-                    raise _Unusable(text, str(exc)) from None
-        except _Unusable as exc:
-            answer = Answer(model, role, text=exc.text, error=f"{model}: {exc.reason}", error_code="unusable_answer")
+            result = await ask()
+            text = result if isinstance(result, str) else result.text
+            output = getattr(result, "output", None)
+            reading = read(text) if read is not None else None
         except ProviderError as exc:
             answer = Answer(model, role, error=str(exc), error_code=exc.code)
         except (asyncio.CancelledError, KeyboardInterrupt):
@@ -401,10 +384,21 @@ class CritiCore:
         except Exception as exc:  # a bug or an unexpected client error: visible, not fatal
             answer = Answer(model, role, error=f"{type(exc).__name__}: {exc}", error_code="unexpected")
         else:
-            answer = Answer(model, role, text=text)
+            notes = list(reading.notes) if reading is not None and not _is_rules(model) else []
+            if reading is not None and reading.problem:
+                answer = Answer(
+                    model, role, text=text, error=f"{model}: unusable answer: {reading.problem}",
+                    error_code="unusable_answer", notes=notes,
+                )
+            else:
+                answer = Answer(model, role, text=text, notes=notes, reading=reading)
+            answer.output = output
         answer.seconds = time.perf_counter() - started
         self.emit(
-            CandidateFinished(stage, role=role, model=model, text=answer.text, error=answer.error, seconds=answer.seconds)
+            CandidateFinished(
+                stage, role=role, model=model, text=answer.text, error=answer.error,
+                seconds=answer.seconds, notes=tuple(answer.notes),
+            )
         )
         return answer
 
@@ -418,26 +412,33 @@ class CritiCore:
 
         return ask
 
-    def _chat(self, stage: str, role: str, model: str, messages, *, temperature, max_tokens, image=None) -> Ask:
-        """An Ask that chats with `model`, streaming each cleaned piece as an event."""
+    def _chat(self, stage: str, role: str, model: str, messages, *, temperature, max_tokens, image=None, schema=None) -> Ask:
+        """An Ask that chats with `model` (a slot label), streaming each cleaned piece as an event.
 
-        async def ask() -> str:
-            chat_model = self.router.model(model)
+        `schema`: the answer's JSON schema, for backends that can constrain output to it.
+        """
+
+        async def ask():
+            chat_model = self.router.model(model_of(model))
+            extra = {"schema": schema} if schema is not None else {}
             result = await chat_model.chat(
                 messages,
                 temperature=temperature,
                 max_tokens=max_tokens,
                 image=image,
                 on_delta=lambda piece: self.emit(CandidateDelta(stage, role=role, model=model, text=piece)),
+                **extra,
             )
-            return result.text
+            if schema is None:
+                return result.text
+            return result
 
         return ask
 
     async def _gather(
         self, stage: str, role: str, models: Sequence[str], make_ask: Callable[[str], Ask],
         previous: Sequence[Answer] | None, only: Iterable[str] | None,
-        check: Callable[[str], object] | None = None,
+        read: Read | None = None,
     ) -> list[Answer]:
         """Ask `models` in parallel; with `only`, re-ask just those and keep the rest of `previous`."""
         kept = {a.model: a for a in previous or []}
@@ -448,17 +449,15 @@ class CritiCore:
         if unknown:
             raise ValueError(f"not a {role} of this stage: {', '.join(sorted(unknown))}")
         todo = [m for m in models if m in redo or m not in kept]
-        fresh = await asyncio.gather(*(self._call(stage, role, m, make_ask(m), check) for m in todo))
+        fresh = await asyncio.gather(*(self._call(stage, role, m, make_ask(m), read) for m in todo))
         by_model = {**kept, **dict(zip(todo, fresh))}
         return [by_model[m] for m in models]
 
-    async def _aggregate(
-        self, stage: str, make_ask: Callable[[str], Ask], check: Callable[[str], object] | None = None
-    ) -> list[Answer]:
+    async def _aggregate(self, stage: str, make_ask: Callable[[str], Ask], read: Read | None = None) -> list[Answer]:
         """Try the aggregators in order until one answers usably; every attempt is kept."""
         attempts = []
         for model in self.aggregators:
-            answer = await self._call(stage, "aggregator", model, make_ask(model), check)
+            answer = await self._call(stage, "aggregator", model, make_ask(model), read)
             attempts.append(answer)
             if answer.ok:
                 break
@@ -473,44 +472,61 @@ class CritiCore:
                 Notice(stage, "warning", f"{len(failed)} of {len(answers)} {role}s failed: {who}; going on with the others")
             )
 
+    def _nothing_to_merge(self, stage: str, answer: Answer) -> None:
+        self.emit(Notice(stage, "info", f"only {answer.model} answered usably: nothing to merge, no aggregator asked"))
+
     # ---------------------------------------------------------------- stage 1: tags
 
     async def tags(self, prompt: str, *, previous: TagsResult | None = None, only: Iterable[str] | None = None) -> TagsResult:
         started = time.perf_counter()
-        seeds = seed_tags(prompt, self.preset)
-        messages = [system(TAGS_SYSTEM), user(f"Idea: {prompt}\nSeed tags: {', '.join(seeds)}\nReply: one comma-separated tag list.")]
+        seeds = ", ".join(seed_tags(prompt, self.preset))
+        ins = self.instructions
+        messages = [system(ins.text("tags_system")), user(ins.render("tags_user", prompt=prompt, seed_tags=seeds))]
+        guard = self._guard(("tags_system", "tags_user"), prompt, seeds)
 
         def make_ask(model: str) -> Ask:
-            if model == "rules":
+            if _is_rules(model):
                 return self._offline("tags", "candidate", rules_tags(prompt, self.preset))
             return self._chat("tags", "candidate", model, messages, temperature=TAGS_TEMPERATURE, max_tokens=TAGS_MAX_TOKENS)
 
-        answers = await self._gather("tags", "candidate", self.candidates, make_ask, previous and previous.candidates, only)
+        def read(text: str) -> Reading:
+            return read_tags(text, guard, prompt=prompt)
+
+        answers = await self._gather("tags", "candidate", self.candidates, make_ask, previous and previous.candidates, only, read)
         self._report_failures("tags", answers, "candidate")
-        texts = [a.text for a in answers if a.ok]
+        usable = [a for a in answers if a.ok]
+        texts = [_tags_text(a) for a in usable]
         attempts: list[Answer] = []
         if not texts:
             # SPEC 1.5: nobody answered, so the prompt and the seed tags are the positive.
-            self.emit(Notice("tags", "warning", "no candidate answered: using the prompt and the preset's seed tags"))
+            self.emit(Notice("tags", "warning", "no candidate answered usably: using the prompt and the preset's seed tags"))
             aggregated, source = "", "fallback"
             positive = rules_tags(prompt, self.preset)
         else:
-            joined = DIVIDER.join(texts)
-
-            def make_agg(model: str) -> Ask:
-                if model == "rules":
-                    return self._offline("tags", "aggregator", ", ".join(texts))
-                agg_messages = [system(TAGS_AGG_SYSTEM), user(f"Idea: {prompt}\nCandidate lists:\n{joined}")]
-                return self._chat("tags", "aggregator", model, agg_messages, temperature=TAGS_AGG_TEMPERATURE, max_tokens=TAGS_AGG_MAX_TOKENS)
-
-            attempts = await self._aggregate("tags", make_agg)
-            if attempts and attempts[-1].ok:
-                aggregated, source = attempts[-1].text, "aggregator"
+            if len(texts) == 1:
+                self._nothing_to_merge("tags", usable[0])
+                aggregated, source = texts[0], "candidates"
             else:
-                # No aggregator answered: the candidates' own lists, in order, stand in for it.
-                self.emit(Notice("tags", "warning", "no aggregator answered: merging the candidates' lists in order"))
-                aggregated, source = ", ".join(texts), "candidates"
-            positive = postprocess_tags(aggregated, prompt, self.preset)
+                joined = DIVIDER.join(texts)
+                agg_messages = [
+                    system(ins.text("tags_agg_system")),
+                    user(ins.render("tags_agg_user", prompt=prompt, answers=joined)),
+                ]
+                agg_guard = self._guard(("tags_agg_system", "tags_agg_user"), prompt, joined)
+
+                def make_agg(model: str) -> Ask:
+                    if _is_rules(model):
+                        return self._offline("tags", "aggregator", ", ".join(texts))
+                    return self._chat("tags", "aggregator", model, agg_messages, temperature=TAGS_AGG_TEMPERATURE, max_tokens=TAGS_AGG_MAX_TOKENS)
+
+                attempts = await self._aggregate("tags", make_agg, lambda text: read_tags(text, agg_guard, prompt=prompt))
+                if attempts and attempts[-1].ok:
+                    aggregated, source = _tags_text(attempts[-1]), "aggregator"
+                else:
+                    # No aggregator answered: the candidates' own lists, in order, stand in for it.
+                    self.emit(Notice("tags", "warning", "no aggregator answered: merging the candidates' lists in order"))
+                    aggregated, source = ", ".join(texts), "candidates"
+            positive = positive_prompt(aggregated, prompt, self.preset)
         return TagsResult(
             prompt=prompt, preset=self.preset, candidates=answers, aggregator=attempts,
             aggregated=aggregated, positive=positive, negative=negative_tags(self.preset),
@@ -523,40 +539,55 @@ class CritiCore:
         self, prompt: str, *, previous: ComponentsResult | None = None, only: Iterable[str] | None = None
     ) -> ComponentsResult:
         started = time.perf_counter()
-        messages = [system(COMPONENTS_SYSTEM), user(prompt)]
+        ins = self.instructions
+        messages = [system(ins.text("components_system")), user(ins.render("components_user", prompt=prompt))]
+        guard = self._guard(("components_system", "components_user"), prompt)
 
         def make_ask(model: str) -> Ask:
-            if model == "rules":
+            if _is_rules(model):
                 return self._offline("components", "candidate", json.dumps({"components": rules_components(prompt)}))
             return self._chat(
                 "components", "candidate", model, messages,
-                temperature=COMPONENTS_TEMPERATURE, max_tokens=COMPONENTS_MAX_TOKENS,
+                temperature=COMPONENTS_TEMPERATURE, max_tokens=COMPONENTS_MAX_TOKENS, schema=COMPONENTS_SCHEMA,
             )
 
-        answers = await self._gather("components", "candidate", self.candidates, make_ask, previous and previous.candidates, only)
+        answers = await self._gather(
+            "components", "candidate", self.candidates, make_ask, previous and previous.candidates, only,
+            lambda text: read_components(text, guard),
+        )
         self._report_failures("components", answers, "candidate")
-        texts = [a.text for a in answers if a.ok]
+        usable = [a for a in answers if a.ok]
+        lists = [_items(a) for a in usable]
         attempts: list[Answer] = []
         components: list[str] = []
         source = "fallback"
-        if texts:
-            joined = DIVIDER.join(texts)
+        if len(lists) == 1:
+            self._nothing_to_merge("components", usable[0])
+            components, source = lists[0][:MAX_COMPONENTS], "candidates"
+        elif lists:
+            # The aggregator sees each answer as the checked JSON, not the prose around it.
+            joined = DIVIDER.join(json.dumps({"components": items}, ensure_ascii=False) for items in lists)
+            agg_messages = [
+                system(ins.text("components_agg_system")),
+                user(ins.render("components_agg_user", prompt=prompt, answers=joined)),
+            ]
+            agg_guard = self._guard(("components_agg_system", "components_agg_user"), prompt, joined)
 
             def make_agg(model: str) -> Ask:
-                if model == "rules":
-                    return self._offline("components", "aggregator", json.dumps({"components": _union_components(texts)}))
-                agg_messages = [system(COMPONENTS_AGG_SYSTEM), user(f"Description: {prompt}\nAnswers:\n{joined}")]
+                if _is_rules(model):
+                    return self._offline("components", "aggregator", json.dumps({"components": _union(lists)}))
                 return self._chat(
                     "components", "aggregator", model, agg_messages,
                     temperature=COMPONENTS_AGG_TEMPERATURE, max_tokens=COMPONENTS_AGG_MAX_TOKENS,
+                    schema=COMPONENTS_SCHEMA,
                 )
 
-            attempts = await self._aggregate("components", make_agg, check=_check_components)
+            attempts = await self._aggregate("components", make_agg, lambda text: read_components(text, agg_guard))
             if attempts and attempts[-1].ok:
-                components, source = parse_components(attempts[-1].text), "aggregator"
+                components, source = _items(attempts[-1]), "aggregator"
             else:
                 self.emit(Notice("components", "warning", "no aggregator answered usably: merging the candidates' components"))
-                components, source = _union_components(texts), "candidates"
+                components, source = _union(lists), "candidates"
         if not components:
             self.emit(Notice("components", "warning", "no usable components: using the prompt's own clauses"))
             components, source = rules_components(prompt)[:MAX_COMPONENTS], "fallback"
@@ -585,24 +616,29 @@ class CritiCore:
         """Every VLM criticises the image made from `image_prompt`; the aggregator merges them."""
         started = time.perf_counter()
         components = list(components)
-        question = CRITIC_USER.format(prompt=image_prompt, components=json.dumps(components, ensure_ascii=False))
+        ins = self.instructions
+        components_json = json.dumps(components, ensure_ascii=False)
+        question = ins.render("critic_user", prompt=image_prompt, components=components_json)
         if ask_alignment:
-            question += CRITIC_ALIGNMENT
-        messages = [system(CRITIC_SYSTEM), user(question)]
+            question += ins.text("critic_alignment")
+        messages = [system(ins.text("critic_system")), user(question)]
+        guard = self._guard(("critic_system", "critic_user", "critic_alignment"), image_prompt, components_json)
 
         def make_ask(model: str) -> Ask:
-            if model == "rules":
+            if _is_rules(model):
                 verdict = rules_critique(image_prompt, components)
                 self.emit(Notice("critique", "info", verdict.note))
                 return self._offline("critique", "vlm", f"<issues></issues>\n<refined>{verdict.refined}</refined>")
             return self._chat(
                 "critique", "vlm", model, messages,
                 temperature=CRITIC_TEMPERATURE, max_tokens=CRITIC_MAX_TOKENS, image=image_png,
+                schema=CRITIQUE_SCHEMA,
             )
 
         previous_answers = [c.answer for c in previous.critics] if previous else None
-        # An answer without the tags asked for is a failed critic (check_critic).
-        answers = await self._gather("critique", "vlm", self.vlms, make_ask, previous_answers, only, check_critic)
+        answers = await self._gather(
+            "critique", "vlm", self.vlms, make_ask, previous_answers, only, lambda text: read_critique(text, guard)
+        )
         critics = [parse_critic(a, image_prompt, alignment=ask_alignment) if a.ok else Critic(a) for a in answers]
         self._report_failures("critique", [c.answer for c in critics], "critic")
         usable = [c for c in critics if c.answer.ok]
@@ -611,33 +647,49 @@ class CritiCore:
         attempts: list[Answer] = []
         if not usable:
             # SPEC 4: no critic answered, so the prompt stands and there are no issues.
-            self.emit(Notice("critique", "warning", "no vision model answered: the refinement keeps the prompt"))
+            self.emit(Notice("critique", "warning", "no vision model answered usably: the refinement keeps the prompt"))
             return CritiqueResult(
                 image_prompt, components, critics, attempts, [], clip77_strict(image_prompt), None,
                 "none", time.perf_counter() - started,
             )
-        issues_block = "\n".join(f"[{c.answer.model}] {line}" for c in usable for line in c.issues)
-        refined_block = "\n".join(f"[{c.answer.model}] {c.refined}" for c in usable)
+        # A critic that saw nothing (the offline rules critic: the prompt back, no issues) has
+        # nothing to merge; with one critic left that said something, its report stands.
+        telling = [c for c in usable if not _changed_nothing(c, image_prompt)]
+        if len(telling) <= 1:
+            only_one = (telling or usable)[0]
+            self._nothing_to_merge("critique", only_one.answer)
+            return CritiqueResult(
+                image_prompt, components, critics, attempts, list(only_one.issues), only_one.refined,
+                alignment, "critic", time.perf_counter() - started,
+            )
+        issues_block = "\n".join(f"[{c.answer.model}] {line}" for c in telling for line in c.issues)
+        refined_block = "\n".join(f"[{c.answer.model}] {c.refined}" for c in telling)
+        agg_messages = [
+            system(ins.text("critic_agg_system")),
+            user(ins.render("critic_agg_user", issues=issues_block, refined=refined_block)),
+        ]
+        agg_guard = self._guard(("critic_agg_system", "critic_agg_user"), issues_block, refined_block)
 
         def make_agg(model: str) -> Ask:
-            if model == "rules":
-                merged_issues = dedup_keep_order(line for c in usable for line in c.issues)[:MAX_ISSUES]
-                merged = "<issues>" + "\n".join(merged_issues) + f"</issues>\n<refined>{usable[0].refined}</refined>"
+            if _is_rules(model):
+                merged_issues = dedup_keep_order(line for c in telling for line in c.issues)[:MAX_ISSUES]
+                merged = "<issues>" + "\n".join(merged_issues) + f"</issues>\n<refined>{telling[0].refined}</refined>"
                 return self._offline("critique", "aggregator", merged)
-            agg_messages = [system(CRITIC_AGG_SYSTEM), user(f"Issues:\n{issues_block}\n\n----\n\nRefined prompts:\n{refined_block}")]
             return self._chat(
                 "critique", "aggregator", model, agg_messages,
                 temperature=CRITIC_AGG_TEMPERATURE, max_tokens=CRITIC_AGG_MAX_TOKENS,
+                schema=CRITIQUE_SCHEMA,
             )
 
-        attempts = await self._aggregate("critique", make_agg, check=check_merged_critique)
-        merged = extract_tag(attempts[-1].text, "refined") if attempts and attempts[-1].ok else None
-        if merged:
-            issues = issue_lines(extract_tag(attempts[-1].text, "issues") or "")
-            refined, source = clip77_strict(merged), "aggregator"
+        attempts = await self._aggregate(
+            "critique", make_agg, lambda text: read_critique(text, agg_guard, need_refined=True)
+        )
+        won = attempts[-1] if attempts and attempts[-1].ok and attempts[-1].reading else None
+        if won is not None:
+            issues, refined, source = list(won.reading.items), clip77_strict(won.reading.refined), "aggregator"
         else:
             self.emit(Notice("critique", "warning", "no aggregator answered: using the first critic's report"))
-            issues, refined, source = usable[0].issues, usable[0].refined, "critic"
+            issues, refined, source = telling[0].issues, telling[0].refined, "critic"
         return CritiqueResult(
             image_prompt, components, critics, attempts, issues, refined, alignment, source,
             time.perf_counter() - started,
@@ -646,24 +698,50 @@ class CritiCore:
     # ---------------------------------------------------------------- stage 5: merge
 
     @staticmethod
-    def refinement_prompt(critique: CritiqueResult | str, tags: TagsResult | str) -> str:
-        """SPEC 5: the critic's refined prompt merged with the stage-1 tags."""
+    def refinement_prompt(critique: CritiqueResult | str, tags: TagsResult | str, user_prompt: str | None = None) -> str:
+        """SPEC 5: the critic's refined prompt merged with the stage-1 tags.
+
+        The user's own prompt is never cut from it (``prompts.refinement_prompt``): it is
+        `user_prompt`, else the prompt of a TagsResult; with neither, nothing is protected
+        beyond SPEC's subject.
+        """
         refined = critique.refined if isinstance(critique, CritiqueResult) else critique
         positive = tags.positive if isinstance(tags, TagsResult) else tags
-        return merge_critique_with_tags(refined, positive)
+        if user_prompt is None:
+            user_prompt = tags.prompt if isinstance(tags, TagsResult) else ""
+        return refinement_prompt(refined, positive, user_prompt)
 
 
-class _Unusable(Exception):
-    """An answer that came but failed its stage's check (internal to `_call`)."""
+# --- helpers -------------------------------------------------------------------------------
 
-    def __init__(self, text: str, reason: str) -> None:
-        super().__init__(reason)
-        self.text, self.reason = text, reason
+_SLOT = re.compile(r"#(\d+)$")
+
+
+def slot_labels(refs: Iterable[str]) -> list[str]:
+    """One label per listed model: a model listed again gets "#2", "#3" (asked again, kept apart)."""
+    counts: dict[str, int] = {}
+    labels = []
+    for ref in refs:
+        counts[ref] = counts.get(ref, 0) + 1
+        labels.append(ref if counts[ref] == 1 else f"{ref}#{counts[ref]}")
+    return labels
+
+
+def model_of(label: str) -> str:
+    """The model reference of a slot label ("together:x#2" -> "together:x")."""
+    return _SLOT.sub("", label)
+
+
+def _is_rules(label: str) -> bool:
+    return model_of(label) == "rules"
 
 
 def _ref(text: str) -> str:
-    """A model reference in its one canonical spelling ("together: x " -> "together:x")."""
-    return str(ModelRef.parse(text))
+    """A slot label in its one canonical spelling ("together: x #2" -> "together:x#2")."""
+    text = text.strip()
+    match = _SLOT.search(text)
+    suffix = match.group(0) if match else ""
+    return str(ModelRef.parse(text[: match.start()] if match else text)) + suffix
 
 
 def _winner(attempts: Sequence[Answer]) -> str | None:
@@ -671,16 +749,20 @@ def _winner(attempts: Sequence[Answer]) -> str | None:
     return attempts[-1].model if attempts and attempts[-1].ok else None
 
 
-def _check_components(text: str) -> None:
-    parse_components(text)  # raises ValueError when there is no components list
+def _items(answer: Answer) -> list[str]:
+    return list(answer.reading.items) if answer.reading is not None else []
 
 
-def _union_components(texts: Iterable[str]) -> list[str]:
-    """Every parseable candidate's components in order, without repeats, at most 6."""
-    found: list[str] = []
-    for text in texts:
-        try:
-            found.extend(parse_components(text))
-        except ValueError:
-            continue
-    return dedup_keep_order(found)[:MAX_COMPONENTS]
+def _tags_text(answer: Answer) -> str:
+    """A usable tag answer as the checked tags, comma-separated (the raw text if unread)."""
+    return ", ".join(answer.reading.items) if answer.reading is not None else answer.text
+
+
+def _union(lists: Iterable[Sequence[str]]) -> list[str]:
+    """Every list's items in order, without repeats, at most 6."""
+    return dedup_keep_order(item for items in lists for item in items)[:MAX_COMPONENTS]
+
+
+def _changed_nothing(critic: Critic, image_prompt: str) -> bool:
+    """A critic with no issues whose refined prompt is the image prompt: nothing to merge."""
+    return not critic.issues and " ".join(critic.refined.split()) == " ".join(clip77_strict(image_prompt).split())

@@ -69,6 +69,9 @@ class CandidateFinished(Event):
     text: str = ""
     error: str | None = None
     seconds: float = 0.0
+    # What the answer check dropped or flagged ("3 sentences dropped", "12 tags (asked for 16
+    # to 26)"): the answer is used, and the pane says what was off about it.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

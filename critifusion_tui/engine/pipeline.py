@@ -305,7 +305,14 @@ class Run:
             result = await self.criticore.tags(self.prompt, only=only, previous=self._previous("tags"))
             self._results["tags"] = result
             winner = next((a.model for a in reversed(result.aggregator) if a.ok), None)
-            self._set_prompt("positive", result.positive, f"aggregator:{winner}" if winner else result.source)
+            usable = [a.model for a in result.candidates if a.ok]
+            if winner:
+                by = f"aggregator:{winner}"
+            elif len(usable) == 1:  # one answer, nothing merged: that candidate wrote it
+                by = f"candidate:{usable[0]}"
+            else:
+                by = result.source
+            self._set_prompt("positive", result.positive, by)
             self._set_prompt("negative", result.negative, f"preset:{result.preset}")
             return result.record()
 
@@ -340,17 +347,19 @@ class Run:
         if stage == "tags":
             self.edit("positive", result.positive_from(model), by=model)
         elif stage == "components":
-            answer = next((a for a in result.candidates if a.model == model and a.ok), None)
-            if answer is None:
-                raise ValueError(f"{model} has no usable answer in the components stage")
-            self.edit("components", parse_components(answer.text), by=model)
+            answer = next((a for a in result.candidates if a.model == model), None)
+            if answer is None or not answer.ok:
+                why = f": {answer.error}" if answer is not None else ""
+                raise ValueError(f"{model} has no usable answer in the components stage{why}")
+            items = list(answer.reading.items) if answer.reading else parse_components(answer.text)
+            self.edit("components", items, by=model)
         elif stage in ("critique", "critique_original"):
             critic = next((c for c in result.critics if c.answer.model == model and c.answer.ok), None)
             if critic is None:
                 raise ValueError(f"{model} has no usable critique")
             name = "refinement_original" if stage == "critique_original" else "refinement"
             positive = self.text("positive") or self.prompt
-            self.edit(name, self.criticore.refinement_prompt(critic.refined, positive), by=model)
+            self.edit(name, self.criticore.refinement_prompt(critic.refined, positive, self.prompt), by=model)
         else:
             raise ValueError(f"the {stage} stage has no model answers")
 
@@ -459,7 +468,7 @@ class Run:
             )
             self._results[name] = result
             tags_positive = self.text("positive") or self.prompt
-            refinement = self.criticore.refinement_prompt(result, tags_positive)
+            refinement = self.criticore.refinement_prompt(result, tags_positive, self.prompt)
             self._set_prompt("refinement_original" if original else "refinement", refinement, f"critique:{result.source}")
             return {**result.record(), "refinement_prompt": refinement}
 
@@ -471,7 +480,7 @@ class Run:
         name = "critique_original" if original else "critique"
         self.forget(name)
         tags_positive = self.text("positive") or self.prompt
-        prompt = self.criticore.refinement_prompt("", tags_positive)
+        prompt = self.criticore.refinement_prompt("", tags_positive, self.prompt)
         self._set_prompt("refinement_original" if original else "refinement", prompt, "tags (critique skipped)")
         self.store.save_stage(name, {"skipped": True, "refinement_prompt": prompt, "seconds": 0})
         self._emit(StageSkipped(name, "skipped by the user"))

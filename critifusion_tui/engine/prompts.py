@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from critifusion_tui.engine.tokens import CLIP_MAX_TOKENS, clip77_strict
+from critifusion_tui.engine.tokens import CLIP_MAX_TOKENS, clip77_strict, count_tokens
 
 __all__ = [
     "BUCKETS",
@@ -28,13 +28,18 @@ __all__ = [
     "cleanup_commas",
     "dedup_keep_order",
     "fallback_tags",
+    "fit_tags",
     "get_preset",
     "merge_critique_with_tags",
     "negative_tags",
     "order_tags",
+    "positive_prompt",
     "postprocess_tags",
+    "refinement_prompt",
     "seed_tags",
+    "split_outside_quotes",
     "split_tags",
+    "strip_emphasis",
     "style_hints",
     "tag_key",
 ]
@@ -173,26 +178,91 @@ def style_hints(prompt: str) -> list[str]:
 # A list marker at the start of a line: "1.", "2)", "(3)", "-", "*", "•", "·", "+", "–", "—",
 # followed by white space. "8k" or "3.5mm" are untouched (no space after the marker).
 _LIST_MARKER = re.compile(r"^\s*(?:\(?\d{1,3}[.)]|[-*•·+–—])\s+")
-# A label on the first line, after an optional "Sure!": "Tags:", "Final merged tag list:",
+# A markdown heading ("## Tags"): a title over the answer, never part of it.
+_HEADING = re.compile(r"^\s*#{1,6}\s+\S")
+# A label at the start of a line, after an optional "Sure!": "Tags:", "Final merged tag list:",
 # "Positive prompt:", "Refined:", "Output:", "Here are the tags:" (up to three words before a
-# known label noun, or any short "here is/are ..." sentence), optionally in markdown bold.
+# known label noun, or any short "here is/are ..." sentence), optionally in markdown bold; also
+# the labels of our own user messages ("Idea:", "Reply:", "Seed tags:", "Description:"), which
+# small models copy. Checked on every line: a model that writes "Idea: ..." on one line and
+# "Tags: ..." on the next has labelled both. "style: anime" is not a label (no label noun).
 _LEAD_LABEL = re.compile(
     r"""^\s*(?:(?:sure|okay|ok|certainly)\b[!,.]?\s*)?\**\s*(?:
         here(?:'s|\s+is|\s+are)\b[^:\n]{0,80}
       | (?:[\w-]+\s+){0,3}
-        (?:tags?|tag\s+list|lists?|prompts?|positives?|outputs?|answers?|results?|refined)
-    )\s*\**\s*:\s*\**""",
+        (?:tags?|tag\s+list|lists?|prompts?|positives?|outputs?|answers?|results?|refined
+          |idea|reply|description|keywords?)
+    )\s*\**\s*:(?:\s+|$)\**""",
     re.IGNORECASE | re.VERBOSE,
 )
 _CODE_FENCE = re.compile(r"^\s*```[\w-]*\s*$")
-# Quote-like characters stripped from either end of a tag even when unpaired: a model that
-# quotes its whole list leaves one on the first and one on the last tag.
+# Markdown emphasis around words: **bold**, __bold__, *italic*, _italic_ (the markers go, the
+# words stay). Single markers need a non-space right inside them, so "a * b" is left alone.
+_EMPHASIS = (
+    re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1"),
+    re.compile(r"(?<![\w*])\*(?=[^\s*])([^*\n]+?)(?<=[^\s*])\*(?![\w*])"),
+    re.compile(r"(?<![\w_])_(?=[^\s_])([^_\n]+?)(?<=[^\s_])_(?![\w_])"),
+)
+# Quote-like characters stripped from either end of a tag when unpaired: a model that quotes
+# its whole list leaves one on the first and one on the last tag.
 _LOOSE_QUOTES = "\"“”„«»`*"
 # Single quotes are stripped only when they enclose the tag ('a cat'), so that a tag such as
 # "the painters'" keeps its apostrophe.
 _SINGLE_QUOTES = "'‘’"
-_TAG_SEPARATORS = re.compile(r"[,，]")
+# Quotes that hold a phrase together: separators inside them do not split ("a sign reading
+# "OPEN 24/7, NO REFUNDS"" is one tag). Opening character -> closing character.
+_QUOTE_PAIRS = {'"': '"', "“": "”", "„": "“", "«": "»", "「": "」", "『": "』"}
+# Tag separators: the comma, the full-width comma and the ideographic comma (Japanese and
+# Chinese lists use "、" where English uses ",").
+TAG_SEPARATORS = ",，、"
+_TAG_SEPARATORS = re.compile(f"[{TAG_SEPARATORS}]")
 _WS = re.compile(r"\s+")
+
+
+def split_outside_quotes(text: str, separators: str = TAG_SEPARATORS) -> list[str]:
+    """`text` split on any of `separators`, except inside a quoted phrase.
+
+    A quote that never closes holds nothing together: the text is then split everywhere, so
+    one stray quote mark cannot glue a whole list into one tag.
+    """
+    parts: list[str] = []
+    current: list[str] = []
+    closing: str | None = None
+    for ch in text:
+        if closing is not None:
+            current.append(ch)
+            if ch == closing:
+                closing = None
+        elif ch in _QUOTE_PAIRS:
+            current.append(ch)
+            closing = _QUOTE_PAIRS[ch]
+        elif ch in separators:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    if closing is not None:
+        return re.split(f"[{re.escape(separators)}]", text)
+    return parts
+
+
+def strip_emphasis(text: str) -> str:
+    """Markdown emphasis removed, words kept: "a **red** fox" -> "a red fox"."""
+    for pattern in _EMPHASIS:
+        text = pattern.sub(lambda m: m.group(m.lastindex or 1), text)
+    return text
+
+
+def _unwrap_whole_quote(line: str) -> str:
+    """A line that is one quoted span ("a cat, rim light, 8k") is a quoted list: unwrap it."""
+    stripped = line.strip()
+    if len(stripped) >= 2 and stripped[0] in _QUOTE_PAIRS:
+        closing = _QUOTE_PAIRS[stripped[0]]
+        inner = stripped[1:-1]
+        if stripped[-1] == closing and closing not in inner and stripped[0] not in inner:
+            return inner
+    return line
 
 
 def split_tags(text: str) -> list[str]:
@@ -201,37 +271,61 @@ def split_tags(text: str) -> list[str]:
     That is SPEC's rule; on top of it, for what models really answer:
     - HTML entities are unescaped (twice, for double-escaped text): "&amp;" -> "&";
     - lines that are only a code fence (```) are dropped;
-    - on the first non-empty line, a leading label is removed ("Tags:", "Final tag list:",
-      "Positive prompt:", "Refined:", "Here are the tags:");
-    - a list marker at the start of a line is removed ("1. ", "2) ", "(3) ", "- ", "* ", "• ");
-    - the full-width comma "，" splits like ",";
-    - per tag: white-space runs become one space; quote characters (" “ ” „ « » ` *) are
-      stripped from both ends, single quotes (' ‘ ’) only when they enclose the tag; trailing
+    - on every line, a leading label is removed ("Tags:", "Final tag list:", "Positive
+      prompt:", "Refined:", "Here are the tags:", and our own "Idea:", "Reply:", "Seed tags:");
+    - markdown headings ("## Tags") are dropped, and a list marker at the start of a line is
+      removed ("1. ", "2) ", "(3) ", "- ", "* ", "• ");
+    - markdown emphasis is removed ("a **red** fox" -> "a red fox");
+    - the full-width comma "，" and the ideographic comma "、" split like ",";
+    - a quoted phrase is kept whole, commas and all ('a sign reading "OPEN, NO REFUNDS"'),
+      while a line that is one quoted span is a quoted list and is split;
+    - per tag: white-space runs become one space; unpaired quote characters (" “ ” „ « » `
+      *) are stripped from both ends, paired ones when they enclose the whole tag and no
+      comma needs them, single quotes (' ‘ ’) only when they enclose the tag; trailing
       periods and "…" are removed.
     Nothing else is touched: weights such as "(best quality:1.2)" and brackets stay.
     """
     text = html.unescape(html.unescape(text))
     tags: list[str] = []
-    first_line = True
     for line in text.splitlines():
-        if _CODE_FENCE.match(line):
+        if _CODE_FENCE.match(line) or _HEADING.match(line):
             continue
-        if first_line and line.strip():
-            line = _LEAD_LABEL.sub("", line, count=1)
-            first_line = False
+        line = strip_emphasis(line)
+        line = _LEAD_LABEL.sub("", line, count=1)
         line = _LIST_MARKER.sub("", line, count=1)
-        for piece in _TAG_SEPARATORS.split(line):
+        line = _unwrap_whole_quote(line)
+        for piece in split_outside_quotes(line):
             tag = _clean_tag(piece)
             if tag:
                 tags.append(tag)
     return tags
 
 
+def _unpaired(tag: str, ch: str) -> bool:
+    """Whether the quote character `ch` at an end of `tag` has no partner in it."""
+    if ch in "`*":
+        return True  # never a phrase quote here: always stripped from the ends
+    partners = {o: c for o, c in _QUOTE_PAIRS.items()}
+    partners.update({c: o for o, c in _QUOTE_PAIRS.items()})
+    partner = partners.get(ch, ch)
+    if partner == ch:
+        return tag.count(ch) % 2 == 1
+    return tag.count(ch) != tag.count(partner)
+
+
 def _clean_tag(piece: str) -> str:
     tag = _WS.sub(" ", piece).strip()
     while True:
         before = tag
-        tag = tag.strip(_LOOSE_QUOTES).strip()
+        if len(tag) >= 2 and tag[0] in _QUOTE_PAIRS and tag[-1] == _QUOTE_PAIRS[tag[0]]:
+            inner = tag[1:-1]
+            # The quotes enclose the whole tag; they only matter when a comma sits inside.
+            if tag[0] not in inner and tag[-1] not in inner and not _TAG_SEPARATORS.search(inner):
+                tag = inner.strip()
+        if tag and tag[0] in _LOOSE_QUOTES and _unpaired(tag, tag[0]):
+            tag = tag[1:].strip()
+        if tag and tag[-1] in _LOOSE_QUOTES and _unpaired(tag, tag[-1]):
+            tag = tag[:-1].strip()
         if len(tag) >= 2 and tag[0] in _SINGLE_QUOTES and tag[-1] in _SINGLE_QUOTES:
             tag = tag[1:-1].strip()
         tag = tag.rstrip(".…").strip()
@@ -311,8 +405,11 @@ def order_tags(subject: str | Iterable[str], rest: Iterable[str]) -> list[str]:
 
 
 def cleanup_commas(text: str) -> str:
-    """", " between tags; no empty tags (", ,", ",,"), no leading or trailing commas or spaces."""
-    return ", ".join(part.strip() for part in text.split(",") if part.strip())
+    """", " between tags; no empty tags (", ,", ",,"), no leading or trailing commas or spaces.
+
+    A comma inside a quoted phrase is part of the phrase, not a tag boundary.
+    """
+    return ", ".join(part.strip() for part in split_outside_quotes(text, ",") if part.strip())
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,7 +436,7 @@ def _finish(tags: list[str], max_tokens: int) -> str:
     """SPEC 1.4's tail: de-duplicate, add the missing quality floor, commas, CLIP-77 strict."""
     # Flatten first: a subject taken from a prompt with commas ("a cat, oil painting") is several
     # tags once joined, and the tags after it must not repeat them.
-    flat = dedup_keep_order(part for tag in tags for part in tag.split(","))
+    flat = dedup_keep_order(part for tag in tags for part in split_outside_quotes(tag, ","))
     have = {tag_key(t) for t in flat}
     flat += [q for q in QUALITY_FLOOR if tag_key(q) not in have]
     text = clip77_strict(cleanup_commas(", ".join(flat)), max_tokens)
@@ -423,3 +520,116 @@ def merge_critique_with_tags(
     merged = dedup_keep_order(order_tags(subject, rest))
     text = clip77_strict(cleanup_commas(", ".join(merged)), max_tokens)
     return cleanup_commas(text)
+
+
+# --------------------------------------------------------------------------------------------
+# Fitting CLIP-77 by importance (what the engine uses; the SPEC functions above cut the end)
+# --------------------------------------------------------------------------------------------
+
+
+def _flat(tags: Iterable[str]) -> list[str]:
+    return dedup_keep_order(part for tag in tags for part in split_outside_quotes(tag, ","))
+
+
+def fit_tags(
+    head: Iterable[str],
+    ranked: Iterable[str],
+    *,
+    protect: Iterable[str] = (),
+    append: Iterable[str] = (),
+    ordered: bool = True,
+    max_tokens: int = CLIP_MAX_TOKENS,
+) -> str:
+    """Join tags into a CLIP-77 safe prompt, dropping the least important tags to make room.
+
+    SPEC's "truncate CLIP-77 strict" cuts whatever comes last, and after bucket ordering that is
+    the quality floor (appended last) or the user's own prompt (bucketed into "other"). Here
+    the cut falls on importance instead:
+    - `head` leads and is never dropped (the subject, the user's prompt);
+    - `ranked` follows, most important first (the model's own order); from its end, tags are
+      dropped one at a time until the text fits, except those whose key is in `protect`;
+    - `append` is added at the end and never dropped (the missing quality floor).
+    With `ordered`, head and the kept tags are put in bucket order (`order_tags`). Repeats are
+    dropped, commas normalised. Only when the protected tags alone are too long does the
+    CLIP-77 cut fall, at the end, as SPEC's rule would.
+    """
+    head = _flat(head)
+    head_keys = {tag_key(t) for t in head}
+    kept = [t for t in _flat(ranked) if tag_key(t) not in head_keys]
+    protected = {tag_key(t) for t in protect}
+    tail = list(append)
+
+    def render() -> str:
+        body = order_tags(head, kept) if ordered else head + kept
+        return cleanup_commas(", ".join(dedup_keep_order(body + tail)))
+
+    text = render()
+    while count_tokens(text) > max_tokens:
+        droppable = [i for i, t in enumerate(kept) if tag_key(t) not in protected]
+        if not droppable:
+            break
+        del kept[droppable[-1]]
+        text = render()
+    # The last-resort cut falls between words and can leave a trailing comma; dropping it only
+    # removes a token, so the text stays CLIP-77 safe.
+    return cleanup_commas(clip77_strict(text, max_tokens))
+
+
+def _subject_and_rest(tags: list[str], user_prompt: str) -> tuple[list[str], list[str]]:
+    """The prompt as subject (the matching tag as the model wrote it, or the prompt itself)."""
+    subject = _prompt_subject(user_prompt)
+    if not subject:
+        return tags[:1], tags[1:]
+    key = tag_key(subject)
+    match = next((i for i, t in enumerate(tags) if tag_key(t.rstrip(",.")) == key), None)
+    if match is None:
+        return [subject], tags
+    return [tags[match]], tags[:match] + tags[match + 1 :]
+
+
+def positive_prompt(
+    merged_text: str,
+    user_prompt: str,
+    preset: str | Preset = DEFAULT_PRESET,
+    *,
+    max_tokens: int = CLIP_MAX_TOKENS,
+) -> str:
+    """SPEC 1.4 as the engine runs it: `postprocess_tags`, except for the CLIP-77 cut.
+
+    When the tags are too long, the model's last tags are dropped (models are asked to put the
+    important ones first) rather than the end of the bucket-ordered text: the prompt and the
+    quality floor always stay.
+    """
+    get_preset(preset)
+    tags = dedup_keep_order(split_tags(merged_text))
+    head, rest = _subject_and_rest(tags, user_prompt)
+    have = {tag_key(t) for t in _flat(head + rest)}
+    missing = [q for q in QUALITY_FLOOR if tag_key(q) not in have]
+    return fit_tags(head, rest, protect=QUALITY_FLOOR, append=missing, max_tokens=max_tokens)
+
+
+def refinement_prompt(
+    refined: str,
+    tags: str,
+    user_prompt: str = "",
+    *,
+    max_tokens: int = CLIP_MAX_TOKENS,
+) -> str:
+    """SPEC 5 as the engine runs it: `merge_critique_with_tags`, keeping the user's prompt.
+
+    The refined text's first tag is the subject; the user's own prompt follows it (unless the
+    subject already holds it), so bucket ordering and the CLIP-77 cut can never push it out;
+    then the refined text's other tags and the stage-1 tags, in bucket order. When too long,
+    the last of those go first; quality-floor tags among them stay.
+    """
+    refined_tags = split_tags(refined)
+    stage1_tags = split_tags(tags)
+    if refined_tags:
+        subject, rest = refined_tags[:1], refined_tags[1:] + stage1_tags
+    else:
+        subject, rest = stage1_tags[:1], stage1_tags[1:]
+    prompt = _prompt_subject(user_prompt)
+    head = list(subject)
+    if prompt and not (subject and tag_key(prompt) in tag_key(subject[0])):
+        head += [p for p in (_clean_tag(x) for x in split_outside_quotes(prompt, ",")) if p]
+    return fit_tags(head, rest, protect=QUALITY_FLOOR, max_tokens=max_tokens)

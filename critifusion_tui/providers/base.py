@@ -1,8 +1,9 @@
 """What every chat backend shares: model references, the chat protocol, typed errors.
 
 A model reference names a backend and a model in one string, the form the config file and
-the command line use: ``together:<model id>``, ``ollama:<model name>``, or ``rules`` (the
-method's offline fallback, which needs no model at all).
+the command line use: ``together:<model id>``, ``ollama:<model name>``, ``openai:<model id>``
+(any OpenAI-compatible server), or ``rules`` (the method's offline fallback, which needs no
+model at all).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-PROVIDERS = ("together", "ollama", "rules")
-REF_FORMS = "'together:<model id>', 'ollama:<model name>' or 'rules'"
+PROVIDERS = ("together", "ollama", "openai", "rules")
+REF_FORMS = "'together:<model id>', 'ollama:<model name>', 'openai:<model id>' or 'rules'"
 
 
 class ModelRefError(ValueError):
@@ -91,11 +92,14 @@ def last_user_index(messages: Sequence[Message]) -> int:
 
 @dataclass(frozen=True)
 class ChatResult:
-    """A finished answer: cleaned text (see :mod:`.hygiene`), who gave it, how long it took."""
+    """A finished answer: cleaned text (see :mod:`.hygiene`), who gave it, how long it took,
+    and how its shape was asked for: "free" text, "json_schema" (constrained output), or
+    "free (json_schema refused)" when the server would not take the schema."""
 
     text: str
     model: ModelRef
     seconds: float
+    output: str = "free"
 
 
 DeltaCallback = Callable[[str], None]
@@ -145,7 +149,8 @@ class ChatModel(Protocol):
     """One model behind one backend; the only interface the engine talks to.
 
     ``chat`` sends the messages (the image, PNG bytes, rides on the last user message) and
-    returns the cleaned answer. With ``on_delta`` the call streams and passes each cleaned
+    returns the cleaned answer. ``schema`` (a JSON schema) asks for constrained output where
+    the backend offers it; a backend without it answers free text. With ``on_delta`` the call streams and passes each cleaned
     piece of text as it arrives; the pieces concatenate to ``ChatResult.text``. Failures raise
     a :class:`ProviderError` subclass; an answer that is empty after cleaning raises
     :class:`UnusableAnswerError`. Cancelling the awaiting task closes the request.
@@ -161,6 +166,7 @@ class ChatModel(Protocol):
         max_tokens: int,
         image: bytes | None = None,
         on_delta: DeltaCallback | None = None,
+        schema: Mapping[str, object] | None = None,
     ) -> ChatResult: ...
 
 

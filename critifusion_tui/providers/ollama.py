@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from critifusion_tui.providers.base import (
@@ -93,6 +93,7 @@ class OllamaChat:
         max_tokens: int,
         image: bytes | None = None,
         on_delta: DeltaCallback | None = None,
+        schema: Mapping[str, Any] | None = None,
     ) -> ChatResult:
         request = dict(
             model=self.ref.name,
@@ -101,6 +102,26 @@ class OllamaChat:
             keep_alive=keep_alive_value(self._provider.settings.keep_alive),
         )
         started = time.perf_counter()
+        output = "free"
+        if schema is not None and self.ref.name not in self._provider.refuses_schema:
+            # Ollama's ``format`` takes a JSON schema (0.5+) and makes small models answer in
+            # shape. An older server refuses it (400): free text then, and not asked again.
+            try:
+                text, raw = await self._send({**request, "format": dict(schema)}, on_delta)
+                output = "json_schema"
+            except ProviderError as exc:
+                if exc.status != 400:
+                    raise
+                self._provider.refuses_schema.add(self.ref.name)
+                text, raw = await self._send(request, on_delta)
+                output = "free (json_schema refused)"
+        else:
+            text, raw = await self._send(request, on_delta)
+        if not text:
+            raise empty_answer(self.ref, raw)
+        return ChatResult(text, self.ref, time.perf_counter() - started, output=output)
+
+    async def _send(self, request: dict, on_delta: DeltaCallback | None) -> tuple[str, str]:
         client = self._provider.client()
         if on_delta is None:
             try:
@@ -108,12 +129,8 @@ class OllamaChat:
             except Exception as exc:
                 raise self._provider.map_error(exc, self.ref) from exc
             raw = response.message.content or ""
-            text = clean_model_text(raw)
-        else:
-            text, raw = await self._stream(client, request, on_delta)
-        if not text:
-            raise empty_answer(self.ref, raw)
-        return ChatResult(text, self.ref, time.perf_counter() - started)
+            return clean_model_text(raw), raw
+        return await self._stream(client, request, on_delta)
 
     async def _stream(
         self, client: AsyncClient, request: dict, on_delta: DeltaCallback
@@ -141,6 +158,7 @@ class OllamaProvider:
     def __init__(self, settings: OllamaSettings) -> None:
         self.settings = settings
         self._client: AsyncClient | None = None
+        self.refuses_schema: set[str] = set()  # models whose server refused ``format``
 
     def client(self) -> AsyncClient:
         if self._client is None:

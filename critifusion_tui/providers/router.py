@@ -17,6 +17,7 @@ from critifusion_tui.providers.rules import RulesModel
 if TYPE_CHECKING:
     from critifusion_tui.config import Settings
     from critifusion_tui.providers.ollama import OllamaProvider
+    from critifusion_tui.providers.openai import OpenAIProvider
     from critifusion_tui.providers.together import TogetherProvider
 
 
@@ -27,6 +28,7 @@ class ProviderRouter:
         self.settings = settings
         self._together: TogetherProvider | None = None
         self._ollama: OllamaProvider | None = None
+        self._openai: OpenAIProvider | None = None
         self._rules = RulesModel()
         self._models: dict[ModelRef, ChatModel] = {}
 
@@ -48,6 +50,14 @@ class ProviderRouter:
         return self._ollama
 
     @property
+    def openai(self) -> OpenAIProvider:
+        if self._openai is None:
+            from critifusion_tui.providers.openai import OpenAIProvider
+
+            self._openai = OpenAIProvider(self.settings.providers.openai)
+        return self._openai
+
+    @property
     def rules(self) -> RulesModel:
         return self._rules
 
@@ -65,6 +75,8 @@ class ProviderRouter:
             model: ChatModel = self.together.model(ref.name)
         elif ref.provider == "ollama":
             model = self.ollama.model(ref.name)
+        elif ref.provider == "openai":
+            model = self.openai.model(ref.name)
         elif ref.provider == "rules":
             model = self._rules
         else:  # ModelRef.parse already refuses this; a hand-made ModelRef might not
@@ -79,9 +91,13 @@ class ProviderRouter:
         try:
             if self._together is not None:
                 await self._together.aclose()
-        finally:  # one failing close must not leave the other client open
-            if self._ollama is not None:
-                await self._ollama.aclose()
+        finally:  # one failing close must not leave the others open
+            try:
+                if self._ollama is not None:
+                    await self._ollama.aclose()
+            finally:
+                if self._openai is not None:
+                    await self._openai.aclose()
 
     async def __aenter__(self) -> ProviderRouter:
         return self

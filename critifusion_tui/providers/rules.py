@@ -103,6 +103,7 @@ class RulesModel:
         max_tokens: int,
         image: bytes | None = None,
         on_delta: DeltaCallback | None = None,
+        schema: object = None,
     ) -> ChatResult:
         raise ProviderError(
             self.ref,

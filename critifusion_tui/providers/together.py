@@ -112,6 +112,7 @@ class TogetherChat:
         max_tokens: int,
         image: bytes | None = None,
         on_delta: DeltaCallback | None = None,
+        schema: Any = None,  # constrained output is not asked of Together: free text
     ) -> ChatResult:
         payload = to_payload(messages, image)
         started = time.perf_counter()

@@ -178,10 +178,10 @@ def test_bad_values_are_explained(isolated, section, line, expected):
 
 
 def test_unknown_provider_prefix_is_an_error(isolated):
-    path = write(isolated / "config.toml", '[criticore]\ncandidates = ["rules", "openai:gpt-4o"]\n')
+    path = write(isolated / "config.toml", '[criticore]\ncandidates = ["rules", "vertex:gemini"]\n')
     message = error_of()
-    assert message.startswith(f"{path}:2: criticore.candidates item 2: unknown provider 'openai'")
-    assert "'together:<model id>', 'ollama:<model name>' or 'rules'" in message
+    assert message.startswith(f"{path}:2: criticore.candidates item 2: unknown provider 'vertex'")
+    assert "'together:<model id>', 'ollama:<model name>', 'openai:<model id>' or 'rules'" in message
 
 
 @pytest.mark.parametrize("ref, why", [("llama3", "names no provider"), ("ollama:", "names no model")])

@@ -226,3 +226,33 @@ def test_offline_with_only_together_models_makes_no_request(server, monkeypatch)
     checks = provider_checks(settings, offline=True)
     assert [(c.label, c.status) for c in checks] == [("together", "info")]
     assert not server.requests
+
+
+def test_openai_compatible_server_lists_its_own_models(server, env, tmp_path):
+    server.add_model("Qwen/Qwen2.5-0.5B-Instruct")
+    server.add_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+    proc = run(
+        server,
+        "--set", f"providers.openai.base_url='{server.openai_url}'",
+        *roles(["openai:Qwen/Qwen2.5-0.5B-Instruct"], ["openai:HuggingFaceTB/SmolLM2-135M-Instruc"], ["rules"]),
+        env=env, cwd=tmp_path,
+    )
+    out = proc.stdout
+    assert proc.returncode == 1, out
+    assert lines_with(out, "openai:Qwen/Qwen2.5-0.5B-Instruct available")[0].lstrip().startswith("ok")
+    (missing,) = lines_with(out, "openai:HuggingFaceTB/SmolLM2-135M-Instruc not served by")
+    assert missing.lstrip().startswith("FAIL") and "closest: HuggingFaceTB/SmolLM2-135M-Instruct" in missing
+    # The server's own list, not Together's catalogue.
+    assert len(server.requests_to("/openai/v1/models")) == 1
+    assert not any(server.requests_to(path) for path in TOGETHER_PATHS)
+
+
+def test_openai_server_down_is_one_line(server, env, tmp_path):
+    url = f"http://127.0.0.1:{unused_port()}/v1"
+    proc = run(
+        server, "--set", f"providers.openai.base_url='{url}'",
+        *roles(["openai:m"], ["rules"], ["rules"]), env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    (line,) = lines_with(proc.stdout, f"cannot reach the server at {url}")
+    assert line.lstrip().startswith("FAIL")

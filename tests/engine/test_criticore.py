@@ -32,7 +32,9 @@ from critifusion_tui.engine.events import CandidateDelta, CandidateFinished, Can
 from critifusion_tui.engine.prompts import (
     fallback_tags,
     merge_critique_with_tags,
+    positive_prompt,
     postprocess_tags,
+    refinement_prompt,
     seed_tags,
 )
 from critifusion_tui.engine.tokens import clip77_strict, count_tokens
@@ -212,7 +214,9 @@ async def test_positive_is_the_postprocessed_aggregate_and_negative_the_preset(s
     assert result.positive == postprocess_tags(result.aggregated, PROMPT)
     assert result.negative == NEGATIVE
     assert result.source == "aggregator"
-    assert result.aggregated.startswith("Tags: red fox")
+    # The merged text is the checked tag list; the raw answer stays on the aggregator's record.
+    assert result.aggregated.startswith("red fox, snow, 8k")
+    assert result.aggregator[-1].text.startswith("Tags: red fox")
     assert [a.model for a in result.candidates] == CANDIDATES
     assert all(a.ok and a.text == default_reply(a.model) for a in result.candidates)
     assert all(a.seconds > 0 for a in result.candidates)
@@ -283,7 +287,7 @@ async def test_every_aggregator_failing_merges_the_candidates(server, make_core,
 async def test_components_requests_and_parsing(server, make_core) -> None:
     for ref in CANDIDATES[:4]:
         server.script(name(ref), text=COMPONENTS_JSON)
-    server.script("model-e", text="no JSON here")  # answered, so still passed on as is
+    server.script("model-e", text="no JSON here")  # answered, but not in shape: not passed on
     server.script(
         "agg-o",
         text='Sure! Here is the JSON:\n```json\n{"components": ["a red fox", 42, "", "  snow  ", null,'
@@ -300,7 +304,12 @@ async def test_components_requests_and_parsing(server, make_core) -> None:
     (agg,) = bodies(server, "ollama:agg-o")
     assert agg["options"] == {"temperature": 0.2, "num_predict": 256}
     asked = user_text(agg)
-    assert DIVIDER.join([COMPONENTS_JSON] * 4 + ["no JSON here"]) in asked
+    # Each usable answer as its checked JSON; the unusable one is not merged.
+    assert asked.endswith(DIVIDER.join([COMPONENTS_JSON] * 4))
+    assert "no JSON here" not in asked
+    bad = answer_of(result, "ollama:model-e")
+    assert bad.error_code == "unusable_answer" and bad.text == "no JSON here"
+    assert 'no JSON object with a "components" list' in bad.error
     # Prose and fences around the JSON, non-strings and empties dropped, at most six.
     assert result.components == ["a red fox", "snow", "a moon", "a tree", "a river", "a hill"]
     assert result.source == "aggregator"
@@ -540,9 +549,10 @@ async def test_vlm_answer_without_the_tags_is_unusable(server, make_core, events
     assert bad.answer.text == "The image shows a fox. It looks fine to me."  # kept for the record
     assert bad.issues == [] and bad.refined == ""
     assert good.answer.ok
-    assert result.source == "aggregator"
-    asked = user_text(bodies(server, "together:agg")[0])
-    assert "looks fine to me" not in asked and "tail missing" in asked
+    # One usable critic left: its report stands, nothing to merge, no aggregator asked.
+    assert result.source == "critic"
+    assert result.refined == "a red fox with a bushy tail in snow" and result.issues == ["tail missing"]
+    assert bodies(server, "together:agg") == []
     finished = [e for e in events if isinstance(e, CandidateFinished) and e.model == "together:vlm-a"]
     assert finished[-1].error  # shown as a failure when it finishes
     assert any("together:vlm-a" in n.message for n in notices(events, "critique"))
@@ -622,8 +632,9 @@ async def test_one_failing_vlm_leaves_the_critique_complete(server, make_core, e
     result = await make_core().critique(PNG_1PX, IMAGE_PROMPT, COMPONENTS)
     assert result.critics[0].answer.error_code == "rate_limited"
     assert result.critics[1].answer.ok
-    assert result.source == "aggregator"
-    assert "tail missing" in user_text(bodies(server, "together:agg")[0])
+    assert result.source == "critic"  # one critic left: nothing to merge
+    assert result.refined == "a red fox with a bushy tail in snow"
+    assert bodies(server, "together:agg") == []
 
 
 # --- offline: rules in every role --------------------------------------------------------------
@@ -644,11 +655,12 @@ async def test_rules_everywhere_is_a_full_offline_result(server, router, events)
     assert components.components == ["a red fox", "a blue scarf", "sitting in snow"]
     assert critique.refined == clip77_strict(tags.positive)
     assert critique.issues == [] and critique.alignment is None
+    # One candidate and one critic: nothing to merge, so the aggregator is not asked.
+    assert (tags.source, components.source, critique.source) == ("candidates", "candidates", "critic")
     for result in (tags, components, critique):
-        assert result.source == "aggregator"
-        assert result.aggregated_by == "rules"
+        assert result.aggregator == [] and result.aggregated_by is None
     refinement = CritiCore.refinement_prompt(critique, tags)
-    assert refinement == merge_critique_with_tags(critique.refined, tags.positive)
+    assert refinement == refinement_prompt(critique.refined, tags.positive, prompt)
     # The offline model's text also comes through the delta events.
     deltas = "".join(e.text for e in events if isinstance(e, CandidateDelta) and e.stage == "tags" and e.role == "candidate")
     assert deltas == tags.candidates[0].text
@@ -825,9 +837,12 @@ async def test_refinement_prompt_merges_critique_and_tags(server, make_core) -> 
     critique = await core.critique(PNG_1PX, IMAGE_PROMPT, COMPONENTS)
     tags = await core.tags(PROMPT)
     merged = core.refinement_prompt(critique, tags)
-    assert merged == merge_critique_with_tags(critique.refined, tags.positive)
-    assert merged == CritiCore.refinement_prompt(critique.refined, tags.positive)
-    assert merged.startswith("a red fox with four legs and a bushy tail in white snow, ")
+    assert merged == refinement_prompt(critique.refined, tags.positive, PROMPT)
+    assert merged == CritiCore.refinement_prompt(critique.refined, tags.positive, PROMPT)
+    # The critic's subject first, the user's own prompt right after it, then the buckets.
+    assert merged.startswith("a red fox with four legs and a bushy tail in white snow, a red fox in snow, ")
+    # Without a prompt to keep, SPEC 5's order (the prompt bucketed with the other tags).
+    assert CritiCore.refinement_prompt(critique.refined, tags.positive) == refinement_prompt(critique.refined, tags.positive)
     assert count_tokens(merged) <= 77
 
 
@@ -836,6 +851,9 @@ async def test_refinement_prompt_merges_critique_and_tags(server, make_core) -> 
 
 async def test_records_carry_the_manifest_fields(server, make_core) -> None:
     server.script("model-b", status=500)
+    for ref in CANDIDATES:  # tags first, then components
+        server.script(name(ref), text=f"reply from {name(ref)}", times=1)
+        server.script(name(ref), text=COMPONENTS_JSON, times=1)
     server.script("agg", text="fox, snow", times=1)
     server.script("agg", text=COMPONENTS_JSON, times=1)
     server.script("agg", text=CRITIC_AGG)
@@ -886,3 +904,149 @@ async def test_from_settings_reads_the_roles(server, settings, router) -> None:
     assert core.vlms == ["ollama:vlm-b"]
     result = await core.tags(PROMPT)
     assert result.aggregated_by == "ollama:agg-o"
+
+
+# --- answers that small local models really send (issue 12) --------------------------------
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "answers"
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / name).read_text(encoding="utf-8")
+
+
+async def test_echoing_candidates_are_refused_and_the_positive_stays_clean(server, make_core, events) -> None:
+    server.script("model-a", text=fixture("tags_echo_system.txt"))
+    server.script("model-b", text=fixture("tags_echo_user_labels.txt"))
+    server.script("model-c", text=fixture("tags_echo_subject_rule.txt"))
+    server.script("model-d", text=fixture("tags_labels_every_line.txt"))
+    server.script("model-e", text=fixture("tags_prose_only.txt"))
+    result = await make_core().tags("cat")
+
+    codes = {a.model: a.error_code for a in result.candidates}
+    assert codes == {
+        "together:model-a": "unusable_answer", "together:model-b": "unusable_answer",
+        "ollama:model-c": "unusable_answer", "together:model-d": None, "ollama:model-e": "unusable_answer",
+    }
+    echo = answer_of(result, "together:model-a")
+    assert "repeats our instructions" in echo.error and echo.text  # reason shown, answer kept
+    assert "prose" in answer_of(result, "ollama:model-e").error
+    # One usable answer: nothing to merge, no aggregator asked.
+    assert bodies(server, "together:agg") == [] and result.source == "candidates"
+    assert result.positive == (
+        "cat, watercolor, soft window light, a cat on a windowsill, tabby fur, shallow depth of field,"
+        " high detailed, sharp focus, 8k, UHD"
+    )
+    for phrase in ("tag", "Seed", "Reply", "Idea", "subject phrase", "merge"):
+        assert phrase not in result.positive
+    # The pane gets the reason with the answer; the record says unusable.
+    finished = [e for e in events if isinstance(e, CandidateFinished) and e.model == "together:model-a"]
+    assert "repeats our instructions" in finished[-1].error and finished[-1].text
+    assert result.record()["candidates"][0]["unusable"] is True
+    kept = [e for e in events if isinstance(e, CandidateFinished) and e.model == "together:model-d"][-1]
+    assert kept.notes == ("5 tags (asked for 16 to 26)",)
+    assert result.record()["candidates"][3]["notes"] == ["5 tags (asked for 16 to 26)"]
+
+
+async def test_an_echoing_aggregator_gives_way_to_the_candidates(server, make_core, events) -> None:
+    server.script("model-a", text="red fox, snowy forest, golden hour")
+    server.script("model-b", text=fixture("tags_cjk_ideographic_commas.txt"))
+    for ref in CANDIDATES[2:]:
+        server.script(name(ref), status=500)
+    server.script("agg", text=fixture("tags_echo_system.txt"))
+    result = await make_core().tags(PROMPT)
+
+    assert result.aggregator[0].error_code == "unusable_answer"
+    assert result.source == "candidates"
+    assert result.positive == (
+        "a red fox in snow, golden hour, red fox, snowy forest, 雪の中の赤いキツネ, 夕暮れの光, 松の森, 高精細,"
+        " high detailed, sharp focus, 8k, UHD"
+    )
+    # The aggregator was sent the checked lists: the CJK answer already split into tags.
+    assert "雪の中の赤いキツネ, 夕暮れの光" in user_text(bodies(server, "together:agg")[0])
+
+
+async def test_placeholder_and_object_components(server, make_core) -> None:
+    server.script("model-a", text=fixture("components_placeholder_only.txt"))
+    server.script("model-b", text=fixture("components_schema_object.txt"))
+    server.script("model-c", text=fixture("components_objects.txt"))
+    server.script("model-d", text=fixture("components_python_then_json.txt"))
+    server.script("model-e", status=500)
+    server.script("agg", text=fixture("components_objects.txt"))
+    result = await make_core().components(PROMPT)
+
+    assert [a.error_code for a in result.candidates] == ["unusable_answer", "unusable_answer", None, None, "connection"]
+    assert "placeholder" in result.candidates[0].error
+    assert result.source == "aggregator"
+    # Objects read from their name and description, not an empty list.
+    assert result.components == ["a red fox sitting in snow", "moon: full and low above the trees", "pine trees"]
+    asked = user_text(bodies(server, "together:agg")[0])
+    assert '"..."' not in asked and "fake" not in asked and '"type"' not in asked
+
+
+async def test_a_model_listed_twice_keeps_both_answers(server, make_core) -> None:
+    server.script("model-a", text="red fox, snow", times=1)
+    server.script("model-a", text="red fox, moonlight", times=1)
+    server.script("model-a", text="red fox, pine forest", times=1)
+    server.script("agg", text="red fox, snow, moonlight, pine forest")
+    core = make_core(candidates=["together:model-a", "together:model-a", " together: model-a "])
+    assert core.candidates == ["together:model-a", "together:model-a#2", "together:model-a#3"]
+    result = await core.tags(PROMPT)
+
+    assert len(bodies(server, "together:model-a")) == 3
+    assert sorted(a.text for a in result.candidates) == ["red fox, moonlight", "red fox, pine forest", "red fox, snow"]
+    asked = user_text(bodies(server, "together:agg")[0])
+    assert asked.count(DIVIDER) == 2  # three lists merged
+    # One of them alone can be re-asked, by its label.
+    again = await core.tags(PROMPT, previous=result, only=["together:model-a#2"])
+    assert len(bodies(server, "together:model-a")) == 4
+    assert again.candidates[0] is result.candidates[0] and again.candidates[2] is result.candidates[2]
+
+
+async def test_the_offline_critic_is_not_sent_to_a_real_aggregator(server, make_core, events) -> None:
+    core = make_core(vlms=["rules"])
+    result = await core.critique(PNG_1PX, IMAGE_PROMPT, COMPONENTS)
+    assert bodies(server, "together:agg") == []
+    assert result.source == "critic" and result.refined == IMAGE_PROMPT and result.issues == []
+    assert any("nothing to merge" in n.message for n in notices(events, "critique"))
+
+    # Beside a real critic, the one that changed nothing adds nothing: the real one stands.
+    server.script("vlm-a", text=CRITIC_A)
+    result = await make_core(vlms=["rules", "together:vlm-a"]).critique(PNG_1PX, IMAGE_PROMPT, COMPONENTS)
+    assert bodies(server, "together:agg") == []
+    assert result.refined == "a red fox in bright white snow, four legs"
+
+
+async def test_an_echoed_critique_never_becomes_the_refinement(server, make_core) -> None:
+    server.script("vlm-a", text=CRITIC_A, times=1)
+    server.script("vlm-b", text=CRITIC_B)
+    server.script("agg", text=fixture("critique_agg_echo.txt"))
+    result = await make_core().critique(PNG_1PX, IMAGE_PROMPT, COMPONENTS)
+    assert result.aggregator[0].error_code == "unusable_answer"
+    assert "repeats our instructions" in result.aggregator[0].error
+    assert result.source == "critic" and result.refined == "a red fox in bright white snow, four legs"
+    refinement = CritiCore.refinement_prompt(result, IMAGE_PROMPT, PROMPT)
+    assert "70 words" not in refinement and "bullet" not in refinement
+
+    # A critic that only copies the example's placeholders is unusable too.
+    server.script("vlm-a", text=fixture("critique_placeholder.txt"))
+    result = await make_core(vlms=["together:vlm-a"]).critique(PNG_1PX, IMAGE_PROMPT, COMPONENTS)
+    assert result.source == "none" and result.critics[0].answer.error_code == "unusable_answer"
+
+
+def test_the_users_prompt_is_never_cut_from_the_refinement_prompt() -> None:
+    prompt = "un vieux phare sur une falaise au-dessus d'une mer agitée"
+    long_refined = (
+        "a wide view of an old lighthouse on a rocky cliff above a stormy sea at dusk, dramatic clouds,"
+        " gulls, crashing waves, sea spray, moody atmosphere, rain, lightning, wet rocks, tall grass"
+    )
+    # Lighting tags: bucketed before "other", where SPEC 5's rule puts the prompt, at the end.
+    tags = positive_prompt(", ".join(f"glow {i}" for i in range(30)), prompt)
+    merged = CritiCore.refinement_prompt(long_refined, tags, prompt)
+    assert count_tokens(merged) <= 77
+    assert prompt in merged
+    assert merged.startswith("a wide view of an old lighthouse on a rocky cliff above a stormy sea at dusk, " + prompt)
+    for floor in ("high detailed", "sharp focus", "8k", "UHD"):
+        assert floor in merged
+    # SPEC 5's literal rule (kept as merge_critique_with_tags) cuts the prompt off.
+    assert prompt not in merge_critique_with_tags(long_refined, tags)

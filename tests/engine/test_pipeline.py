@@ -82,7 +82,8 @@ async def test_full_run_writes_a_complete_run_folder(tmp_path, engine):
     with Image.open(run.folder / "refined.png") as image:
         assert image.size == (64, 64)
         assert image.text["prompt"] == refine["prompt"] and image.text["seed"] == str(refine["seed"])
-    assert manifest["prompts"]["positive"]["by"] == "aggregator:rules"
+    # One candidate (rules): nothing to merge, so the candidate itself wrote the positive.
+    assert manifest["prompts"]["positive"]["by"] == "candidate:rules"
 
     # The events tell the same story, in order.
     started = [e.stage for e in events if isinstance(e, StageStarted)]
@@ -221,8 +222,9 @@ async def test_no_secret_reaches_the_run_folder(tmp_path, engine, server, settin
     session = Session(Settings.model_validate(data), diffusion=engine)
     run, manifest, _ = await run_once(session)
     assert manifest["config"]["providers"]["together"]["api_key_env"] == KEY_VAR
-    # Tags: 2 candidates + aggregator; components: the same; critique: 1 critic + aggregator.
-    assert len(server.requests_to("/v1/chat/completions")) == 3 + 3 + 2
+    # Tags: 2 candidates + aggregator; components: 2 candidates whose plain-text answers are
+    # unusable (no JSON), so nothing to merge; critique: 1 critic, nothing to merge.
+    assert len(server.requests_to("/v1/chat/completions")) == 3 + 2 + 1
     for path in run.folder.iterdir():
         assert KEY_VALUE.encode() not in path.read_bytes(), path.name
     await session.aclose()

@@ -108,7 +108,18 @@ def test_seed_tags() -> None:
         ("Sure! Here is the final list: a cat, 8k", ["a cat", "8k"]),
         ("**Final tag list:** a cat", ["a cat"]),
         ("Refined prompt: a red fox, snow", ["a red fox", "snow"]),
-        ("a cat\nTags: sunset", ["a cat", "Tags: sunset"]),  # a label only on the first line
+        ("a cat\nTags: sunset", ["a cat", "sunset"]),  # a label on any line
+        ("Idea: a cat\nReply: sunset, 8k", ["a cat", "sunset", "8k"]),  # our own labels too
+        ("猫、夕焼け、雪", ["猫", "夕焼け", "雪"]),  # the ideographic comma splits
+        ("a **red** fox, __soft__ light, *warm* glow", ["a red fox", "soft light", "warm glow"]),
+        (
+            'shop sign, a sign reading "OPEN 24/7, NO REFUNDS", neon',
+            ["shop sign", 'a sign reading "OPEN 24/7, NO REFUNDS"', "neon"],
+        ),
+        ('sign, "OPEN 24/7, NO REFUNDS", 8k', ["sign", '"OPEN 24/7, NO REFUNDS"', "8k"]),
+        ("看板に「営業中、年中無休」、夜", ["看板に「営業中、年中無休」", "夜"]),
+        ('a 12" record, vinyl', ['a 12" record', "vinyl"]),  # a stray quote holds nothing
+        ("## Tags\na cat", ["a cat"]),
         ("style: anime, x", ["style: anime", "x"]),  # not a label
         ("salt &amp; pepper, &quot;x&quot;, a &amp;amp; b", ["salt & pepper", "x", "a & b"]),
         ("a cat., sunset.\nsharp focus...", ["a cat", "sunset", "sharp focus"]),
@@ -374,3 +385,48 @@ def test_merge_truncates_to_77_tokens() -> None:
     out = merge_critique_with_tags("a cat.", tags)
     assert out == "a cat, " + ", ".join(str(n) for n in range(10, 34))
     assert count_tokens(out) <= 77
+
+
+# ---------------------------------------------------------------------------------------------
+# positive_prompt / refinement_prompt: the CLIP-77 cut by importance
+# ---------------------------------------------------------------------------------------------
+
+
+def test_positive_prompt_keeps_the_floor_and_drops_the_models_last_tags() -> None:
+    from critifusion_tui.engine.prompts import positive_prompt
+
+    merged = ", ".join(str(n) for n in range(10, 60))
+    spec = postprocess_tags(merged, "a cat")
+    assert "high detailed" not in spec  # SPEC's cut falls on the floor, appended last
+    out = positive_prompt(merged, "a cat")
+    assert out == "a cat, " + ", ".join(str(n) for n in range(10, 30)) + ", high detailed, sharp focus, 8k, UHD"
+    assert count_tokens(out) <= 77
+    # Under the limit both agree.
+    short = "a cat, sunset glow, 8k, soft fur"
+    assert positive_prompt(short, "a cat") == postprocess_tags(short, "a cat")
+
+
+def test_positive_prompt_keeps_a_floor_tag_the_model_put_last() -> None:
+    from critifusion_tui.engine.prompts import positive_prompt
+
+    merged = ", ".join(str(n) for n in range(10, 60)) + ", sharp focus"
+    out = positive_prompt(merged, "a cat")
+    assert "sharp focus" in out and count_tokens(out) <= 77
+
+
+def test_refinement_prompt_keeps_the_prompt_and_the_floor() -> None:
+    from critifusion_tui.engine.prompts import refinement_prompt
+
+    tags = "a cat on a roof, " + ", ".join(f"glow {n}" for n in range(30)) + ", high detailed, 8k"
+    refined = "a tabby cat sitting on a red tiled roof at night, " + ", ".join(f"star {n}" for n in range(10))
+    out = refinement_prompt(refined, tags, "a cat on a roof")
+    assert out.startswith("a tabby cat sitting on a red tiled roof at night, a cat on a roof, ")
+    assert "high detailed" in out and "8k" in out and count_tokens(out) <= 77
+    # A subject that already holds the prompt gets no second copy next to it (the stage-1 copy
+    # stays where SPEC 5 puts it).
+    assert refinement_prompt("a cat on a roof at dusk", "a cat on a roof, 8k", "a cat on a roof") == (
+        "a cat on a roof at dusk, 8k, a cat on a roof"
+    )
+    # The protected prompt alone too long: SPEC's cut, as a last resort.
+    long_prompt = " ".join(["cat"] * 100)
+    assert count_tokens(refinement_prompt("", long_prompt, long_prompt)) <= 77

@@ -47,7 +47,7 @@ async def test_clients_are_made_only_when_first_needed(settings, monkeypatch) ->
 
 def test_models_satisfy_the_protocol(settings) -> None:
     router = ProviderRouter(settings)
-    for ref in ("together:x", "ollama:y", "rules"):
+    for ref in ("together:x", "ollama:y", "openai:z", "rules"):
         assert isinstance(router.model(ref), ChatModel)
     assert isinstance(router.model("rules"), RulesModel)
     assert router["ollama:y"] is router.model("ollama:y")
@@ -55,7 +55,7 @@ def test_models_satisfy_the_protocol(settings) -> None:
 
 def test_bad_reference_is_refused(settings) -> None:
     with pytest.raises(ModelRefError):
-        ProviderRouter(settings).model("openai:gpt")
+        ProviderRouter(settings).model("anthropic:claude")
 
 
 def test_every_configured_role_resolves() -> None:

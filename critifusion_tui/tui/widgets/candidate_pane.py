@@ -169,6 +169,7 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
             scrollbar-size-vertical: 1;
         }
         & .candidate-pane--error { color: $error; height: auto; margin-top: 1; }
+        & .candidate-pane--note { color: $warning; height: auto; }
         & .candidate-pane--error.-empty-answer { margin-top: 0; }
     }
     """
@@ -223,6 +224,9 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
         self._answer = AnswerText(classes="candidate-pane--text")
         self._error_view = Static("", classes="candidate-pane--error", markup=False)
         self._error_view.display = False
+        # What the answer check dropped or flagged in an answer it still used.
+        self._note_view = Static("", classes="candidate-pane--note", markup=False)
+        self._note_view.display = False
         # A Text title is kept as it is: a model ref is data, never markup.
         # The model, and its role when it is not one of the ensemble (the aggregator's pane
         # would otherwise look like a candidate's when both are the same model).
@@ -233,6 +237,7 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
     def compose(self) -> ComposeResult:
         with VerticalScroll(classes="candidate-pane--body", can_focus=False):
             yield self._answer
+            yield self._note_view
             yield self._error_view
 
     def on_mount(self) -> None:
@@ -278,6 +283,7 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
     def start(self) -> None:
         """The model's call began: clears any earlier answer and starts the clock."""
         self._answer.set_text("")
+        self._set_notes(())
         self._set_error(None)
         self._seconds = None
         self._stick_to_end = True
@@ -291,9 +297,11 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
         self._answer.append(text)
         self._keep_end_in_view()
 
-    def finish(self, text: str, error: str | None, seconds: float) -> None:
-        """The call ended. `text` replaces what was streamed; an error is shown under it."""
+    def finish(self, text: str, error: str | None, seconds: float, notes: tuple[str, ...] = ()) -> None:
+        """The call ended. `text` replaces what was streamed; an error is shown under it, and
+        so are `notes`, what the answer check dropped or flagged in an answer it used."""
         self._answer.set_text(text)
+        self._set_notes(notes)
         self._set_error(error)
         self._seconds = seconds
         self._started = None
@@ -303,6 +311,7 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
     def reset(self) -> None:
         """Back to waiting, with no text and no error."""
         self._answer.set_text("")
+        self._set_notes(())
         self._set_error(None)
         self._seconds = None
         self._started = None
@@ -335,6 +344,10 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
         )
 
     # --- internals --------------------------------------------------------------------------
+
+    def _set_notes(self, notes: tuple[str, ...]) -> None:
+        self._note_view.update(safe_str("! " + "; ".join(notes)) if notes else "")
+        self._note_view.display = bool(notes)
 
     def _set_error(self, error: str | None) -> None:
         self._error = error

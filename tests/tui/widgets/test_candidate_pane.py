@@ -131,6 +131,33 @@ async def test_error_is_shown_in_place_in_the_error_colour_with_the_text_kept():
         assert error_view.styles.color == Color.parse(app.get_css_variables()["error"])
 
 
+async def test_notes_of_the_answer_check_are_shown_under_a_used_answer():
+    app = PaneApp(FakeClock())
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.query_one(CandidatePane)
+        pane.finish("red fox, [b]snow[/b]", None, 1.0, ("1 sentence dropped (not tags)", "2 tags (asked for 16 to 26)"))
+        await pilot.pause()
+        lines = screen_text(app).splitlines()
+        assert lines[1].startswith("│ red fox, [b]snow[/b] ")
+        assert lines[2].startswith("│ ! 1 sentence dropped (not tags); 2 tags (asked for 16 to 26) ")
+        assert pane.state == "done"  # flagged, still usable
+        pane.reset()
+        await pilot.pause()
+        assert "sentence dropped" not in screen_text(app)
+
+
+async def test_an_unusable_answer_shows_its_text_and_the_reason():
+    app = PaneApp(FakeClock())
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.query_one(CandidatePane)
+        reason = "together:x: unusable answer: it repeats our instructions (\"put the subject phrase first\")"
+        pane.finish("Put the subject phrase first, cat", reason, 1.0)
+        await pilot.pause()
+        text = screen_text(app)
+        assert "Put the subject phrase first, cat" in text and "✗ together:x: unusable answer" in text
+        assert pane.state == "failed"
+
+
 async def test_error_without_text_takes_the_first_line():
     app = PaneApp(FakeClock())
     async with app.run_test(size=(80, 24)) as pilot:

@@ -1,0 +1,245 @@
+"""Any OpenAI-compatible server through the official ``openai`` client.
+
+vLLM, llama.cpp's server, LM Studio, TGI, OpenRouter and OpenAI itself all speak the same
+chat-completions API; ``[providers.openai] base_url`` says which one (including its ``/v1``,
+as each of them documents it). Local servers need no key: ``api_key_env`` may be empty, and a
+fixed stand-in is sent, since the client insists on one. The key is always passed
+explicitly, so ``$OPENAI_API_KEY`` and ``$OPENAI_BASE_URL`` are never picked up behind the
+config's back.
+
+Constrained output: a stage may pass a JSON schema; it is sent as ``response_format``
+``json_schema``. Servers that do not take it refuse the request (HTTP 400 or 422); the same
+request is then sent once more as free text, the model is remembered as refusing, and the
+result says which was used (``ChatResult.output``).
+
+The ``openai`` package is imported on first use, off the ``--help`` path.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from critifusion_tui.providers.base import (
+    AuthenticationError,
+    ChatResult,
+    DeltaCallback,
+    MessageLike,
+    ModelNotFoundError,
+    ModelRef,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderTimeoutError,
+    RateLimitedError,
+    StreamCollector,
+    UnusableAnswerError,
+    empty_answer,
+    short_detail,
+)
+from critifusion_tui.providers.hygiene import clean_model_text
+from critifusion_tui.providers.together import to_payload
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+
+# Sent when no key is configured: local servers ignore it, the client requires one.
+NO_KEY = "no-key"
+# HTTP statuses with which a server refuses a request it cannot serve as asked.
+_REFUSALS = (400, 422)
+
+
+class OpenAISettings(Protocol):
+    """The fields of ``config.OpenAIConfig`` this module reads."""
+
+    base_url: str
+    api_key_env: str
+    timeout_s: float
+    max_retries: int
+
+
+def make_client(settings: OpenAISettings, ref: ModelRef | str = "openai") -> AsyncOpenAI:
+    """One ``AsyncOpenAI`` for these settings; a named but unset key variable is an error."""
+    key = NO_KEY
+    if settings.api_key_env:
+        key = os.environ.get(settings.api_key_env, "").strip()
+        if not key:
+            raise AuthenticationError(
+                ref,
+                f"no API key: ${settings.api_key_env} is not set",
+                fix=f"export {settings.api_key_env}=<your key>, or set providers.openai.api_key_env ="
+                ' "" for a local server that needs none',
+            )
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(
+        api_key=key,
+        base_url=settings.base_url.strip().rstrip("/"),
+        timeout=settings.timeout_s,
+        max_retries=settings.max_retries,
+    )
+
+
+def response_format(schema: Mapping[str, Any], name: str = "answer") -> dict[str, Any]:
+    """The ``response_format`` that asks for JSON following ``schema``."""
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": dict(schema)}}
+
+
+class OpenAIChat:
+    """A :class:`~critifusion_tui.providers.base.ChatModel` for one model on the server."""
+
+    def __init__(self, ref: ModelRef, provider: OpenAIProvider) -> None:
+        self.ref = ref
+        self._provider = provider
+
+    async def chat(
+        self,
+        messages: Sequence[MessageLike],
+        *,
+        temperature: float,
+        max_tokens: int,
+        image: bytes | None = None,
+        on_delta: DeltaCallback | None = None,
+        schema: Mapping[str, Any] | None = None,
+    ) -> ChatResult:
+        request: dict[str, Any] = dict(
+            model=self.ref.name, messages=to_payload(messages, image), temperature=temperature,
+            max_tokens=max_tokens,
+        )
+        started = time.perf_counter()
+        output = "free"
+        if schema is not None and self.ref.name not in self._provider.refuses_schema:
+            try:
+                text, raw = await self._send({**request, "response_format": response_format(schema)}, on_delta)
+                output = "json_schema"
+            except ProviderError as exc:
+                if exc.status not in _REFUSALS:
+                    raise
+                # The server does not take json_schema here: free text, and not asked again.
+                self._provider.refuses_schema.add(self.ref.name)
+                text, raw = await self._send(request, on_delta)
+                output = "free (json_schema refused)"
+        else:
+            text, raw = await self._send(request, on_delta)
+        if not text:
+            raise empty_answer(self.ref, raw)
+        return ChatResult(text, self.ref, time.perf_counter() - started, output=output)
+
+    async def _send(self, request: dict, on_delta: DeltaCallback | None) -> tuple[str, str]:
+        client = self._provider.client(self.ref)
+        if on_delta is None:
+            try:
+                response = await client.chat.completions.create(**request)
+            except Exception as exc:
+                raise self._provider.map_error(exc, self.ref) from exc
+            choices = response.choices or []
+            content = choices[0].message.content if choices and choices[0].message else None
+            raw = content if isinstance(content, str) else str(content or "")
+            return clean_model_text(raw), raw
+        collector = StreamCollector(on_delta)
+        try:
+            stream = await client.chat.completions.create(**request, stream=True)
+            async with stream:
+                async for chunk in stream:
+                    for choice in chunk.choices or []:
+                        # Only content: ``reasoning_content`` deltas are hidden thoughts.
+                        if choice.index == 0 and choice.delta and choice.delta.content:
+                            collector.feed(choice.delta.content)
+        except Exception as exc:
+            if collector.owns(exc):
+                raise
+            raise self._provider.map_error(exc, self.ref) from exc
+        return collector.finish()
+
+
+class OpenAIProvider:
+    """Owns the one ``AsyncOpenAI`` client (made on first use) and its models."""
+
+    name = "openai"
+
+    def __init__(self, settings: OpenAISettings) -> None:
+        self.settings = settings
+        self._client: AsyncOpenAI | None = None
+        self.refuses_schema: set[str] = set()  # models whose server refused json_schema
+
+    def client(self, ref: ModelRef | str = "openai") -> AsyncOpenAI:
+        if self._client is None:
+            self._client = make_client(self.settings, ref)
+        return self._client
+
+    def model(self, name: str) -> OpenAIChat:
+        return OpenAIChat(ModelRef("openai", name), self)
+
+    async def list_models(self) -> list[str]:
+        """The ids the server lists at ``/models`` (for ``critifusion doctor``)."""
+        try:
+            page = await self.client().models.list()
+            return [m.id async for m in page if getattr(m, "id", None)]
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise self.map_error(exc, "openai") from exc
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    def map_error(self, exc: BaseException, ref: ModelRef | str) -> ProviderError:
+        return map_error(exc, ref, self.settings)
+
+
+def map_error(exc: BaseException, ref: ModelRef | str, settings: OpenAISettings) -> ProviderError:
+    """The :class:`ProviderError` for an exception raised by the ``openai`` client."""
+    import openai
+
+    if isinstance(exc, ProviderError):
+        return exc
+    where = settings.base_url
+    name = ref.name if isinstance(ref, ModelRef) else str(ref)
+    status = getattr(exc, "status_code", None)
+    body = getattr(exc, "body", None)
+    message = body.get("message") if isinstance(body, dict) else None
+    detail = short_detail(message or getattr(exc, "message", None) or exc)
+    # Order matters: APITimeoutError is an APIConnectionError, the status errors are APIErrors.
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderTimeoutError(
+            ref, f"no answer from {where} within {settings.timeout_s:g} s",
+            fix="raise providers.openai.timeout_s (a local server may still be loading the model)",
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderConnectionError(
+            ref, f"cannot reach the server at {where}",
+            fix="is it running? check providers.openai.base_url (with its /v1)",
+        )
+    if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
+        key = f"the key in ${settings.api_key_env}" if settings.api_key_env else "a request without a key"
+        return AuthenticationError(
+            ref, f"{where} refused {key} (HTTP {status}): {detail}",
+            fix="set providers.openai.api_key_env to the variable holding the server's key",
+            status=status,
+        )
+    if isinstance(exc, openai.NotFoundError):
+        return ModelNotFoundError(
+            ref, f"{where} has no model {name!r} (HTTP {status})",
+            fix="`critifusion doctor` lists the server's models and the closest names",
+            status=status,
+        )
+    if isinstance(exc, openai.RateLimitError):
+        return RateLimitedError(
+            ref, f"{where} is rate-limiting requests (HTTP 429)",
+            fix="wait and run again, use fewer candidate models, or raise providers.openai.max_retries",
+            status=status,
+        )
+    if isinstance(exc, openai.InternalServerError):
+        return ProviderConnectionError(
+            ref, f"the server failed on its side (HTTP {status}): {detail}", fix="see the server's log",
+            status=status,
+        )
+    if isinstance(exc, openai.APIResponseValidationError) or isinstance(exc, ValueError):
+        return UnusableAnswerError(ref, f"the answer could not be read: {detail}", status=status)
+    if isinstance(exc, openai.APIError):
+        what = f"HTTP {status}" if status else "error"
+        return ProviderError(ref, f"the server refused the request ({what}): {detail}", status=status)
+    return ProviderError(ref, f"unexpected failure: {type(exc).__name__}: {detail}")
