@@ -49,7 +49,8 @@ class Aesthetic(Scorer):
 
     def __init__(self, checkpoint, clip_dir, **kwargs) -> None:
         super().__init__(**kwargs)
-        from transformers import CLIPConfig, CLIPImageProcessor, CLIPVisionModelWithProjection
+        with quiet_transformers():  # the import itself warns when torchvision is absent
+            from transformers import CLIPConfig, CLIPImageProcessor, CLIPVisionModelWithProjection
 
         state = load_state_dict(checkpoint, self.metric)
         if "layers.0.weight" not in state and "0.weight" in state:

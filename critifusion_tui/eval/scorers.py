@@ -47,7 +47,9 @@ def needs(metric: str, cfg) -> list[Need]:
     if metric == "aesthetic":
         return [
             Need("aesthetic_checkpoint", cfg.aesthetic_checkpoint, "file"),
-            Need("aesthetic_clip", cfg.aesthetic_clip, "folder", ("config.json", IMAGE_PROCESSOR, *MODEL_FILES)),
+            # The repo also holds TensorFlow and Flax weights: name only what is read.
+            Need("aesthetic_clip", cfg.aesthetic_clip, "folder", ("config.json", IMAGE_PROCESSOR, *MODEL_FILES),
+                 ("config.json", "preprocessor_config.json", "model.safetensors")),
         ]
     raise ValueError(f"unknown metric {metric!r}")
 
