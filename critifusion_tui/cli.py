@@ -78,7 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="full: the method; all: also refine the base made from your own prompt (SPEC 7)",
     )
     run.add_argument("--json", action="store_true", help="print the run folder and a summary as JSON")
-    run.add_argument("--prompts", metavar="FILE", help="one prompt per line; finished ones are skipped")
+    run.add_argument(
+        "--prompts", metavar="FILE",
+        help="a batch: one prompt per line, DrawBench/PartiPrompts CSV/TSV (Prompt column) or HPDv2 JSON list;"
+        " finished ones are skipped",
+    )
+    run.add_argument("--limit", type=int, metavar="N", help="with --prompts: only the first N prompts")
+    run.add_argument("--category", metavar="X", help="with --prompts: only the rows of this Category")
     run.add_argument("--resume", metavar="DIR", help="continue a run from its last completed stage")
 
     ev = sub.add_parser(
@@ -169,6 +175,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     given = [name for name in ("prompt", "prompts", "resume") if getattr(args, name)]
     if len(given) != 1:
         print("critifusion run: give exactly one of PROMPT, --prompts FILE or --resume DIR", file=sys.stderr)
+        return EXIT_USAGE
+    if (args.limit is not None or args.category is not None) and not args.prompts:
+        print("critifusion run: --limit and --category go with --prompts FILE", file=sys.stderr)
+        return EXIT_USAGE
+    if args.limit is not None and args.limit < 1:
+        print("critifusion run: --limit must be 1 or more", file=sys.stderr)
         return EXIT_USAGE
     if args.seed is not None and args.seed < 0:
         print("critifusion run: --seed must be 0 or more", file=sys.stderr)
