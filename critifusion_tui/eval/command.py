@@ -157,7 +157,7 @@ def run_eval(args, loaded, cache_dir: str | None = None) -> int:
         try:
             report.write_plot(result, metrics, Path(args.plot))
         except ImportError:
-            _say("critifusion eval: --plot needs matplotlib: pip install 'critifusion-tui[plot]' (or matplotlib)")
+            _say("critifusion eval: --plot needs matplotlib: pip install matplotlib (the 'plot' extra)")
             failed = True
     if interrupted:
         _say(f"critifusion eval: interrupted; the {scored} images scored so far are saved in their manifests")

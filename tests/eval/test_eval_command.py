@@ -141,3 +141,16 @@ def test_usage_errors(tmp_path, runs):
     assert proc.returncode == 2 and "unknown metric clipscore" in proc.stderr
     proc = critifusion("eval", str(tmp_path / "empty-nothing"), env=env, cwd=tmp_path)
     assert proc.returncode == 2 and "no such folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_plot_writes_a_png_or_says_what_it_needs(runs, weights, tmp_path):
+    import importlib.util
+
+    png = tmp_path / "chart.png"
+    proc = critifusion("eval", str(runs), "--metrics", "aesthetic", "--plot", str(png), *overrides(weights),
+                       env=clean_env(tmp_path), cwd=tmp_path)
+    assert "Traceback" not in proc.stderr
+    if importlib.util.find_spec("matplotlib"):
+        assert proc.returncode == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert proc.returncode == 1 and "--plot needs matplotlib" in proc.stderr and not png.exists()
