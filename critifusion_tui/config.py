@@ -175,6 +175,9 @@ def _auto_is_none(value: Any) -> Any:
 
 class SpecFusionConfig(Section):
     mode: Literal["fixed", "adaptive"] = "fixed"
+    # Where adaptive mode (CADR) takes its 0-100 alignment score from: the VLM critics' own
+    # <alignment> rating, or an eval metric scoring the base image against the user's prompt.
+    alignment_from: Literal["critic", "pickscore", "hpsv2", "imagereward", "aesthetic"] = "critic"
     total_steps: int = Field(50, ge=1, le=1000)
     last_k: int = Field(37, ge=1, le=1000)
     guidance: Annotated[float | None, BeforeValidator(_auto_is_none)] = Field(None, ge=0)

@@ -196,8 +196,8 @@ METRIC_ALIGNMENT_RANGES: dict[str, tuple[float, float]] = {
 
 def alignment_from_metric(metric: str, value: float) -> float:
     """A metric's score as a 0-100 alignment for :func:`cadr_from_alignment` (see the table
-    above): ``clamp(100 * (value - poor) / (good - poor), 0, 100)``. Not yet wired into the
-    run's adaptive mode, which still takes the critic's rating."""
+    above): ``clamp(100 * (value - poor) / (good - poor), 0, 100)``. The run's adaptive mode
+    uses it when ``specfusion.alignment_from`` names a metric (``Run.metric_alignment``)."""
     if metric not in METRIC_ALIGNMENT_RANGES:
         raise ValueError(f"no alignment mapping for metric {metric!r}; known: {', '.join(METRIC_ALIGNMENT_RANGES)}")
     v = float(value)

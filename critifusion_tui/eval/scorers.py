@@ -99,3 +99,38 @@ def device_and_dtype(settings) -> tuple[str, Any]:
 
     device = resolve_device(settings.diffusion.device)
     return device, resolve_dtype(settings.diffusion.dtype, device)
+
+
+class ScorerCache:
+    """Scorers for one session: each metric is loaded on first use and kept (a later call with
+    the same weights reuses it; new weights load again). Safe to call from worker threads:
+    a lock makes sure two threads asking at once load a model once.
+
+    ``get`` raises WeightsMissing (with the fetch command), ScorerError (files that are not
+    what the metric expects) or DiffusionLoadError (a device that is not there).
+    """
+
+    def __init__(self, settings, cache_dir: str | None = None) -> None:
+        import threading
+
+        self.settings = settings
+        self.cache_dir = cache_dir
+        self._lock = threading.Lock()
+        self._loaded: dict[str, Any] = {}
+
+    def prepare(self, metric: str) -> Prepared:
+        return prepare(metric, self.settings.eval, self.cache_dir)
+
+    def loaded(self, metric: str) -> bool:
+        return metric in self._loaded
+
+    def get(self, metric: str, prepared: Prepared | None = None):
+        prepared = prepared or self.prepare(metric)
+        with self._lock:
+            scorer = self._loaded.get(metric)
+            if scorer is None or scorer.fingerprint != prepared.fingerprint:
+                self._loaded.pop(metric, None)  # one model per metric in memory
+                device, dtype = device_and_dtype(self.settings)
+                scorer = load(prepared, device=device, dtype=dtype, batch_size=self.settings.eval.batch_size)
+                self._loaded[metric] = scorer
+        return scorer
