@@ -279,9 +279,10 @@ def issue_lines(text: str, limit: int = MAX_ISSUES) -> list[str]:
 
 
 def parse_alignment(text: str) -> float | None:
-    """The first number of an <alignment> tag, clamped to 0..100."""
+    """The first number of an <alignment> tag (its sign kept), clamped to 0..100; None when
+    the tag is missing or holds no number. The rating is model output: never trusted as is."""
     found = extract_tag(text, "alignment")
-    match = re.search(r"\d+(?:\.\d+)?", found or "")
+    match = re.search(r"-?\d+(?:\.\d+)?", found or "")
     return min(100.0, max(0.0, float(match.group()))) if match else None
 
 

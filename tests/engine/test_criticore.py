@@ -886,3 +886,21 @@ async def test_from_settings_reads_the_roles(server, settings, router) -> None:
     assert core.vlms == ["ollama:vlm-b"]
     result = await core.tags(PROMPT)
     assert result.aggregated_by == "ollama:agg-o"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("<alignment>85</alignment>", 85.0),
+        ("<alignment>Score: 72.5/100</alignment>", 72.5),
+        ("&lt;alignment&gt;90&lt;/alignment&gt;", 90.0),
+        ("<alignment>-5</alignment>", 0.0),  # a negative rating is the bottom, not 5
+        ("<alignment>250</alignment>", 100.0),
+        ("<alignment>high</alignment>", None),
+        ("<issues>x</issues><refined>y</refined>", None),
+    ],
+)
+def test_alignment_rating_is_parsed_as_untrusted_output(text, expected):
+    from critifusion_tui.engine.criticore import parse_alignment
+
+    assert parse_alignment(text) == expected
