@@ -489,7 +489,8 @@ class CritiFusionApp(App):
         from critifusion_tui.tui.screens.history import HistoryScreen
 
         self.push_screen(
-            HistoryScreen(self.loaded.settings.output.path(), image_mode=self.image_mode, image_class=self.image_class)
+            HistoryScreen(self.loaded.settings.output.path(), image_mode=self.image_mode, image_class=self.image_class,
+                          scorers=lambda: self._session().scorers)
         )
 
     def on_history_screen_reopen(self, message) -> None:
