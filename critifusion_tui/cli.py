@@ -1,4 +1,4 @@
-"""The `critifusion` command: the app (default), `run`, `doctor`.
+"""The `critifusion` command: the app (default), `run`, `eval`, `doctor`.
 
 Import cost is part of the interface: this module imports only the standard library at the
 top, so `critifusion --help` and configuration errors answer at once. Each subcommand
@@ -17,7 +17,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-SUBCOMMANDS = ("tui", "run", "doctor")
+SUBCOMMANDS = ("tui", "run", "eval", "doctor")
+# The metrics `critifusion eval --metrics` accepts (config.EVAL_METRICS; repeated here so
+# that parsing the command line imports no pydantic).
+EVAL_METRICS = ("pickscore", "hpsv2", "imagereward", "aesthetic")
 # Options that take a value, so a value is never mistaken for the prompt or a subcommand.
 VALUE_OPTIONS = ("--config", "-c", "--set", "-s")
 
@@ -75,8 +78,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="full: the method; all: also refine the base made from your own prompt (SPEC 7)",
     )
     run.add_argument("--json", action="store_true", help="print the run folder and a summary as JSON")
-    run.add_argument("--prompts", metavar="FILE", help="one prompt per line; finished ones are skipped")
+    run.add_argument(
+        "--prompts", metavar="FILE",
+        help="a batch: one prompt per line, DrawBench/PartiPrompts CSV/TSV (Prompt column) or HPDv2 JSON list;"
+        " finished ones are skipped",
+    )
+    run.add_argument("--limit", type=int, metavar="N", help="with --prompts: only the first N prompts")
+    run.add_argument("--category", metavar="X", help="with --prompts: only the rows of this Category")
     run.add_argument("--resume", metavar="DIR", help="continue a run from its last completed stage")
+
+    ev = sub.add_parser(
+        "eval", parents=[common], help="score run folders with PickScore, HPSv2, ImageReward, Aesthetic",
+        description=(
+            "Score every image variant of the run folders at or under the given paths against the run's own "
+            "prompt, record the scores in each manifest (images already scored with the same weights are "
+            "skipped), and print per variant the mean with a 95%% bootstrap interval and the paired "
+            "difference against base_original. Weights come from the local Hugging Face cache or paths in [eval]."
+        ),
+    )
+    ev.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_PARENT", help="a run folder, or a folder holding run folders")
+    ev.add_argument(
+        "--metrics", metavar="LIST",
+        help=f"comma-separated, from {','.join(EVAL_METRICS)} (default: eval.metrics)",
+    )
+    ev.add_argument("--json", action="store_true", help="print the runs' scores and the summary as JSON")
+    ev.add_argument("--csv", metavar="FILE", help="also write one row per run, variant and metric")
+    ev.add_argument("--plot", metavar="FILE.png", help="also draw the means and intervals (needs matplotlib)")
 
     doctor = sub.add_parser("doctor", parents=[common], help="check Python, GPU, config, keys, model, terminal")
     doctor.add_argument("--offline", action="store_true", help="skip checks that need the network")
@@ -149,6 +176,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if len(given) != 1:
         print("critifusion run: give exactly one of PROMPT, --prompts FILE or --resume DIR", file=sys.stderr)
         return EXIT_USAGE
+    if (args.limit is not None or args.category is not None) and not args.prompts:
+        print("critifusion run: --limit and --category go with --prompts FILE", file=sys.stderr)
+        return EXIT_USAGE
+    if args.limit is not None and args.limit < 1:
+        print("critifusion run: --limit must be 1 or more", file=sys.stderr)
+        return EXIT_USAGE
     if args.seed is not None and args.seed < 0:
         print("critifusion run: --seed must be 0 or more", file=sys.stderr)
         return EXIT_USAGE
@@ -160,13 +193,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_command(args, loaded, _overrides(args))
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.metrics is not None:
+        names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        unknown = [m for m in names if m not in EVAL_METRICS]
+        if unknown or not names:
+            print(
+                f"critifusion eval: unknown metric {', '.join(unknown) or '(none given)'}; known: {', '.join(EVAL_METRICS)}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        args.metrics = list(dict.fromkeys(names))
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_USAGE
+    from critifusion_tui.eval.command import run_eval
+
+    return run_eval(args, loaded)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from critifusion_tui.doctor import run_doctor
 
     return run_doctor(args.config, _overrides(args), offline=args.offline)
 
 
-COMMANDS = {"tui": cmd_tui, "run": cmd_run, "doctor": cmd_doctor}
+COMMANDS = {"tui": cmd_tui, "run": cmd_run, "eval": cmd_eval, "doctor": cmd_doctor}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

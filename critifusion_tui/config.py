@@ -213,6 +213,9 @@ def _auto_is_none(value: Any) -> Any:
 
 class SpecFusionConfig(Section):
     mode: Literal["fixed", "adaptive"] = "fixed"
+    # Where adaptive mode (CADR) takes its 0-100 alignment score from: the VLM critics' own
+    # <alignment> rating, or an eval metric scoring the base image against the user's prompt.
+    alignment_from: Literal["critic", "pickscore", "hpsv2", "imagereward", "aesthetic"] = "critic"
     total_steps: int = Field(50, ge=1, le=1000)
     last_k: int = Field(37, ge=1, le=1000)
     guidance: Annotated[float | None, BeforeValidator(_auto_is_none)] = Field(None, ge=0)
@@ -232,6 +235,43 @@ class TuiConfig(Section):
     images: Literal["auto", "kitty", "sixel", "halfblock", "none"] = "auto"
 
 
+# The four human-aligned metrics of SPEC 9, in the paper's column order.
+EVAL_METRICS = ("pickscore", "hpsv2", "imagereward", "aesthetic")
+MetricName = Literal["pickscore", "hpsv2", "imagereward", "aesthetic"]
+
+
+class EvalConfig(Section):
+    """`critifusion eval`: which metrics, and where each one's published weights are.
+
+    Every weight is a hub reference (``owner/repo`` for a folder, ``owner/repo/file`` for one
+    file, read from the standard Hugging Face cache, never downloaded) or a local path.
+    """
+
+    metrics: list[MetricName] = Field(default_factory=lambda: list(EVAL_METRICS), min_length=1)
+    batch_size: int = Field(8, ge=1, le=1024)
+    pickscore_model: str = Field("yuvalkirstain/PickScore_v1", min_length=1)
+    pickscore_processor: str = Field("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", min_length=1)
+    hpsv2_version: Literal["v2.1", "v2.0"] = "v2.1"
+    # "auto": the published file of hpsv2_version (xswu/HPSv2, HPS_v2.1_compressed.pt or
+    # HPS_v2_compressed.pt).
+    hpsv2_checkpoint: str = Field("auto", min_length=1)
+    hpsv2_clip: str = Field("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", min_length=1)
+    imagereward_checkpoint: str = Field("THUDM/ImageReward/ImageReward.pt", min_length=1)
+    imagereward_med_config: str = Field("THUDM/ImageReward/med_config.json", min_length=1)
+    # Not in the issue's list: ImageReward tokenizes with bert-base-uncased (plus two special
+    # tokens it adds itself), which its checkpoint does not carry.
+    imagereward_tokenizer: str = Field("google-bert/bert-base-uncased", min_length=1)
+    aesthetic_checkpoint: str = Field(
+        "camenduru/improved-aesthetic-predictor/sac+logos+ava1-l14-linearMSE.pth", min_length=1
+    )
+    aesthetic_clip: str = Field("openai/clip-vit-large-patch14", min_length=1)
+
+    @field_validator("metrics")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+
 class Settings(Section):
     providers: ProvidersConfig = Field(default_factory=ProvidersConfig)
     criticore: CriticoreConfig = Field(default_factory=CriticoreConfig)
@@ -239,6 +279,7 @@ class Settings(Section):
     specfusion: SpecFusionConfig = Field(default_factory=SpecFusionConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     tui: TuiConfig = Field(default_factory=TuiConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
 @dataclass

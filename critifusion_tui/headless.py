@@ -193,10 +193,11 @@ def batch_folder(parent: Path, index: int, prompt: str) -> Path:
     return parent / f"{index:03d}-{slugify(prompt)}"
 
 
-def read_prompts(path: Path) -> list[str]:
-    """One prompt per line; blank lines and lines starting with # are skipped."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+def read_prompts(path: Path, limit: int | None = None, category: str | None = None) -> list[str]:
+    """The prompts of a file: plain text, DrawBench/PartiPrompts CSV/TSV or HPDv2 JSON."""
+    from critifusion_tui.prompt_sets import read_prompt_file
+
+    return read_prompt_file(path, limit=limit, category=category)
 
 
 def run_command(args, loaded, overrides: list[str] = ()) -> int:
@@ -225,10 +226,15 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
 
     jobs: list[dict[str, Any]]
     if args.prompts:
+        from critifusion_tui.prompt_sets import PromptFileError
+
         try:
-            prompts = read_prompts(Path(args.prompts))
-        except OSError as exc:
-            print(f"critifusion: cannot read {args.prompts}: {exc.strerror or exc}", file=sys.stderr)
+            prompts = read_prompts(Path(args.prompts), getattr(args, "limit", None), getattr(args, "category", None))
+        except PromptFileError as exc:
+            print(f"critifusion: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if not prompts:
+            print(f"critifusion: {args.prompts} holds no prompt", file=sys.stderr)
             return EXIT_USAGE
         parent = Path(args.out) if args.out else settings.output.path()
         jobs = []

@@ -259,7 +259,9 @@ class CritiqueResult:
 
 
 def parse_alignment(text: str) -> float | None:
-    """The first number of an <alignment> tag (or a JSON answer's "alignment"), clamped to 0..100."""
+    """The first number of an <alignment> tag (or a JSON answer's "alignment"), its sign kept,
+    clamped to 0..100; None when missing or holding no number. The rating is model output:
+    never trusted as is."""
     found = extract_tag(text, "alignment")
     if found is None:
         try:
@@ -267,7 +269,7 @@ def parse_alignment(text: str) -> float | None:
             found = str(data.get("alignment", "")) if isinstance(data, dict) else None
         except ValueError:
             found = None
-    match = re.search(r"\d+(?:\.\d+)?", found or "")
+    match = re.search(r"-?\d+(?:\.\d+)?", found or "")
     return min(100.0, max(0.0, float(match.group()))) if match else None
 
 

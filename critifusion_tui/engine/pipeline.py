@@ -108,6 +108,17 @@ class Session:
         self.settings = settings
         self.router = router or ProviderRouter(settings)
         self.diffusion = diffusion or Diffusion.from_config(settings.diffusion)
+        self._scorers = None
+
+    @property
+    def scorers(self):
+        """The eval scorers of this session (:class:`~critifusion_tui.eval.scorers.ScorerCache`):
+        each metric's model is loaded on first use and kept. Nothing loads until one is used."""
+        if self._scorers is None:
+            from critifusion_tui.eval.scorers import ScorerCache
+
+            self._scorers = ScorerCache(self.settings)
+        return self._scorers
 
     async def aclose(self) -> None:
         await self.router.aclose()
@@ -463,7 +474,7 @@ class Run:
         async def work() -> dict[str, Any]:
             result: CritiqueResult = await self.criticore.critique(
                 png, record["prompt"], components,
-                ask_alignment=self.settings.specfusion.mode == "adaptive",
+                ask_alignment=self._critic_rates(),
                 only=only, previous=self._previous(name),
             )
             self._results[name] = result
@@ -487,8 +498,62 @@ class Run:
 
     # ---------------------------------------------------------------- stage 6: SpecFusion
 
-    def refine_params(self, *, original: bool = False) -> RefineParams:
-        """SPEC 6: fixed (from last_k) or adaptive (CADR from the critic's alignment)."""
+    def _critic_rates(self) -> bool:
+        """Adaptive mode with the critic as the alignment source: ask the VLMs for a rating."""
+        spec = self.settings.specfusion
+        return spec.mode == "adaptive" and spec.alignment_from == "critic"
+
+    def critic_alignment(self, *, original: bool = False) -> dict[str, Any] | None:
+        """The critics' mean <alignment> rating of the base, as an alignment record, or None."""
+        critique = self.store.stage("critique_original" if original else "critique") or {}
+        value = critique.get("alignment")
+        return None if value is None else {"source": "critic", "alignment": float(value)}
+
+    async def metric_alignment(self, metric: str, *, original: bool = False) -> dict[str, Any]:
+        """Score the base image against the user's prompt with an eval metric (its scorer is
+        loaded once per session) and map the score to 0-100 with
+        :func:`~critifusion_tui.engine.specfusion.alignment_from_metric`. A metric that cannot
+        run (missing weights, unreadable files, no such device) fails the refine stage with
+        the message that says how to fix it."""
+        from critifusion_tui.engine.diffusion import DiffusionLoadError
+        from critifusion_tui.engine.specfusion import METRIC_ALIGNMENT_RANGES, alignment_from_metric
+        from critifusion_tui.eval.base import ScorerError
+        from critifusion_tui.eval.weights import WeightsMissing
+
+        name = "refine_original" if original else "refine"
+        base = "base_original" if original else "base"
+        record = self.store.stage(base)
+        if record is None:
+            raise RunFailed(name, f"the {base} stage has not run")
+        image = self.store.path(record["image"])
+        prompt = self.prompt
+        cache = self.session.scorers
+        if not cache.loaded(metric):
+            self._emit(Notice(name, "info", f"loading the {metric} scorer (specfusion.alignment_from)"))
+
+        def score() -> tuple[float, float, str]:
+            prepared = cache.prepare(metric)
+            scorer = cache.get(metric, prepared)
+            value = scorer.score([image], [prompt])[0]
+            return value, alignment_from_metric(metric, value), prepared.fingerprint  # NaN: ValueError
+
+        try:
+            value, mapped, weights = await asyncio.to_thread(score)
+        except (WeightsMissing, ScorerError, DiffusionLoadError, OSError, ValueError) as exc:
+            raise RunFailed(
+                name,
+                f"adaptive mode takes its alignment score from {metric} (specfusion.alignment_from), "
+                f"which cannot run:\n{exc}\nOr set specfusion.alignment_from = \"critic\".",
+            ) from None
+        poor, good = METRIC_ALIGNMENT_RANGES[metric]
+        return {
+            "source": metric, "value": round(value, 6), "alignment": round(mapped, 2),
+            "anchors": [poor, good], "weights": weights,
+        }
+
+    def refine_params(self, *, original: bool = False, alignment: dict[str, Any] | None = None) -> RefineParams:
+        """SPEC 6: fixed (from last_k) or adaptive (CADR from `alignment`, a record made by
+        :meth:`critic_alignment` or :meth:`metric_alignment`; None falls back to the fixed rule)."""
         from critifusion_tui.engine.specfusion import (
             cadr_from_alignment,
             guidance_for_last_k,
@@ -498,21 +563,35 @@ class Run:
 
         spec = self.settings.specfusion
         seed = refine_seed(self.seed, spec.last_k, on_original=original)
-        critique = self.store.stage("critique_original" if original else "critique") or {}
-        alignment = critique.get("alignment")
-        if spec.mode == "adaptive":
-            if alignment is not None:
-                cadr = cadr_from_alignment(alignment)
-                return RefineParams(
-                    cadr.strength, cadr.guidance, cadr.steps, cadr.rho_t, spec.base_c, spec.noise_std,
-                    seed, "adaptive", alignment,
-                )
-            self._emit(Notice("refine", "warning", "adaptive mode: no alignment rating from the critic, using the fixed rule"))
+        if spec.mode == "adaptive" and alignment is not None:
+            cadr = cadr_from_alignment(alignment["alignment"])
+            return RefineParams(
+                cadr.strength, cadr.guidance, cadr.steps, cadr.rho_t, spec.base_c, spec.noise_std,
+                seed, "adaptive", alignment["alignment"],
+            )
         guidance = spec.guidance if spec.guidance is not None else guidance_for_last_k(spec.last_k)
+        rated = self.critic_alignment(original=original)
         return RefineParams(
             strength_for_last_k(spec.last_k, spec.total_steps), guidance, spec.total_steps,
-            spec.rho_t, spec.base_c, spec.noise_std, seed, "fixed", alignment,
+            spec.rho_t, spec.base_c, spec.noise_std, seed, "fixed", rated["alignment"] if rated else None,
         )
+
+    def _say_alignment(self, stage: str, alignment: dict[str, Any] | None, params: RefineParams) -> None:
+        if self.settings.specfusion.mode != "adaptive":
+            return
+        if alignment is None:
+            self._emit(Notice(stage, "warning", "adaptive mode: no alignment rating from the critic, using the fixed rule"))
+            return
+        if alignment["source"] == "critic":
+            where = "the critics' rating"
+        else:
+            poor, good = alignment["anchors"]
+            where = f"{alignment['source']} {alignment['value']:.4g} (linear, {poor:g} -> 0, {good:g} -> 100)"
+        self._emit(Notice(
+            stage, "info",
+            f"adaptive (CADR): alignment {alignment['alignment']:g} / 100 from {where}: strength {params.strength:.3f}, "
+            f"guidance {params.guidance:.2f}, {params.steps} steps, rho_t {params.rho_t:.3f}",
+        ))
 
     async def refine_stage(self, *, original: bool = False) -> dict[str, Any]:
         name = "refine_original" if original else "refine"
@@ -521,11 +600,20 @@ class Run:
         if prompt is None:
             raise RunFailed(name, "the critique stage has not run (or been skipped)")
         negative = self.settings.diffusion.negative
-        params = self.refine_params(original=original)
+        spec = self.settings.specfusion
+        from_metric = spec.mode == "adaptive" and spec.alignment_from != "critic"
+        alignment = None if from_metric else self.critic_alignment(original=original)
+        params = None if from_metric else self.refine_params(original=original, alignment=alignment)
 
         async def work() -> dict[str, Any]:
             from critifusion_tui.engine.specfusion import frequency_fusion
 
+            nonlocal alignment, params
+            if from_metric:
+                alignment = await self.metric_alignment(spec.alignment_from, original=original)
+                params = self.refine_params(original=original, alignment=alignment)
+            assert params is not None
+            self._say_alignment(name, alignment, params)
             await self.load_model()
             diffusion = self.session.diffusion
             x_lo = self.latent(base)
@@ -549,10 +637,12 @@ class Run:
                 "base_c": params.base_c, "noise_std": params.noise_std, "seed": params.seed,
                 "mode": params.mode, "image": png,
                 **({"alignment": params.alignment} if params.alignment is not None else {}),
+                **({"alignment_from": alignment} if params.mode == "adaptive" else {}),
             }
 
         self.forget(name)
-        return await self._stage(name, work, detail=f"strength {params.strength:.2f}, {params.mode}")
+        detail = f"adaptive, alignment from {spec.alignment_from}" if from_metric else f"strength {params.strength:.2f}, {params.mode}"
+        return await self._stage(name, work, detail=detail)
 
     # ---------------------------------------------------------------- the whole method
 

@@ -20,7 +20,9 @@ from typing import NamedTuple
 import torch
 
 __all__ = [
+    "METRIC_ALIGNMENT_RANGES",
     "CadrParams",
+    "alignment_from_metric",
     "cadr_from_alignment",
     "frequency_fusion",
     "fusion_mask",
@@ -174,6 +176,35 @@ def cadr_from_alignment(score: float) -> CadrParams:
         steps=int(round(_lerp(16, 30, m))),
         rho_t=_lerp(0.60, 0.85, m),
     )
+
+
+# A metric's score -> CADR's 0-100 alignment: linear between a "poor" and a "good" anchor,
+# clamped. The anchors bracket the published means of SPEC 9 (SD v1.5 ... SPO + CritiFusion),
+# widened a little, so a typical SDXL image lands mid-range and CADR's correction scales with
+# how far it is from the best published backbones:
+#   pickscore   18.0 -> 0, 25.0 -> 100   (SPEC 9: 20.73 ... 24.09)
+#   hpsv2       0.22 -> 0, 0.32 -> 100   (0.234 ... 0.304; a cosine)
+#   imagereward -0.5 -> 0, 1.5 -> 100    (0.170 ... 1.183; standardised, can be negative)
+#   aesthetic   4.5  -> 0, 7.0 -> 100    (5.34 ... 6.32; the predictor's 1-10 scale)
+METRIC_ALIGNMENT_RANGES: dict[str, tuple[float, float]] = {
+    "pickscore": (18.0, 25.0),
+    "hpsv2": (0.22, 0.32),
+    "imagereward": (-0.5, 1.5),
+    "aesthetic": (4.5, 7.0),
+}
+
+
+def alignment_from_metric(metric: str, value: float) -> float:
+    """A metric's score as a 0-100 alignment for :func:`cadr_from_alignment` (see the table
+    above): ``clamp(100 * (value - poor) / (good - poor), 0, 100)``. The run's adaptive mode
+    uses it when ``specfusion.alignment_from`` names a metric (``Run.metric_alignment``)."""
+    if metric not in METRIC_ALIGNMENT_RANGES:
+        raise ValueError(f"no alignment mapping for metric {metric!r}; known: {', '.join(METRIC_ALIGNMENT_RANGES)}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{metric} score must be a finite number, got {value!r}")
+    poor, good = METRIC_ALIGNMENT_RANGES[metric]
+    return min(100.0, max(0.0, 100.0 * (v - poor) / (good - poor)))
 
 
 def strength_for_last_k(k: int, total_steps: int) -> float:

@@ -514,7 +514,8 @@ class CritiFusionApp(App):
         from critifusion_tui.tui.screens.history import HistoryScreen
 
         self.push_screen(
-            HistoryScreen(self.loaded.settings.output.path(), image_mode=self.image_mode, image_class=self.image_class)
+            HistoryScreen(self.loaded.settings.output.path(), image_mode=self.image_mode, image_class=self.image_class,
+                          scorers=lambda: self._session().scorers)
         )
 
     def on_history_screen_reopen(self, message) -> None:
@@ -656,7 +657,8 @@ class CritiFusionApp(App):
             rail.set_state(stage, "failed", seconds=event.seconds)
             self.query_one(DiffusionProgress).reset()
             if event.error != "cancelled":
-                self.notify(f"{event.stage} failed: {event.error}\nf5 retries it.", severity="error", timeout=20)
+                # The error may quote model output or paths: plain text, never markup.
+                self.notify(f"{event.stage} failed: {event.error}\nf5 retries it.", severity="error", timeout=20, markup=False)
             self.log_buffer.add("error", event.stage, event.error)
         elif isinstance(event, StageSkipped):
             rail.set_state(stage, "skipped")
@@ -703,9 +705,15 @@ class CritiFusionApp(App):
         record = self.active_run.store.stage("refine") if self.active_run else None
         if not record:
             return
+        source = record.get("alignment_from")
+        rated = ""
+        if isinstance(source, dict) and isinstance(source.get("alignment"), (int, float)):
+            value = source.get("value")
+            raw = f" {value:.4g}" if isinstance(value, (int, float)) else ""
+            rated = f", alignment {source['alignment']:g} / 100 from {source.get('source')}{raw}"
         self.query_one("#images-summary", Static).update(Text(
             f"{self.active_run.folder}\nrefined with strength {record['strength']:.2f}, guidance {record['guidance']:g}, "
-            f"{record['steps']} steps, rho_t {record['rho_t']:g}, seed {record['seed']} ({record['mode']})"
+            f"{record['steps']} steps, rho_t {record['rho_t']:g}, seed {record['seed']} ({record['mode']}{rated})"
         ))
 
     def _noise_label(self) -> str:

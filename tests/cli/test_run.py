@@ -180,3 +180,16 @@ def test_demo_runs_offline_and_the_users_set_still_wins(env, tmp_path):
     config = manifest(out)["config"]
     assert config["diffusion"]["model"] == "tiny-random" and config["criticore"]["vlms"] == ["rules"]
     assert config["diffusion"]["steps"] == 3 and config["diffusion"]["width"] == 256
+
+
+def test_prompts_from_a_drawbench_csv_with_category_and_limit(env, tmp_path):
+    path = tmp_path / "drawbench.csv"
+    path.write_text('Prompts,Category\n"A red car.",Colors\n"Two cats.",Counting\n"A blue car.",Colors\n"A green car.",Colors\n')
+    out = tmp_path / "batch"
+    proc = run_cli("--prompts", str(path), "--category", "colors", "--limit", "2", *OFFLINE, "--out", str(out), "--json",
+                   env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [s["prompt"] for s in json.loads(proc.stdout)] == ["A red car.", "A blue car."]
+    proc = run_cli("--prompts", str(path), "--category", "animals", *OFFLINE, env=env, cwd=tmp_path)
+    assert proc.returncode == 2 and "categories: Colors, Counting" in proc.stderr
+    assert run_cli("a fox", "--limit", "2", *OFFLINE, env=env, cwd=tmp_path).returncode == 2

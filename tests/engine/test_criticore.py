@@ -1050,3 +1050,21 @@ def test_the_users_prompt_is_never_cut_from_the_refinement_prompt() -> None:
         assert floor in merged
     # SPEC 5's literal rule (kept as merge_critique_with_tags) cuts the prompt off.
     assert prompt not in merge_critique_with_tags(long_refined, tags)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("<alignment>85</alignment>", 85.0),
+        ("<alignment>Score: 72.5/100</alignment>", 72.5),
+        ("&lt;alignment&gt;90&lt;/alignment&gt;", 90.0),
+        ("<alignment>-5</alignment>", 0.0),  # a negative rating is the bottom, not 5
+        ("<alignment>250</alignment>", 100.0),
+        ("<alignment>high</alignment>", None),
+        ("<issues>x</issues><refined>y</refined>", None),
+    ],
+)
+def test_alignment_rating_is_parsed_as_untrusted_output(text, expected):
+    from critifusion_tui.engine.criticore import parse_alignment
+
+    assert parse_alignment(text) == expected

@@ -253,3 +253,31 @@ def test_refine_seed():
     assert refine_seed(2026, 37) == 2026 + 2100 + 37
     assert refine_seed(2026, 37, on_original=True) == 2026 + 2400 + 37
     assert refine_seed(0, 1) == 2101
+
+
+@pytest.mark.parametrize(
+    "metric, value, expected",
+    [
+        ("pickscore", 18.0, 0.0), ("pickscore", 25.0, 100.0), ("pickscore", 21.97, 56.71428571428571),
+        ("hpsv2", 0.27, 50.0), ("hpsv2", 0.1, 0.0), ("hpsv2", 0.5, 100.0),
+        ("imagereward", 0.5, 50.0), ("imagereward", -3.0, 0.0),
+        ("aesthetic", 5.75, 50.0), ("aesthetic", 9.0, 100.0),
+    ],
+)
+def test_alignment_from_metric_maps_linearly_between_its_anchors_and_clamps(metric, value, expected):
+    from critifusion_tui.engine.specfusion import alignment_from_metric
+
+    assert alignment_from_metric(metric, value) == pytest.approx(expected)
+
+
+def test_alignment_from_metric_orders_the_published_backbones_and_feeds_cadr():
+    from critifusion_tui.engine.specfusion import alignment_from_metric, cadr_from_alignment
+
+    # SPEC 9's SDXL vs SDXL + CritiFusion: the better image gets the gentler correction.
+    sdxl, fused = alignment_from_metric("imagereward", 0.776), alignment_from_metric("imagereward", 1.076)
+    assert sdxl < fused
+    assert cadr_from_alignment(fused).strength < cadr_from_alignment(sdxl).strength
+    with pytest.raises(ValueError, match="known: pickscore"):
+        alignment_from_metric("clipscore", 0.3)
+    with pytest.raises(ValueError, match="finite"):
+        alignment_from_metric("hpsv2", float("nan"))

@@ -7,8 +7,10 @@ counted and named at the top ("2 folders could not be read"), never silently dro
 
 Keys: enter reopens the highlighted run (posts :class:`HistoryScreen.Reopen` to the app and
 dismisses the screen with the folder), v shows its base and refined images side by side,
-space marks it for comparison (two marks, A and B), c compares the two marked runs, r reads
-the folder again, escape goes back.
+space marks it for comparison (two marks, A and B), c compares the two marked runs, e scores
+the highlighted run with the eval metrics (``[eval]``; in a worker thread, with a progress
+bar), r reads the folder again, escape goes back. The view and compare screens show the
+scores a manifest holds (``critifusion eval`` writes the same field) and score with e too.
 
 Everything a manifest holds (prompts above all) is data: shown as plain Text without
 terminal control, never as markup.
@@ -17,7 +19,7 @@ terminal control, never as markup.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Any
 from rich import box
 from rich.table import Table
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -34,9 +36,11 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widget import Widget
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Footer, ProgressBar, Static
+from textual.worker import Worker, get_current_worker
 
 from critifusion_tui.engine.store import MANIFEST, SCHEMA
+from critifusion_tui.eval.runs import VARIANTS, scores_of
 from critifusion_tui.tui.widgets._safe import safe_str
 from critifusion_tui.tui.widgets.image_view import ImageView
 
@@ -165,6 +169,11 @@ class RunSummary:
             return ", ".join(str(v) for v in value)
         return str(value)
 
+    @property
+    def scores(self) -> dict[str, dict[str, float]]:
+        """{variant: {metric: value}} of the eval scores the manifest holds."""
+        return scores_of(self.manifest)
+
     def refined_prompt(self) -> str:
         refinement = _dig(self.manifest, ("prompts", "refinement", "value"))
         if isinstance(refinement, str):
@@ -221,6 +230,164 @@ def scan_runs(output_dir: Path) -> tuple[list[RunSummary], list[tuple[Path, str]
     return runs, unreadable
 
 
+def format_score(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4g}"
+
+
+def _metrics_in(*score_sets: dict[str, dict[str, float]]) -> list[str]:
+    from critifusion_tui.eval import METRICS
+
+    seen = {m for scores in score_sets for values in scores.values() for m in values}
+    return [m for m in METRICS if m in seen] + sorted(seen - set(METRICS))
+
+
+def run_scores_table(run: RunSummary) -> Table | Text:
+    """One run's scores: a row per metric, a column per variant it has scores for."""
+    scores = run.scores
+    if not scores:
+        return Text("No eval scores yet: e scores this run's images.", style="dim")
+    variants = [v for v in VARIANTS if v in scores]
+    table = Table(title="Eval scores", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("metric", style="bold", no_wrap=True)
+    for variant in variants:
+        table.add_column(variant, justify="right")
+    for metric in _metrics_in(scores):
+        table.add_row(Text(metric), *(Text(format_score(scores[v].get(metric))) for v in variants))
+    return table
+
+
+def compare_scores_table(a: RunSummary, b: RunSummary) -> Table | Text:
+    """Two runs' scores side by side: a row per variant and metric either has, and B - A."""
+    sa, sb = a.scores, b.scores
+    if not sa and not sb:
+        return Text("No eval scores yet: e scores both runs' images.", style="dim")
+    table = Table(title="Eval scores", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("variant", style="bold", no_wrap=True)
+    table.add_column("metric", no_wrap=True)
+    table.add_column("A", justify="right")
+    table.add_column("B", justify="right")
+    table.add_column("B - A", justify="right")
+    for variant in VARIANTS:
+        if variant not in sa and variant not in sb:
+            continue
+        left, right = sa.get(variant, {}), sb.get(variant, {})
+        for metric in _metrics_in({variant: left}, {variant: right}):
+            x, y = left.get(metric), right.get(metric)
+            diff = Text("–") if x is None or y is None else Text(
+                f"{y - x:+.3g}", style="green" if y > x else ("red" if y < x else ""))
+            table.add_row(Text(variant), Text(metric), Text(format_score(x)), Text(format_score(y)), diff)
+    return table
+
+
+class ScoringProgress(Message):
+    """From the scoring worker: `done` of `total` images of `metric` scored."""
+
+    def __init__(self, metric: str, done: int, total: int) -> None:
+        super().__init__()
+        self.metric, self.done, self.total = metric, done, total
+
+
+class ScoringDone(Message):
+    """From the scoring worker: it finished (or stopped); the runs' manifests may have changed."""
+
+    def __init__(self, folders: list[Path], scored: int, problems: list[str], cancelled: bool = False) -> None:
+        super().__init__()
+        self.folders, self.scored, self.problems, self.cancelled = folders, scored, problems, cancelled
+
+
+SCORING_CSS = """
+    #eval-bar {
+        height: 1;
+        display: none;
+        padding: 0 1;
+    }
+    #eval-bar.-running {
+        display: block;
+    }
+    #eval-bar #eval-label {
+        width: auto;
+        padding-right: 1;
+    }
+"""
+
+
+class ScoringMixin:
+    """`e` scores runs with the eval metrics in a thread worker. The worker only posts
+    ScoringProgress and ScoringDone; their handlers (on the screen) move the bar, notify,
+    and call `scores_changed` so the screen shows the new scores.
+
+    `scorers`: a callable returning the session's ScorerCache (called on the UI thread when
+    scoring starts); None where no settings are at hand (scoring then says so)."""
+
+    scorers: Callable[[], Any] | None = None
+    scoring: Worker | None = None
+
+    def scoring_bar(self) -> ComposeResult:
+        with Horizontal(id="eval-bar"):
+            yield Static("Scoring", id="eval-label")
+            yield ProgressBar(id="eval-progress", show_eta=False)
+
+    def start_scoring(self, runs: list[RunSummary]) -> None:
+        screen: Any = self
+        if not runs:
+            screen.notify("No run to score.", severity="warning")
+            return
+        if self.scorers is None:
+            screen.notify("Scoring needs the app's settings: run critifusion eval RUN_DIR instead.", severity="warning")
+            return
+        if self.scoring is not None and self.scoring.is_running:
+            screen.notify("Already scoring; wait for it to finish.", severity="warning")
+            return
+        try:
+            cache = self.scorers()
+        except Exception as exc:  # a session that cannot be made: say why, no traceback
+            screen.notify(safe_str(f"Cannot score: {exc}"), severity="error", timeout=15, markup=False)
+            return
+        folders = [run.folder for run in runs]
+        bar = screen.query_one("#eval-bar")
+        bar.add_class("-running")
+        screen.query_one("#eval-label", Static).update(Text("Scoring: finding weights"))
+        screen.query_one("#eval-progress", ProgressBar).update(total=None, progress=0)
+        self.scoring = self._score_in_thread(folders, cache)
+
+    @work(thread=True, group="eval", exclusive=True, exit_on_error=False)
+    def _score_in_thread(self, folders: list[Path], cache) -> None:
+        from critifusion_tui.eval.scoring import score_folders
+
+        screen: Any = self
+        worker = get_current_worker()
+        try:
+            report = score_folders(
+                folders, cache,
+                on_progress=lambda m, d, t: screen.post_message(ScoringProgress(m, d, t)),
+                cancelled=lambda: worker.is_cancelled,
+            )
+        except Exception as exc:  # an unreadable image, a model that fails mid-way
+            screen.post_message(ScoringDone(folders, 0, [f"scoring failed: {type(exc).__name__}: {exc}"]))
+            return
+        screen.post_message(ScoringDone(folders, report.scored, report.problems, report.cancelled))
+
+    def on_scoring_progress(self, message: ScoringProgress) -> None:
+        screen: Any = self
+        screen.query_one("#eval-label", Static).update(Text(f"Scoring {message.metric}"))
+        screen.query_one("#eval-progress", ProgressBar).update(total=message.total, progress=message.done)
+
+    def on_scoring_done(self, message: ScoringDone) -> None:
+        screen: Any = self
+        screen.query_one("#eval-bar").remove_class("-running")
+        for problem in message.problems:
+            screen.notify(safe_str(problem), severity="error", timeout=20, markup=False)
+        what = f"{message.scored} image{'s' if message.scored != 1 else ''} scored"
+        if message.cancelled:
+            screen.notify(f"Scoring stopped; {what}.", severity="warning")
+        elif message.scored or not message.problems:
+            screen.notify(f"{what}." if message.scored else "Nothing new to score: every image has its scores.")
+        self.scores_changed(message.folders)
+
+    def scores_changed(self, folders: list[Path]) -> None:
+        """Re-read the runs in `folders` and show their scores (each screen says how)."""
+
+
 def _status_text(status: str) -> Text:
     return Text(safe_str(status), style=STATUS_STYLE.get(status, ""))
 
@@ -239,15 +406,16 @@ class RunTable(DataTable):
     ]
 
 
-class HistoryScreen(Screen[Path | None]):
-    """Earlier runs: enter reopens, v views, space marks, c compares two, escape goes back."""
+class HistoryScreen(ScoringMixin, Screen[Path | None]):
+    """Earlier runs: enter reopens, v views, space marks, c compares two, e scores, escape goes back."""
 
     HELP = (
         "Earlier runs in the output folder, newest first.\n"
         "enter reopens the highlighted run in the main screen (finished stages are not run again).\n"
         "v shows its base and refined images side by side.\n"
         "space marks a run for comparison (A, then B); c compares the two marked runs: their "
-        "refined images, prompts and the settings that differ.\n"
+        "refined images, prompts, eval scores and the settings that differ.\n"
+        "e scores the highlighted run with the eval metrics ([eval] in the config).\n"
         "r reads the folder again; escape goes back."
     )
 
@@ -263,6 +431,9 @@ class HistoryScreen(Screen[Path | None]):
         Binding("r", "rescan", "Rescan", id="history.refresh",
                 tooltip="Read the output folder again"),
         Binding("escape", "back", "Back", id="history.back", tooltip="Back to the main screen"),
+        # Last, so that 80 columns still show "esc Back"; F1 and ctrl+p list it too.
+        Binding("e", "score", "Score", id="history.score",
+                tooltip="Score the highlighted run's images with the eval metrics"),
     ]
 
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (140, "-wide")]
@@ -324,7 +495,7 @@ class HistoryScreen(Screen[Path | None]):
         padding: 1 2;
         color: $text-muted;
     }
-    """
+    """ + SCORING_CSS
 
     class Reopen(Message):
         """The person asked to reopen the run in `folder` (sent to the app)."""
@@ -339,6 +510,7 @@ class HistoryScreen(Screen[Path | None]):
         *,
         image_mode: str = "auto",
         image_class: type[Widget] | None = None,
+        scorers: Callable[[], Any] | None = None,
         name: str | None = None,
         id: str | None = None,
     ) -> None:
@@ -346,6 +518,7 @@ class HistoryScreen(Screen[Path | None]):
         self.output_dir = Path(output_dir)
         self.image_mode = image_mode
         self.image_class = image_class
+        self.scorers = scorers
         self.runs: list[RunSummary] = []
         self.unreadable: list[tuple[Path, str]] = []
         self.marked: list[Path] = []
@@ -366,6 +539,7 @@ class HistoryScreen(Screen[Path | None]):
                 yield ImageView(
                     "Refined", mode=self.image_mode, image_class=self.image_class, id="run-preview"
                 )
+        yield from self.scoring_bar()
         yield Footer()
 
     def on_mount(self) -> None:
@@ -468,6 +642,11 @@ class HistoryScreen(Screen[Path | None]):
         )
         if run.tiny_random:
             text.append(f" · {NOISE_LABEL}", style="dim")
+        scores = run.scores
+        if scores:
+            variant = next(v for v in ("refined", "base", "refined_original", "base_original") if v in scores)
+            shown = " · ".join(f"{m} {format_score(x)}" for m, x in scores[variant].items())
+            text.append(f"\nScores ({variant}): {shown}", style="dim")
         text.append("\n")
         text.append(safe_str(str(run.folder)), style="dim")
         detail.update(text)
@@ -517,7 +696,7 @@ class HistoryScreen(Screen[Path | None]):
         if run is None:
             self.notify("No run to view.", severity="warning")
             return
-        self.app.push_screen(RunImagesScreen(run, image_mode=self.image_mode, image_class=self.image_class))
+        self.app.push_screen(RunImagesScreen(run, **self._child_options()))
 
     def action_mark(self) -> None:
         run = self.current
@@ -541,7 +720,22 @@ class HistoryScreen(Screen[Path | None]):
             return
         by_folder = {run.folder: run for run in self.runs}
         a, b = (by_folder[f] for f in self.marked)
-        self.app.push_screen(CompareScreen(a, b, image_mode=self.image_mode, image_class=self.image_class))
+        self.app.push_screen(CompareScreen(a, b, **self._child_options()))
+
+    def _child_options(self) -> dict[str, Any]:
+        return {"image_mode": self.image_mode, "image_class": self.image_class, "scorers": self.scorers}
+
+    def action_score(self) -> None:
+        run = self.current
+        self.start_scoring([run] if run else [])
+
+    def scores_changed(self, folders: list[Path]) -> None:
+        self.rescan()
+
+    def on_screen_resume(self) -> None:
+        # The view and compare screens may have scored runs: show their new scores.
+        if self.is_mounted:
+            self.rescan()
 
     def action_rescan(self) -> None:
         self.rescan()
@@ -550,11 +744,13 @@ class HistoryScreen(Screen[Path | None]):
         self.dismiss(None)
 
 
-class ImagesScreenBase(Screen[None]):
+class ImagesScreenBase(ScoringMixin, Screen[None]):
     """Shared layout of the two image screens: image columns, then text, scrolled together."""
 
     BINDINGS = [
         Binding("escape", "back", "Back", id="history.close_view", tooltip="Back to the run list"),
+        Binding("e", "score", "Score", id="history.score_shown",
+                tooltip="Score the shown runs' images with the eval metrics"),
     ]
 
     DEFAULT_CSS = """
@@ -589,12 +785,14 @@ class ImagesScreenBase(Screen[None]):
         height: auto;
         padding: 0 1;
     }
-    """
+    """ + SCORING_CSS
 
-    def __init__(self, *, image_mode: str = "auto", image_class: type[Widget] | None = None) -> None:
+    def __init__(self, *, image_mode: str = "auto", image_class: type[Widget] | None = None,
+                 scorers: Callable[[], Any] | None = None) -> None:
         super().__init__()
         self.image_mode = image_mode
         self.image_class = image_class
+        self.scorers = scorers
 
     def image_view(self, title: str, id: str) -> ImageView:
         return ImageView(title, mode=self.image_mode, image_class=self.image_class, id=id)
@@ -632,7 +830,20 @@ class RunImagesScreen(ImagesScreenBase):
             yield self.image_view("Refined (SpecFusion)", "view-refined")
         with VerticalScroll(id="view-text"):
             yield Static(self._prompts(), classes="prompt", id="view-prompts")
+            yield Static(run_scores_table(run), classes="facts", id="view-scores")
+        yield from self.scoring_bar()
         yield Footer()
+
+    def action_score(self) -> None:
+        self.start_scoring([self.run])
+
+    def scores_changed(self, folders: list[Path]) -> None:
+        try:
+            self.run = read_run(self.run.folder)
+        except ValueError as exc:
+            self.notify(safe_str(f"Cannot read the run again: {exc}"), severity="error", markup=False)
+            return
+        self.query_one("#view-scores", Static).update(run_scores_table(self.run))
 
     def _prompts(self) -> Text:
         run = self.run
@@ -674,8 +885,21 @@ class CompareScreen(ImagesScreenBase):
             with Horizontal(classes="prompts"):
                 for tag, run in (("A", self.a), ("B", self.b)):
                     yield Static(self._prompt(tag, run), classes="prompt column", id=f"prompt-{tag.lower()}")
+            yield Static(compare_scores_table(self.a, self.b), classes="facts", id="scores")
             yield Static(self.differences_table(), classes="facts", id="differences")
+        yield from self.scoring_bar()
         yield Footer()
+
+    def action_score(self) -> None:
+        self.start_scoring([self.a, self.b])
+
+    def scores_changed(self, folders: list[Path]) -> None:
+        try:
+            self.a, self.b = read_run(self.a.folder), read_run(self.b.folder)
+        except ValueError as exc:
+            self.notify(safe_str(f"Cannot read the runs again: {exc}"), severity="error", markup=False)
+            return
+        self.query_one("#scores", Static).update(compare_scores_table(self.a, self.b))
 
     @staticmethod
     def _prompt(tag: str, run: RunSummary) -> Text:

@@ -87,7 +87,7 @@ SECTIONS: list[tuple[str, str, list[Field]]] = [
         "specfusion",
         "SpecFusion: the refinement",
         [
-            Field("specfusion.mode", "Mode", "select", "fixed: from last_k; adaptive (CADR): from the critic's rating"),
+            Field("specfusion.mode", "Mode", "select", "fixed: from last_k; adaptive (CADR): from alignment_from"),
             Field("specfusion.total_steps", "Total steps", "input", "img2img steps (1-1000)"),
             Field("specfusion.last_k", "Last k", "input", "Steps re-run; strength = last_k / total_steps"),
             Field("specfusion.guidance", "Guidance", "input", '"auto" (from last_k) or a number >= 0'),

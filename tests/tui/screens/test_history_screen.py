@@ -186,5 +186,5 @@ async def test_wide_screen_previews_the_highlighted_run(tmp_path, runs):
 def test_bindings_have_ids():
     ids = {b.id for b in HistoryScreen.BINDINGS}
     assert ids == {"history.reopen", "history.view", "history.mark", "history.compare",
-                   "history.refresh", "history.back"}
+                   "history.score", "history.refresh", "history.back"}
     assert all(b.description for b in HistoryScreen.BINDINGS)

@@ -1,0 +1,109 @@
+"""Run folders as the eval command sees them: which images a run has, and its scores.
+
+A run's scores live in its manifest under ``"eval"``: ``{variant: {metric: value}, "models":
+{metric: fingerprint}}``. A score counts only while its metric's fingerprint is the current
+one: new weights (another file, another commit, HPSv2 v2.0 instead of v2.1) score again.
+Every write goes through the store's atomic manifest write, so a kill or Ctrl+C keeps every
+score written so far and never leaves half a manifest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from critifusion_tui.engine.store import MANIFEST, RunStore, StoreError
+
+# The comparison variants of SPEC 7 in reading order, and the stage that draws each.
+VARIANT_STAGES = {
+    "base_original": "base_original",
+    "base": "base",
+    "refined_original": "refine_original",
+    "refined": "refine",
+}
+VARIANTS = tuple(VARIANT_STAGES)
+BASELINE = "base_original"
+
+
+def find_runs(paths: list[str | Path]) -> tuple[list[Path], list[str]]:
+    """Every run folder at or under the given paths (sorted, once each), and the paths that
+    are neither a run folder nor hold one."""
+    found: dict[Path, None] = {}
+    problems: list[str] = []
+    for given in paths:
+        path = Path(given).expanduser()
+        if (path / MANIFEST).is_file():
+            found.setdefault(path, None)
+            continue
+        if not path.is_dir():
+            problems.append(f"{path}: no such folder")
+            continue
+        under = sorted(m.parent for m in path.rglob(MANIFEST) if not any(p.startswith(".") for p in m.relative_to(path).parts))
+        if not under:
+            problems.append(f"{path}: holds no run folder (no {MANIFEST} at or under it)")
+        for folder in under:
+            found.setdefault(folder, None)
+    return list(found), problems
+
+
+def variant_images(store: RunStore) -> dict[str, Path]:
+    """The variants this run has drawn, with their image files (inside the run folder only:
+    a run folder from elsewhere is data, and its paths must not point out of it)."""
+    root = store.folder.resolve()
+    images: dict[str, Path] = {}
+    for variant, stage in VARIANT_STAGES.items():
+        record = store.stage(stage)
+        name = record.get("image") if record else None
+        if not isinstance(name, str) or not name:
+            continue
+        path = (store.folder / name).resolve()
+        if root not in path.parents or not path.is_file():
+            continue
+        images[variant] = path
+    return images
+
+
+def scores_of(manifest: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """{variant: {metric: value}} for the scores whose weights are recorded."""
+    record = manifest.get("eval")
+    if not isinstance(record, dict):
+        return {}
+    models = record.get("models") if isinstance(record.get("models"), dict) else {}
+    out: dict[str, dict[str, float]] = {}
+    for variant in VARIANTS:
+        values = record.get(variant)
+        if isinstance(values, dict):
+            kept = {m: float(v) for m, v in values.items() if m in models and isinstance(v, (int, float))}
+            if kept:
+                out[variant] = kept
+    return out
+
+
+def is_scored(manifest: dict[str, Any], variant: str, metric: str, fingerprint: str) -> bool:
+    record = manifest.get("eval") or {}
+    return (record.get("models") or {}).get(metric) == fingerprint and metric in (record.get(variant) or {})
+
+
+def save_scores(store: RunStore, metric: str, fingerprint: str, scores: dict[str, float]) -> None:
+    """Record one metric's scores of some variants, at once and atomically. Scores of the
+    metric made with other weights are dropped first: one run never mixes two models' numbers."""
+    record = store.manifest.get("eval")
+    if not isinstance(record, dict):
+        record = store.manifest["eval"] = {}
+    models = record.setdefault("models", {})
+    if models.get(metric) != fingerprint:
+        for variant in VARIANTS:
+            if isinstance(record.get(variant), dict):
+                record[variant].pop(metric, None)
+        models[metric] = fingerprint
+    for variant, value in scores.items():
+        record.setdefault(variant, {})[metric] = round(float(value), 6)
+    store.write_manifest()
+
+
+def open_run(folder: Path) -> RunStore | str:
+    """The run, or why it cannot be read."""
+    try:
+        return RunStore.open(folder)
+    except StoreError as exc:
+        return str(exc)
