@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the run folder and a summary as JSON")
     run.add_argument("--prompts", metavar="FILE", help="one prompt per line; finished ones are skipped")
     run.add_argument("--resume", metavar="DIR", help="continue a run from its last completed stage")
+    run.add_argument(
+        "--summary", metavar="DIR",
+        help="write DIR/batch-summary.json for a --prompts batch folder (done, failed, skipped, images/hour)",
+    )
 
     doctor = sub.add_parser("doctor", parents=[common], help="check Python, GPU, config, keys, model, terminal")
     doctor.add_argument("--offline", action="store_true", help="skip checks that need the network")
@@ -145,6 +149,13 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.summary:
+        if args.prompt or args.prompts or args.resume:
+            print("critifusion run: --summary DIR takes no PROMPT, --prompts or --resume", file=sys.stderr)
+            return EXIT_USAGE
+        from critifusion_tui.batch.summary import summary_command
+
+        return summary_command(args.summary)
     given = [name for name in ("prompt", "prompts", "resume") if getattr(args, name)]
     if len(given) != 1:
         print("critifusion run: give exactly one of PROMPT, --prompts FILE or --resume DIR", file=sys.stderr)
