@@ -169,8 +169,6 @@ class ClaimBoard:
 
     def is_stale(self, name: str, owner: Owner) -> bool:
         if owner.host == self.host and owner.pid > 0:
-            if owner.pid == os.getpid():
-                return name not in self._held  # ours from a past life of this pid: impossible, but safe
             return not pid_alive(owner.pid, owner.pid_start)
         return self.age(self.path(name)) > self.stale_after_s
 
