@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--limit", type=int, metavar="N", help="with --prompts: only the first N prompts")
     run.add_argument("--category", metavar="X", help="with --prompts: only the rows of this Category")
     run.add_argument("--resume", metavar="DIR", help="continue a run from its last completed stage")
+    run.add_argument(
+        "--summary", metavar="DIR",
+        help="write DIR/batch-summary.json for a --prompts batch folder (done, failed, skipped, images/hour)",
+    )
 
     ev = sub.add_parser(
         "eval", parents=[common], help="score run folders with PickScore, HPSv2, ImageReward, Aesthetic",
@@ -172,6 +176,13 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.summary:
+        if args.prompt or args.prompts or args.resume:
+            print("critifusion run: --summary DIR takes no PROMPT, --prompts or --resume", file=sys.stderr)
+            return EXIT_USAGE
+        from critifusion_tui.batch.summary import summary_command
+
+        return summary_command(args.summary)
     given = [name for name in ("prompt", "prompts", "resume") if getattr(args, name)]
     if len(given) != 1:
         print("critifusion run: give exactly one of PROMPT, --prompts FILE or --resume DIR", file=sys.stderr)

@@ -88,12 +88,14 @@ class TogetherConfig(Section):
     base_url: str = ""
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(2, ge=0)
+    max_concurrency: int = Field(16, ge=1)
 
 
 class OllamaConfig(Section):
     host: str = Field(default_factory=lambda: os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST)
     timeout_s: float = Field(120.0, gt=0)
     keep_alive: str = "5m"
+    max_concurrency: int = Field(4, ge=1)
 
 
 class OpenAIConfig(Section):

@@ -152,12 +152,14 @@ class Outcome:
 
 
 async def run_one(
-    session, outcomes: list[Outcome], *, prompt=None, resume=None, out=None, seed=None, variants="full", emit
+    session, outcomes: list[Outcome], *, prompt=None, resume=None, out=None, seed=None, variants="full", emit,
+    on_start=None,
 ) -> Outcome:
     """One run to its end; failures become an Outcome, cancellation propagates.
 
     The outcome joins `outcomes` as soon as the run has a folder, so an interrupted run can
-    still say where its completed stages are.
+    still say where its completed stages are. `on_start(run)` is called before the first
+    stage (a batch records there which process runs it).
     """
     from critifusion_tui.engine.pipeline import RunFailed
     from critifusion_tui.engine.store import StoreError
@@ -174,6 +176,8 @@ async def run_one(
     outcome.folder = run.folder
     emit(Notice("", "info", f"run folder {run.folder}"))
     try:
+        if on_start is not None:
+            on_start(run)
         await run.run_all()
         outcome.status = "done"
     except RunFailed as exc:
@@ -226,22 +230,11 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
 
     jobs: list[dict[str, Any]]
     if args.prompts:
-        from critifusion_tui.prompt_sets import PromptFileError
+        # Batches claim their prompts so several processes can share one (batch/runner.py).
+        from critifusion_tui.batch.runner import run_batch
 
-        try:
-            prompts = read_prompts(Path(args.prompts), getattr(args, "limit", None), getattr(args, "category", None))
-        except PromptFileError as exc:
-            print(f"critifusion: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        if not prompts:
-            print(f"critifusion: {args.prompts} holds no prompt", file=sys.stderr)
-            return EXIT_USAGE
-        parent = Path(args.out) if args.out else settings.output.path()
-        jobs = []
-        for index, prompt in enumerate(prompts, start=1):
-            folder = batch_folder(parent, index, prompt)
-            jobs.append({"prompt": prompt, "folder": folder})
-    elif args.resume:
+        return run_batch(args, settings)
+    if args.resume:
         jobs = [{"resume": Path(args.resume)}]
     else:
         jobs = [{"prompt": args.prompt, "folder": Path(args.out) if args.out else None}]

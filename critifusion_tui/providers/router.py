@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from critifusion_tui.providers.base import ChatModel, ModelRef
+from critifusion_tui.providers.limits import ProviderLimits
 from critifusion_tui.providers.rules import RulesModel
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ class ProviderRouter:
         self._openai: OpenAIProvider | None = None
         self._rules = RulesModel()
         self._models: dict[ModelRef, ChatModel] = {}
+        # Per-process caps on concurrent requests per backend, and what each backend saw.
+        self.limits = ProviderLimits.from_settings(settings)
 
     @property
     def together(self) -> TogetherProvider:
@@ -81,6 +84,7 @@ class ProviderRouter:
             model = self._rules
         else:  # ModelRef.parse already refuses this; a hand-made ModelRef might not
             raise ValueError(f"unknown provider {ref.provider!r} in {ref}")
+        model = self.limits.wrap(model, ref.provider)
         self._models[ref] = model
         return model
 

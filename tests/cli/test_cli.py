@@ -10,7 +10,7 @@ import pytest
 
 from critifusion_tui.cli import _with_default_command
 
-HEAVY = ("torch", "diffusers", "transformers", "textual_image", "textual")
+HEAVY = ("torch", "diffusers", "transformers", "textual_image", "textual", "accelerate")
 
 
 def critifusion(*args: str, env: dict, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -39,6 +39,14 @@ def test_help_answers_without_heavy_imports(env, tmp_path):
     assert "usage: critifusion" in proc.stdout and "doctor" in proc.stdout
     assert not names & set(HEAVY), names & set(HEAVY)
     assert "pydantic" not in names  # --help does not even read the configuration
+
+
+def test_run_help_answers_without_heavy_imports(env, tmp_path):
+    # The batch options live behind `run`; their launcher support (accelerate) loads only
+    # inside a launched batch.
+    names, proc = imported_modules(["run", "--help"], env, tmp_path)
+    assert proc.returncode == 0 and "--summary DIR" in proc.stdout
+    assert not names & set(HEAVY), names & set(HEAVY)
 
 
 def test_config_error_answers_without_heavy_imports(env, tmp_path):

@@ -143,7 +143,9 @@ def test_batch_runs_each_prompt_once_and_skips_finished_ones(env, tmp_path):
     first = run_cli("--prompts", str(prompts), *OFFLINE, "--out", str(out), "--json", env=env, cwd=tmp_path, timeout=180)
     assert first.returncode == 0, first.stderr
     assert [r["prompt"] for r in json.loads(first.stdout)] == ["a red fox", "a blue whale"]
-    assert sorted(p.name for p in out.iterdir()) == ["001-a-red-fox", "002-a-blue-whale"]
+    runs = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert runs == ["001-a-red-fox", "002-a-blue-whale"]
+    assert json.loads((out / "batch-summary.json").read_text())["done"] == 2
     second = run_cli("--prompts", str(prompts), *OFFLINE, "--out", str(out), env=env, cwd=tmp_path)
     assert second.returncode == 0
     assert second.stdout.count("already done") == 2 and "[base] started" not in second.stdout
