@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from critifusion_tui.providers.base import ChatModel, ChatResult, DeltaCallback, MessageLike, RateLimitedError
@@ -81,6 +81,7 @@ class LimitedChat:
         max_tokens: int,
         image: bytes | None = None,
         on_delta: DeltaCallback | None = None,
+        schema: Mapping[str, object] | None = None,
     ) -> ChatResult:
         usage = self._limits.record(self._backend)
         asked = time.perf_counter()
@@ -89,7 +90,8 @@ class LimitedChat:
             usage.requests += 1
             try:
                 return await self.inner.chat(
-                    messages, temperature=temperature, max_tokens=max_tokens, image=image, on_delta=on_delta
+                    messages, temperature=temperature, max_tokens=max_tokens, image=image,
+                    on_delta=on_delta, schema=schema,
                 )
             except RateLimitedError:
                 usage.throttled += 1

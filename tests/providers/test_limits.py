@@ -15,7 +15,8 @@ class SlowModel:
     def __init__(self, ref, fail=False):
         self.ref, self.fail, self.active, self.peak = ref, fail, 0, 0
 
-    async def chat(self, messages, *, temperature, max_tokens, image=None, on_delta=None):
+    async def chat(self, messages, *, temperature, max_tokens, image=None, on_delta=None, schema=None):
+        self.schema = schema
         self.active += 1
         self.peak = max(self.peak, self.active)
         await asyncio.sleep(0.02)
@@ -46,3 +47,12 @@ def test_the_router_hands_out_limited_hosted_models_and_bare_rules():
     assert router.limits.caps == {"together": 16, "ollama": 4}
     assert type(router.model("ollama:llava")).__name__ == "LimitedChat"
     assert type(router.model("rules")).__name__ == "RulesModel"
+
+
+async def test_the_wrapper_passes_every_chat_argument_through():
+    # The constrained-output schema (components, critique) must reach the backend.
+    settings = load_config(None, []).settings
+    inner = SlowModel(ModelRef("together", "m"))
+    limited = ProviderRouter(settings).limits.wrap(inner, "together")
+    await limited.chat([user("x")], temperature=0, max_tokens=1, schema={"type": "object"})
+    assert inner.schema == {"type": "object"}
