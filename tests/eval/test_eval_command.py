@@ -59,7 +59,9 @@ def test_json_shape_scores_in_every_manifest_and_the_table(runs, weights, tmp_pa
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert set(out) == {"runs", "summary"}
-    assert [Path(r["folder"]).name for r in out["runs"]] == sorted(p.name for p in runs.iterdir())
+    # Every run folder of the batch (not its claims, per-launch reports or summary file).
+    folders = sorted(p.name for p in runs.iterdir() if (p / "manifest.json").is_file())
+    assert len(folders) >= 2 and [Path(r["folder"]).name for r in out["runs"]] == folders
     assert sorted(r["prompt"] for r in out["runs"]) == sorted(PROMPTS)  # the user's own prompt
     for run in out["runs"]:
         assert set(run["scores"]) == set(VARIANTS)
