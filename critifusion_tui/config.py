@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from critifusion_tui.engine.prompts import DEFAULT_NEGATIVE, PRESETS
+from critifusion_tui.presets import DEFAULT_NEGATIVE, PRESETS
 from critifusion_tui.providers.base import ModelRef, ModelRefError
 
 ENV_CONFIG = "CRITIFUSION_CONFIG"

@@ -59,9 +59,13 @@ def test_documented_config_keeps_comments_and_order(tmp_path: Path):
         path,
     )
     after = path.read_text(encoding="utf-8")
-    comments = lambda t: [line for line in t.splitlines() if line.lstrip().startswith("#")]
+    def comments(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.lstrip().startswith("#")]
+
+    def headers(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith("[")]
+
     assert comments(after) == comments(before)
-    headers = lambda t: [line for line in t.splitlines() if line.startswith("[")]
     assert headers(after) == headers(before)
     assert "width = 512\n" in after and 'width = "auto"' not in after
     assert 'guidance = 6.5\n' in after and 'guidance = "auto"' not in after

@@ -125,7 +125,8 @@ def run_batch(args, settings) -> int:
         # A launcher stops the other processes with SIGTERM when one fails: stop like Ctrl+C,
         # so the run in progress is marked cancelled and its claim released.
         with suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+            if task is not None:
+                loop.add_signal_handler(signal.SIGTERM, task.cancel)
         session = Session(settings)
         if session.diffusion.is_tiny_random and place.main:
             reporter(Notice("", "warning", "diffusion.model is tiny-random: the images are noise"))

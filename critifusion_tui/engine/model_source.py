@@ -347,7 +347,7 @@ def plan_load(
     if variant not in VARIANTS:
         raise DiffusionLoadError(f"unknown diffusion.variant {variant!r}: expected auto, fp16 or none")
     source, location = classify(model)
-    common = {"model": model, "device": device, "dtype": dtype}
+    common: dict[str, Any] = {"model": model, "device": device, "dtype": dtype}
     prefer_fp16 = device != "cpu" and dtype in ("float16", "bfloat16")
     if source == "tiny":
         kind = "sdxl" if location == TINY_RANDOM else "sd"

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
+from collections.abc import Iterable
 
 from critifusion_tui.engine.tokens import CLIP_MAX_TOKENS, clip77_strict, count_tokens
+
+# The presets are data that the configuration validates too; they live in a module that
+# imports nothing, and stay importable from here (this module is the method's public API).
+from critifusion_tui.presets import DEFAULT_NEGATIVE, DEFAULT_PRESET, PRESETS, QUALITY_FLOOR, Preset
 
 __all__ = [
     "BUCKETS",
@@ -48,59 +50,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Presets, quality floor, default negative
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Seed tags of a preset: positives go to the tag models, negatives are the negative prompt."""
-
-    name: str
-    positives: tuple[str, ...]
-    negatives: tuple[str, ...]
-
-
-PRESETS: Mapping[str, Preset] = MappingProxyType(
-    {
-        "hq_preference": Preset(
-            name="hq_preference",
-            positives=(
-                "balanced composition",
-                "natural color palette",
-                "vibrant colors",
-                "balanced contrast",
-                "high detail",
-                "highly detailed",
-                "hyperdetailed",
-                "sharp focus",
-                "UHD",
-                "8k",
-            ),
-            negatives=(
-                "low quality",
-                "blurry",
-                "watermark",
-                "jpeg artifacts",
-                "overexposed",
-                "underexposed",
-                "color banding",
-                "extra fingers",
-                "missing limbs",
-                "disfigured",
-                "mutated hands",
-            ),
-        ),
-    }
-)
-DEFAULT_PRESET = "hq_preference"
-
-# Tags every positive prompt ends up with (SPEC 1.4), appended in this order when missing.
-QUALITY_FLOOR: tuple[str, ...] = ("high detailed", "sharp focus", "8k", "UHD")
-
-# The negative prompt of the comparison base and of the refinement pass (SPEC 3 and 6).
-DEFAULT_NEGATIVE = (
-    "blurry, low quality, artifacts, watermark, extra fingers, missing limbs, over-sharpened, "
-    "harsh lighting, oversaturated"
-)
 
 
 class UnknownPresetError(KeyError, ValueError):

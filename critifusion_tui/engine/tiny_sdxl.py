@@ -109,7 +109,7 @@ def build_tiny_clip_tokenizer() -> Any:
     vocab, merges = clip_vocab_and_merges()
     return CLIPTokenizer(
         vocab=dict(vocab),
-        merges=list(merges),
+        merges=list(merges),  # type: ignore[arg-type]  # pairs, as transformers 5 takes them
         model_max_length=77,
         bos_token=_BOS,
         eos_token=_EOS,
@@ -212,7 +212,7 @@ def build_tiny_sdxl(seed: int = 0) -> Any:
         text_encoder_2=text_encoder_2.eval(),
         tokenizer=tokenizer,
         tokenizer_2=build_tiny_clip_tokenizer(),
-        unet=unet.eval(),
+        unet=unet.eval(),  # type: ignore[attr-defined]  # an nn.Module: diffusers types it loosely
         scheduler=_scheduler(),
         add_watermarker=False,
     )
@@ -245,7 +245,7 @@ def build_tiny_sd15(seed: int = 0) -> Any:
         vae=vae,
         text_encoder=text_encoder.eval(),
         tokenizer=build_tiny_clip_tokenizer(),
-        unet=unet.eval(),
+        unet=unet.eval(),  # type: ignore[attr-defined]  # an nn.Module: diffusers types it loosely
         scheduler=_scheduler(),
         safety_checker=None,
         feature_extractor=None,

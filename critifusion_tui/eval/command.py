@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -30,7 +33,7 @@ class _Progress:
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                                 console=Console(file=stream), transient=True)
             self.bar.start()
-        self.task = None
+        self.task: TaskID | None = None
 
     def start(self, metric: str, total: int) -> None:
         if self.bar is not None:
@@ -39,7 +42,7 @@ class _Progress:
             print(f"{metric}: scoring {total} image{'s' if total != 1 else ''}", file=self.stream, flush=True)
 
     def advance(self, metric: str, done: int, total: int, n: int) -> None:
-        if self.bar is not None:
+        if self.bar is not None and self.task is not None:
             self.bar.update(self.task, advance=n)
         else:
             print(f"{metric}: {done}/{total}", file=self.stream, flush=True)

@@ -54,7 +54,7 @@ def resize_shorter_center_crop(image, size: int):
     else:
         new_w, new_h = int(size * w / h), size
     if (new_w, new_h) != (w, h):
-        image = image.resize((new_w, new_h), Image.BICUBIC)
+        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
     top = int(round((new_h - size) / 2.0))
     left = int(round((new_w - size) / 2.0))
     return image.crop((left, top, left + size, top + size))

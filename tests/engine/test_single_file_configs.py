@@ -5,8 +5,6 @@ that match CLIP's, and one full-size SD 1.5 single file loaded offline with an e
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest

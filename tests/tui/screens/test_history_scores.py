@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from textual.widgets import ProgressBar, Static
+from textual.widgets import Static
 from textual_image.widget import HalfcellImage
 
 from critifusion_tui.config import Settings
