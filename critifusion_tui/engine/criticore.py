@@ -35,6 +35,7 @@ from critifusion_tui.engine.answers import (
     issue_lines,
     read_components,
     read_critique,
+    read_prose,
     read_tags,
 )
 from critifusion_tui.engine.events import (
@@ -51,6 +52,7 @@ from critifusion_tui.engine.prompts import (
     dedup_keep_order,
     negative_tags,
     positive_prompt,
+    prose_prompt,
     refinement_prompt,
     seed_tags,
 )
@@ -135,6 +137,8 @@ class TagsResult:
     negative: str
     source: str  # aggregator, candidates (no aggregator answered or nothing to merge) or fallback
     seconds: float = 0.0
+    style: str = "tags"  # the instructions' style: "tags" lists or "prose" sentences
+    instructions: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def aggregated_by(self) -> str | None:
@@ -149,6 +153,8 @@ class TagsResult:
             raise ValueError(f"{model} is not a candidate of this result")
         if not answer.ok:
             raise ValueError(f"{model} has no answer to take: {answer.error}")
+        if self.style == "prose":
+            return prose_prompt(_tags_text(answer), self.prompt)
         return positive_prompt(_tags_text(answer), self.prompt, self.preset)
 
     def record(self) -> dict[str, Any]:
@@ -160,6 +166,8 @@ class TagsResult:
             "positive": self.positive,
             "negative": self.negative,
             "source": self.source,
+            "style": self.style,
+            "instructions": self.instructions,
             "seconds": round(self.seconds, 3),
         }
 
@@ -174,6 +182,7 @@ class ComponentsResult:
     components: list[str]
     source: str  # aggregator, candidates (no aggregator answer, or nothing to merge) or fallback
     seconds: float = 0.0
+    instructions: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def aggregated_by(self) -> str | None:
@@ -187,6 +196,7 @@ class ComponentsResult:
             "aggregated_by": self.aggregated_by,
             "components": list(self.components),
             "source": self.source,
+            "instructions": self.instructions,
             "seconds": round(self.seconds, 3),
         }
 
@@ -232,6 +242,7 @@ class CritiqueResult:
     alignment: float | None
     source: str  # aggregator, critic (no aggregator answered, or one critic) or none (no critic)
     seconds: float = 0.0
+    instructions: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def aggregated_by(self) -> str | None:
@@ -248,6 +259,7 @@ class CritiqueResult:
             "issues": list(self.issues),
             "refined": self.refined,
             "source": self.source,
+            "instructions": self.instructions,
             "seconds": round(self.seconds, 3),
         }
         if self.alignment is not None:
@@ -352,7 +364,13 @@ class CritiCore:
         return cls(
             router, candidates=core.candidates, aggregator=core.aggregator, vlms=core.vlms,
             preset=core.preset, emit=emit,
+            instructions=Instructions.from_config(getattr(core, "instructions", None)),
         )
+
+    @property
+    def style(self) -> str:
+        """The instructions' style: "tags" (SDXL tag lists) or "prose" (sentences)."""
+        return self.instructions.preset
 
     def _guard(self, names: Sequence[str], *data: str) -> EchoGuard:
         """An echo guard for a call that sent the templates `names` filled with `data`."""
@@ -483,14 +501,18 @@ class CritiCore:
         ins = self.instructions
         messages = [system(ins.text("tags_system")), user(ins.render("tags_user", prompt=prompt, seed_tags=seeds))]
         guard = self._guard(("tags_system", "tags_user"), prompt, seeds)
+        used = ["tags_system", "tags_user"]
 
         def make_ask(model: str) -> Ask:
             if _is_rules(model):
                 return self._offline("tags", "candidate", rules_tags(prompt, self.preset))
             return self._chat("tags", "candidate", model, messages, temperature=TAGS_TEMPERATURE, max_tokens=TAGS_MAX_TOKENS)
 
+        prose = self.style == "prose"
+
         def read(text: str) -> Reading:
-            return read_tags(text, guard, prompt=prompt)
+            # The reading follows the style asked for: sentences are the answer in prose.
+            return read_prose(text, guard, prompt=prompt) if prose else read_tags(text, guard, prompt=prompt)
 
         answers = await self._gather("tags", "candidate", self.candidates, make_ask, previous and previous.candidates, only, read)
         self._report_failures("tags", answers, "candidate")
@@ -516,21 +538,28 @@ class CritiCore:
 
                 def make_agg(model: str) -> Ask:
                     if _is_rules(model):
-                        return self._offline("tags", "aggregator", ", ".join(texts))
+                        return self._offline("tags", "aggregator", (" " if prose else ", ").join(texts))
                     return self._chat("tags", "aggregator", model, agg_messages, temperature=TAGS_AGG_TEMPERATURE, max_tokens=TAGS_AGG_MAX_TOKENS)
 
-                attempts = await self._aggregate("tags", make_agg, lambda text: read_tags(text, agg_guard, prompt=prompt))
+                def read_agg(text: str) -> Reading:
+                    if prose:
+                        return read_prose(text, agg_guard, prompt=prompt)
+                    return read_tags(text, agg_guard, prompt=prompt)
+
+                attempts = await self._aggregate("tags", make_agg, read_agg)
+                used += ["tags_agg_system", "tags_agg_user"]
                 if attempts and attempts[-1].ok:
                     aggregated, source = _tags_text(attempts[-1]), "aggregator"
                 else:
                     # No aggregator answered: the candidates' own lists, in order, stand in for it.
                     self.emit(Notice("tags", "warning", "no aggregator answered: merging the candidates' lists in order"))
-                    aggregated, source = ", ".join(texts), "candidates"
-            positive = positive_prompt(aggregated, prompt, self.preset)
+                    aggregated, source = (texts[0] if prose else ", ".join(texts)), "candidates"
+            positive = prose_prompt(aggregated, prompt) if prose else positive_prompt(aggregated, prompt, self.preset)
         return TagsResult(
             prompt=prompt, preset=self.preset, candidates=answers, aggregator=attempts,
             aggregated=aggregated, positive=positive, negative=negative_tags(self.preset),
-            source=source, seconds=time.perf_counter() - started,
+            source=source, seconds=time.perf_counter() - started, style=self.style,
+            instructions=self.instructions.record(used),
         )
 
     # ---------------------------------------------------------------- stage 2: components
@@ -542,6 +571,7 @@ class CritiCore:
         ins = self.instructions
         messages = [system(ins.text("components_system")), user(ins.render("components_user", prompt=prompt))]
         guard = self._guard(("components_system", "components_user"), prompt)
+        used = ["components_system", "components_user"]
 
         def make_ask(model: str) -> Ask:
             if _is_rules(model):
@@ -583,6 +613,7 @@ class CritiCore:
                 )
 
             attempts = await self._aggregate("components", make_agg, lambda text: read_components(text, agg_guard))
+            used += ["components_agg_system", "components_agg_user"]
             if attempts and attempts[-1].ok:
                 components, source = _items(attempts[-1]), "aggregator"
             else:
@@ -593,7 +624,7 @@ class CritiCore:
             components, source = rules_components(prompt)[:MAX_COMPONENTS], "fallback"
         return ComponentsResult(
             prompt=prompt, candidates=answers, aggregator=attempts, components=components,
-            source=source, seconds=time.perf_counter() - started,
+            source=source, seconds=time.perf_counter() - started, instructions=self.instructions.record(used),
         )
 
     async def tags_and_components(self, prompt: str) -> tuple[TagsResult, ComponentsResult]:
@@ -623,6 +654,7 @@ class CritiCore:
             question += ins.text("critic_alignment")
         messages = [system(ins.text("critic_system")), user(question)]
         guard = self._guard(("critic_system", "critic_user", "critic_alignment"), image_prompt, components_json)
+        used = ["critic_system", "critic_user"] + (["critic_alignment"] if ask_alignment else [])
 
         def make_ask(model: str) -> Ask:
             if _is_rules(model):
@@ -650,7 +682,7 @@ class CritiCore:
             self.emit(Notice("critique", "warning", "no vision model answered usably: the refinement keeps the prompt"))
             return CritiqueResult(
                 image_prompt, components, critics, attempts, [], clip77_strict(image_prompt), None,
-                "none", time.perf_counter() - started,
+                "none", time.perf_counter() - started, self.instructions.record(used),
             )
         # A critic that saw nothing (the offline rules critic: the prompt back, no issues) has
         # nothing to merge; with one critic left that said something, its report stands.
@@ -660,7 +692,7 @@ class CritiCore:
             self._nothing_to_merge("critique", only_one.answer)
             return CritiqueResult(
                 image_prompt, components, critics, attempts, list(only_one.issues), only_one.refined,
-                alignment, "critic", time.perf_counter() - started,
+                alignment, "critic", time.perf_counter() - started, self.instructions.record(used),
             )
         issues_block = "\n".join(f"[{c.answer.model}] {line}" for c in telling for line in c.issues)
         refined_block = "\n".join(f"[{c.answer.model}] {c.refined}" for c in telling)
@@ -684,6 +716,7 @@ class CritiCore:
         attempts = await self._aggregate(
             "critique", make_agg, lambda text: read_critique(text, agg_guard, need_refined=True)
         )
+        used += ["critic_agg_system", "critic_agg_user"]
         won = attempts[-1] if attempts and attempts[-1].ok and attempts[-1].reading else None
         if won is not None:
             issues, refined, source = list(won.reading.items), clip77_strict(won.reading.refined), "aggregator"
@@ -692,13 +725,16 @@ class CritiCore:
             issues, refined, source = telling[0].issues, telling[0].refined, "critic"
         return CritiqueResult(
             image_prompt, components, critics, attempts, issues, refined, alignment, source,
-            time.perf_counter() - started,
+            time.perf_counter() - started, self.instructions.record(used),
         )
 
     # ---------------------------------------------------------------- stage 5: merge
 
     @staticmethod
-    def refinement_prompt(critique: CritiqueResult | str, tags: TagsResult | str, user_prompt: str | None = None) -> str:
+    def refinement_prompt(
+        critique: CritiqueResult | str, tags: TagsResult | str, user_prompt: str | None = None, *,
+        style: str | None = None,
+    ) -> str:
         """SPEC 5: the critic's refined prompt merged with the stage-1 tags.
 
         The user's own prompt is never cut from it (``prompts.refinement_prompt``): it is
@@ -709,6 +745,12 @@ class CritiCore:
         positive = tags.positive if isinstance(tags, TagsResult) else tags
         if user_prompt is None:
             user_prompt = tags.prompt if isinstance(tags, TagsResult) else ""
+        if style is None:
+            style = tags.style if isinstance(tags, TagsResult) else "tags"
+        if style == "prose":
+            # Sentences are not merged tag by tag: the critic's refined prompt (the stage-1
+            # prompt when it has none) with the user's prompt and the quality floor kept.
+            return prose_prompt(refined or positive, user_prompt)
         return refinement_prompt(refined, positive, user_prompt)
 
 
@@ -754,8 +796,11 @@ def _items(answer: Answer) -> list[str]:
 
 
 def _tags_text(answer: Answer) -> str:
-    """A usable tag answer as the checked tags, comma-separated (the raw text if unread)."""
-    return ", ".join(answer.reading.items) if answer.reading is not None else answer.text
+    """A usable stage-1 answer as checked: the tags comma-separated, or a prose answer's
+    sentences (the raw text if unread)."""
+    if answer.reading is None:
+        return answer.text
+    return answer.reading.refined or ", ".join(answer.reading.items)
 
 
 def _union(lists: Iterable[Sequence[str]]) -> list[str]:

@@ -359,7 +359,7 @@ class Run:
                 raise ValueError(f"{model} has no usable critique")
             name = "refinement_original" if stage == "critique_original" else "refinement"
             positive = self.text("positive") or self.prompt
-            self.edit(name, self.criticore.refinement_prompt(critic.refined, positive, self.prompt), by=model)
+            self.edit(name, self.criticore.refinement_prompt(critic.refined, positive, self.prompt, style=self.criticore.style), by=model)
         else:
             raise ValueError(f"the {stage} stage has no model answers")
 
@@ -468,7 +468,7 @@ class Run:
             )
             self._results[name] = result
             tags_positive = self.text("positive") or self.prompt
-            refinement = self.criticore.refinement_prompt(result, tags_positive, self.prompt)
+            refinement = self.criticore.refinement_prompt(result, tags_positive, self.prompt, style=self.criticore.style)
             self._set_prompt("refinement_original" if original else "refinement", refinement, f"critique:{result.source}")
             return {**result.record(), "refinement_prompt": refinement}
 
@@ -480,7 +480,7 @@ class Run:
         name = "critique_original" if original else "critique"
         self.forget(name)
         tags_positive = self.text("positive") or self.prompt
-        prompt = self.criticore.refinement_prompt("", tags_positive, self.prompt)
+        prompt = self.criticore.refinement_prompt("", tags_positive, self.prompt, style=self.criticore.style)
         self._set_prompt("refinement_original" if original else "refinement", prompt, "tags (critique skipped)")
         self.store.save_stage(name, {"skipped": True, "refinement_prompt": prompt, "seconds": 0})
         self._emit(StageSkipped(name, "skipped by the user"))
