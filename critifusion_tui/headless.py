@@ -148,6 +148,8 @@ class Outcome:
             "images": images,
             "seconds": {name: r.get("seconds") for name, r in stages.items() if isinstance(r, dict)},
             "tiny_random": self.manifest.get("tiny_random", False),
+            # Tokens, seconds, retries and 429s per model and role (engine/ledger.py).
+            "ledger": (self.manifest.get("ledger") or {}).get("summary"),
         }
 
 
@@ -184,6 +186,16 @@ async def run_one(
     finally:
         outcome.manifest = run.store.manifest  # whatever happened, the run folder says it
     return outcome
+
+
+def report_ledger(outcome: Outcome, reporter) -> None:
+    """The run's ledger summary, one line per model and role (the manifest has every call)."""
+    from critifusion_tui.engine.ledger import summary_lines
+
+    summary = (outcome.manifest.get("ledger") or {}).get("summary")
+    if summary is not None:
+        for line in summary_lines(summary):
+            reporter(Notice("", "info", f"ledger: {line}"))
 
 
 def batch_folder(parent: Path, index: int, prompt: str) -> Path:
@@ -267,6 +279,7 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
                     kwargs.update(prompt=job["prompt"], out=folder)
                 started = time.perf_counter()
                 outcome = await run_one(session, outcomes, **kwargs)
+                report_ledger(outcome, reporter)
                 if outcome.error:
                     reporter(Notice("", "error", outcome.error))
                 else:

@@ -57,7 +57,8 @@ from critifusion_tui.engine.prompts import (
     seed_tags,
 )
 from critifusion_tui.engine.tokens import clip77_strict
-from critifusion_tui.providers.base import ModelRef, ProviderError, system, user
+from critifusion_tui.engine.ledger import estimate_tokens
+from critifusion_tui.providers.base import ModelRef, ProviderError, current_meter, metered, system, user
 from critifusion_tui.providers.rules import rules_components, rules_critique, rules_tags
 
 __all__ = [
@@ -357,6 +358,8 @@ class CritiCore:
         self.preset = preset
         self.emit = emit
         self.instructions = instructions or DEFAULT_INSTRUCTIONS
+        # One entry per model call (engine/ledger.py); the pipeline keeps it in the manifest.
+        self.ledger: list[dict[str, Any]] = []
 
     @classmethod
     def from_settings(cls, router, settings, emit: Emit = ignore) -> CritiCore:
@@ -390,28 +393,31 @@ class CritiCore:
         started = time.perf_counter()
         reading: Reading | None = None
         output: str | None = None
-        try:
-            result = await ask()
-            text = result if isinstance(result, str) else result.text
-            output = getattr(result, "output", None)
-            reading = read(text) if read is not None else None
-        except ProviderError as exc:
-            answer = Answer(model, role, error=str(exc), error_code=exc.code)
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # a bug or an unexpected client error: visible, not fatal
-            answer = Answer(model, role, error=f"{type(exc).__name__}: {exc}", error_code="unexpected")
-        else:
-            notes = list(reading.notes) if reading is not None and not _is_rules(model) else []
-            if reading is not None and reading.problem:
-                answer = Answer(
-                    model, role, text=text, error=f"{model}: unusable answer: {reading.problem}",
-                    error_code="unusable_answer", notes=notes,
-                )
+        with metered() as meter:  # counts the call's requests, retries, 429s and tokens
+            try:
+                result = await ask()
+                text = result if isinstance(result, str) else result.text
+                output = getattr(result, "output", None)
+                reading = read(text) if read is not None else None
+            except ProviderError as exc:
+                answer = Answer(model, role, error=str(exc), error_code=exc.code)
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # a bug or an unexpected client error: visible, not fatal
+                answer = Answer(model, role, error=f"{type(exc).__name__}: {exc}", error_code="unexpected")
             else:
-                answer = Answer(model, role, text=text, notes=notes, reading=reading)
-            answer.output = output
+                notes = list(reading.notes) if reading is not None and not _is_rules(model) else []
+                if reading is not None and reading.problem:
+                    answer = Answer(
+                        model, role, text=text, error=f"{model}: unusable answer: {reading.problem}",
+                        error_code="unusable_answer", notes=notes,
+                    )
+                else:
+                    answer = Answer(model, role, text=text, notes=notes, reading=reading)
+                answer.output = output
         answer.seconds = time.perf_counter() - started
+        if not _is_rules(model):
+            self.ledger.append(_ledger_entry(stage, role, answer, meter))
         self.emit(
             CandidateFinished(
                 stage, role=role, model=model, text=answer.text, error=answer.error,
@@ -447,6 +453,14 @@ class CritiCore:
                 on_delta=lambda piece: self.emit(CandidateDelta(stage, role=role, model=model, text=piece)),
                 **extra,
             )
+            meter = current_meter()
+            if meter is not None and (meter.tokens_in is None or meter.tokens_out is None):
+                # The server reported no usage: count the text (images are not counted).
+                meter.counted = True
+                if meter.tokens_in is None:
+                    meter.tokens_in = estimate_tokens(m.content for m in messages)
+                if meter.tokens_out is None:
+                    meter.tokens_out = estimate_tokens([result.text])
             if schema is None:
                 return result.text
             return result
@@ -784,6 +798,24 @@ def _ref(text: str) -> str:
     match = _SLOT.search(text)
     suffix = match.group(0) if match else ""
     return str(ModelRef.parse(text[: match.start()] if match else text)) + suffix
+
+
+def _ledger_entry(stage: str, role: str, answer: Answer, meter) -> dict[str, Any]:
+    """The ledger's record of one call: no text, no URL, no key."""
+    return {
+        "stage": stage,
+        "role": role,
+        "model": answer.model,
+        "tokens_in": meter.tokens_in or 0,
+        "tokens_out": meter.tokens_out or 0,
+        "usage": "counted" if meter.counted else ("reported" if meter.tokens_in is not None else "none"),
+        "seconds": round(answer.seconds, 3),
+        "attempts": meter.attempts,
+        "retries": meter.retries,
+        "throttled": meter.throttled,
+        "error": answer.error_code,
+        "source": getattr(meter, "source", "provider"),
+    }
 
 
 def _winner(attempts: Sequence[Answer]) -> str | None:

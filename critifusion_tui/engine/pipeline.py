@@ -42,6 +42,7 @@ from critifusion_tui.engine.events import (
     StageStarted,
     ignore,
 )
+from critifusion_tui.engine.ledger import summarize
 from critifusion_tui.engine.model_source import load_summary
 from critifusion_tui.engine.store import RunStore, timestamp
 
@@ -170,6 +171,9 @@ class Run:
         self.store = store
         self.emit = emit
         self.criticore = CritiCore.from_settings(session.router, session.settings, emit=self._emit)
+        # The ledger's calls live in the manifest (a resumed run goes on adding to them).
+        ledger = store.manifest.setdefault("ledger", {"calls": [], "summary": summarize([])})
+        self.criticore.ledger = ledger.setdefault("calls", [])
         self._latents: dict[str, Any] = {}
         # The typed results of this process's stages: a re-run of one model keeps the others.
         self._results: dict[str, Any] = {}
@@ -239,6 +243,20 @@ class Run:
 
     async def _stage(self, name: str, work: Callable[[], Awaitable[dict[str, Any]]], detail: str = "") -> dict[str, Any]:
         """Run one stage: events, timing, the record saved, failures recorded and re-raised."""
+        try:
+            return await self._run_stage(name, work, detail)
+        finally:
+            self._update_ledger()  # cancelled too: its calls were paid for
+
+    def _update_ledger(self) -> None:
+        """The manifest's ledger summary, from its calls (saved with the next manifest write)."""
+        self.store.manifest["ledger"]["summary"] = summarize(self.criticore.ledger)
+
+    def ledger_summary(self) -> dict[str, Any]:
+        """The run's ledger summary (engine/ledger.py), up to date."""
+        return summarize(self.criticore.ledger)
+
+    async def _run_stage(self, name: str, work: Callable[[], Awaitable[dict[str, Any]]], detail: str) -> dict[str, Any]:
         if self.reopened:
             self._note_resume()
         elif self.store.manifest.get("status") != "running":
@@ -252,11 +270,13 @@ class Run:
             raise
         except RunFailed as exc:
             seconds = time.perf_counter() - started
+            self._update_ledger()
             self.store.fail_stage(name, exc.message, seconds=round(seconds, 3))
             self._emit(StageFailed(name, exc.message, seconds))
             raise
         seconds = time.perf_counter() - started
         record.setdefault("seconds", round(seconds, 3))
+        self._update_ledger()
         self.store.save_stage(name, record)
         self._emit(StageFinished(name, seconds))
         return record

@@ -471,7 +471,15 @@ class CritiFusionApp(App):
     def action_show_log(self) -> None:
         from critifusion_tui.tui.screens.log import LogScreen
 
-        self.push_screen(LogScreen(self.log_buffer))  # the buffer itself: the screen follows it live
+        # The buffer itself: the screen follows it live; the ledger is read when shown.
+        self.push_screen(LogScreen(self.log_buffer, ledger=self._ledger_lines))
+
+    def _ledger_lines(self) -> list[str]:
+        from critifusion_tui.engine.ledger import summary_lines
+
+        if self.active_run is None:
+            return ["No run yet: the ledger fills as models are called."]
+        return summary_lines(self.active_run.ledger_summary())
 
     def action_settings(self) -> None:
         from critifusion_tui.tui.screens.settings import SettingsScreen

@@ -180,3 +180,46 @@ def test_demo_runs_offline_and_the_users_set_still_wins(env, tmp_path):
     config = manifest(out)["config"]
     assert config["diffusion"]["model"] == "tiny-random" and config["criticore"]["vlms"] == ["rules"]
     assert config["diffusion"]["steps"] == 3 and config["diffusion"]["width"] == 256
+
+
+def test_json_summary_and_manifest_carry_the_ledger_and_the_templates_used(env, tmp_path):
+    template = tmp_path / "tags.txt"
+    template.write_text("Tag list for: {prompt}\nStart from: {seed_tags}\n")
+    with LoopbackServer() as server:
+        server.script("a", text="red fox, pine forest, dusk light, 8k", usage=(120, 11))
+        server.script("b", text="fox, forest floor, moss, soft light", usage=(130, 9))
+        server.script("agg", text="red fox, pine forest, dusk light, moss", usage=(300, 8))
+        server.script("critic", text="<issues>- fox too small</issues><refined>a large red fox</refined>", usage=(900, 12))
+        env = dict(env, **{KEY_VAR: KEY_VALUE})
+        out = tmp_path / "ledger"
+        proc = run_cli(
+            "a red fox in a forest", *OFFLINE, "--out", str(out), "--json",
+            "--set", f"providers.together.api_key_env={KEY_VAR}",
+            "--set", f"providers.together.base_url='{server.url}'",
+            "--set", "providers.together.max_retries=0",
+            "--set", "criticore.candidates=['together:a', 'together:b']",
+            "--set", "criticore.aggregator=together:agg",
+            "--set", "criticore.vlms=['together:critic']",
+            "--set", f"criticore.instructions.tags_user='{template}'",
+            env=env, cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        sent = [r.body for r in server.requests_to("/v1/chat/completions") if r.body["model"] == "a"]
+    assert sent[0]["messages"][1]["content"].startswith("Tag list for: a red fox in a forest\nStart from: ")
+    ledger = json.loads(proc.stdout)["ledger"]
+    rows = {(r["model"], r["role"]): r for r in ledger["models"]}
+    # Tags: a, b and agg; components: a and b (plain text, unusable); critique: critic alone.
+    assert (rows["together:a", "candidate"]["calls"], rows["together:a", "candidate"]["tokens_in"]) == (2, 240)
+    assert rows["together:agg", "aggregator"]["tokens_out"] == 8
+    assert rows["together:critic", "vlm"]["tokens_in"] == 900
+    assert ledger["total"]["tokens_in"] == 2 * 120 + 2 * 130 + 300 + 900
+    assert ledger["total"]["tokens_out"] == 2 * 11 + 2 * 9 + 8 + 12
+    assert "ledger: total: 6 calls, 1,700 tokens in, 60 out" in proc.stderr
+    m = manifest(out)
+    assert m["ledger"]["summary"] == ledger and len(m["ledger"]["calls"]) == 6
+    used = m["stages"]["tags"]["instructions"]
+    assert used["tags_user"]["text"] == "Tag list for: {prompt}\nStart from: {seed_tags}"
+    assert "text" not in used["tags_system"] and len(used["tags_system"]["sha256"]) == 16
+    assert set(m["stages"]["critique"]["instructions"]) == {"critic_system", "critic_user"}
+    for path in out.iterdir():
+        assert KEY_VALUE.encode() not in path.read_bytes()
