@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the run folder and a summary as JSON")
     run.add_argument("--prompts", metavar="FILE", help="one prompt per line; finished ones are skipped")
     run.add_argument("--resume", metavar="DIR", help="continue a run from its last completed stage")
+    run.add_argument(
+        "--replay", metavar="DIR",
+        help="run again with the model answers recorded in a past run's folder (no provider is called)",
+    )
 
     doctor = sub.add_parser("doctor", parents=[common], help="check Python, GPU, config, keys, model, terminal")
     doctor.add_argument("--offline", action="store_true", help="skip checks that need the network")
@@ -145,9 +149,12 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    given = [name for name in ("prompt", "prompts", "resume") if getattr(args, name)]
+    given = [name for name in ("prompt", "prompts", "resume", "replay") if getattr(args, name)]
     if len(given) != 1:
-        print("critifusion run: give exactly one of PROMPT, --prompts FILE or --resume DIR", file=sys.stderr)
+        print(
+            "critifusion run: give exactly one of PROMPT, --prompts FILE, --resume DIR or --replay DIR",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if args.seed is not None and args.seed < 0:
         print("critifusion run: --seed must be 0 or more", file=sys.stderr)

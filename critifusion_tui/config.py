@@ -159,6 +159,9 @@ class CriticoreConfig(Section):
         default_factory=lambda: ["together:meta-llama/Llama-4-Maverick-17B-128E-Instruct-FP8"],
         min_length=1,
     )
+    # "read-write": keep every answer under the user cache directory, keyed by (model,
+    # messages, parameters), and take it from there when the same call comes again.
+    cache: Literal["off", "read-write"] = "off"
     instructions: InstructionsConfig = Field(default_factory=InstructionsConfig)  # type: ignore[valid-type]
 
     @field_validator("preset")

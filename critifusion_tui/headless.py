@@ -46,7 +46,8 @@ def describe(event: Event) -> str | None:
     if isinstance(event, CandidateFinished):
         if event.error:
             return f"{tag} {event.role} {event.model} failed: {event.error}"
-        return f"{tag} {event.role} {event.model} answered in {event.seconds:.1f} s"
+        where = {"cache": " from the cache", "replay": " (replayed)"}.get(event.origin, "")
+        return f"{tag} {event.role} {event.model} answered{where} in {event.seconds:.1f} s"
     if isinstance(event, Notice):
         return f"{tag} {event.level}: {event.message}"
     if isinstance(event, ModelLoaded):
@@ -154,7 +155,8 @@ class Outcome:
 
 
 async def run_one(
-    session, outcomes: list[Outcome], *, prompt=None, resume=None, out=None, seed=None, variants="full", emit
+    session, outcomes: list[Outcome], *, prompt=None, resume=None, out=None, seed=None, variants="full", emit,
+    replay=None,
 ) -> Outcome:
     """One run to its end; failures become an Outcome, cancellation propagates.
 
@@ -175,6 +177,9 @@ async def run_one(
         return outcome
     outcome.folder = run.folder
     emit(Notice("", "info", f"run folder {run.folder}"))
+    if replay is not None:
+        run.use_replay(replay)
+        emit(Notice("", "info", f"replaying the model answers recorded in {replay.where}: no provider is called"))
     try:
         await run.run_all()
         outcome.status = "done"
@@ -249,6 +254,19 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
             jobs.append({"prompt": prompt, "folder": folder})
     elif args.resume:
         jobs = [{"resume": Path(args.resume)}]
+    elif args.replay:
+        from critifusion_tui.engine.replay import Replay
+
+        # Only the prompt, seed, variants and answers are read: never the folder's settings.
+        try:
+            replay = Replay(RunStore.open(Path(args.replay)).manifest, where=str(args.replay))
+        except StoreError as exc:
+            print(f"critifusion: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if not replay.prompt.strip():
+            print(f"critifusion: {args.replay}: the manifest holds no prompt to replay", file=sys.stderr)
+            return EXIT_USAGE
+        jobs = [{"prompt": replay.prompt, "folder": Path(args.out) if args.out else None, "replay": replay}]
     else:
         jobs = [{"prompt": args.prompt, "folder": Path(args.out) if args.out else None}]
 
@@ -277,6 +295,12 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
                     kwargs["resume"] = folder
                 else:
                     kwargs.update(prompt=job["prompt"], out=folder)
+                    if "replay" in job:
+                        replay = job["replay"]
+                        kwargs["replay"] = replay
+                        kwargs["variants"] = replay.variants
+                        if args.seed is None and isinstance(replay.seed, int):
+                            kwargs["seed"] = replay.seed
                 started = time.perf_counter()
                 outcome = await run_one(session, outcomes, **kwargs)
                 report_ledger(outcome, reporter)

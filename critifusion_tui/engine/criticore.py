@@ -58,7 +58,7 @@ from critifusion_tui.engine.prompts import (
 )
 from critifusion_tui.engine.tokens import clip77_strict
 from critifusion_tui.engine.ledger import estimate_tokens
-from critifusion_tui.providers.base import ModelRef, ProviderError, current_meter, metered, system, user
+from critifusion_tui.providers.base import ChatResult, ModelRef, ProviderError, current_meter, metered, system, user
 from critifusion_tui.providers.rules import rules_components, rules_critique, rules_tags
 
 __all__ = [
@@ -109,6 +109,7 @@ class Answer:
     # or "free (json_schema refused)" when the server would not take it; None otherwise.
     output: str | None = None
     reading: Reading | None = field(default=None, repr=False, compare=False)
+    origin: str = "provider"  # where the answer came from: provider, cache or replay
 
     @property
     def ok(self) -> bool:
@@ -122,6 +123,8 @@ class Answer:
             record["notes"] = list(self.notes)
         if self.output:
             record["output"] = self.output
+        if self.origin != "provider":
+            record["from"] = self.origin
         return record
 
 
@@ -227,6 +230,8 @@ class Critic:
             record["notes"] = list(self.answer.notes)
         if self.answer.output:
             record["output"] = self.answer.output
+        if self.answer.origin != "provider":
+            record["from"] = self.answer.origin
         return record
 
 
@@ -360,15 +365,25 @@ class CritiCore:
         self.instructions = instructions or DEFAULT_INSTRUCTIONS
         # One entry per model call (engine/ledger.py); the pipeline keeps it in the manifest.
         self.ledger: list[dict[str, Any]] = []
+        # Where answers may come from instead of a request: a past run's (engine/replay.py),
+        # or the answer cache (engine/answer_cache.py). Neither is ever a provider.
+        self.replay = None
+        self.cache = None
+        self._fresh: set[tuple[str, str]] = set()  # (stage, slot) retried on purpose: not from the cache
 
     @classmethod
     def from_settings(cls, router, settings, emit: Emit = ignore) -> CritiCore:
         core = settings.criticore
-        return cls(
+        made = cls(
             router, candidates=core.candidates, aggregator=core.aggregator, vlms=core.vlms,
             preset=core.preset, emit=emit,
             instructions=Instructions.from_config(getattr(core, "instructions", None)),
         )
+        if getattr(core, "cache", "off") == "read-write":
+            from critifusion_tui.engine.answer_cache import AnswerCache
+
+            made.cache = AnswerCache()
+        return made
 
     @property
     def style(self) -> str:
@@ -418,10 +433,11 @@ class CritiCore:
         answer.seconds = time.perf_counter() - started
         if not _is_rules(model):
             self.ledger.append(_ledger_entry(stage, role, answer, meter))
+        answer.origin = getattr(meter, "source", "provider")
         self.emit(
             CandidateFinished(
                 stage, role=role, model=model, text=answer.text, error=answer.error,
-                seconds=answer.seconds, notes=tuple(answer.notes),
+                seconds=answer.seconds, notes=tuple(answer.notes), origin=answer.origin,
             )
         )
         return answer
@@ -443,6 +459,18 @@ class CritiCore:
         """
 
         async def ask():
+            if self.replay is not None:
+                # A replay never asks a provider: the recorded answer, or the recorded failure.
+                text, output = self.replay.answer(stage, role, model)
+                return self._served(stage, role, model, text, output, "replay")
+            key = None
+            if self.cache is not None:
+                from critifusion_tui.engine.answer_cache import cache_key
+
+                key = cache_key(model, messages, temperature=temperature, max_tokens=max_tokens, image=image, schema=schema)
+                hit = None if (stage, model) in self._fresh else self.cache.get(key)
+                if hit is not None:
+                    return self._served(stage, role, model, hit["text"], hit.get("output"), "cache")
             chat_model = self.router.model(model_of(model))
             extra = {"schema": schema} if schema is not None else {}
             result = await chat_model.chat(
@@ -461,11 +489,25 @@ class CritiCore:
                     meter.tokens_in = estimate_tokens(m.content for m in messages)
                 if meter.tokens_out is None:
                     meter.tokens_out = estimate_tokens([result.text])
+            if key is not None:
+                self.cache.put(key, model=model, text=result.text, output=getattr(result, "output", None))
             if schema is None:
                 return result.text
             return result
 
         return ask
+
+    def _served(self, stage: str, role: str, model: str, text: str, output: str | None, origin: str) -> ChatResult:
+        """An answer that came without a request (a replay or the cache): shown as one piece,
+        metered as free, and said so in its pane."""
+        meter = current_meter()
+        if meter is not None:
+            meter.source = origin
+            meter.tokens_in = meter.tokens_in or 0
+            meter.tokens_out = meter.tokens_out or 0
+        if text:
+            self.emit(CandidateDelta(stage, role=role, model=model, text=text))
+        return ChatResult(text, ModelRef.parse(model_of(model)), 0.0, output=output or "free")
 
     async def _gather(
         self, stage: str, role: str, models: Sequence[str], make_ask: Callable[[str], Ask],
@@ -481,7 +523,13 @@ class CritiCore:
         if unknown:
             raise ValueError(f"not a {role} of this stage: {', '.join(sorted(unknown))}")
         todo = [m for m in models if m in redo or m not in kept]
-        fresh = await asyncio.gather(*(self._call(stage, role, m, make_ask(m), read) for m in todo))
+        # A model retried on purpose is asked again, whatever the cache holds.
+        retried = {(stage, m) for m in redo} if only is not None else set()
+        self._fresh |= retried
+        try:
+            fresh = await asyncio.gather(*(self._call(stage, role, m, make_ask(m), read) for m in todo))
+        finally:
+            self._fresh -= retried
         by_model = {**kept, **dict(zip(todo, fresh))}
         return [by_model[m] for m in models]
 

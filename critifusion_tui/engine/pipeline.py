@@ -181,6 +181,29 @@ class Run:
         # The prompts a person may steer, with who wrote them; restored on resume.
         self.prompts: dict[str, dict[str, Any]] = store.manifest.setdefault("prompts", {})
 
+    def use_replay(self, replay) -> None:
+        """Answer every model call from a past run's recorded answers (engine/replay.py).
+
+        The roles become the recorded run's models (their answers are what there is); the
+        instructions and the ledger stay this run's. Nothing of the past run's settings is used.
+        """
+        from critifusion_tui.engine.criticore import model_of
+
+        old = self.criticore
+        roles = replay.roles
+        core = CritiCore(
+            self.session.router,
+            candidates=[model_of(m) for m in roles["candidates"]] or ["rules"],
+            aggregator=[model_of(m) for m in roles["aggregator"]] or ["rules"],
+            vlms=[model_of(m) for m in roles["vlms"]] or ["rules"],
+            preset=old.preset, emit=self._emit, instructions=old.instructions,
+        )
+        core.ledger = old.ledger
+        core.replay = replay
+        self.criticore = core
+        self.store.manifest["replay_of"] = replay.where
+        self.store.write_manifest()
+
     # ---------------------------------------------------------------- plumbing
 
     @property

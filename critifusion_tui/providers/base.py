@@ -309,6 +309,7 @@ class CallMeter:
     tokens_out: int | None = None
     sends: int = 0  # requests the backend itself made (a refused schema asks twice): not retries
     counted: bool = False  # the tokens were counted here, the server reported none
+    source: str = "provider"  # "cache" or "replay": the answer came without a request
 
     @property
     def retries(self) -> int:
