@@ -161,7 +161,8 @@ def test_a_failing_model_exits_1_with_the_reason(env, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([], "give exactly one of PROMPT, --prompts FILE or --resume DIR"),
+        ([], "give exactly one of PROMPT, --prompts FILE, --resume DIR or --replay DIR"),
+        (["--replay", "nowhere"], "is not a run folder"),
         (["a fox", "--prompts", "p.txt"], "give exactly one of"),
         (["--resume", "nowhere"], "is not a run folder"),
         (["a fox", "--seed", "-1"], "--seed must be 0 or more"),
