@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--summary", metavar="DIR",
         help="write DIR/batch-summary.json for a --prompts batch folder (done, failed, skipped, images/hour)",
     )
+    run.add_argument(
+        "--replay", metavar="DIR",
+        help="run again with the model answers recorded in a past run's folder (no provider is called)",
+    )
 
     ev = sub.add_parser(
         "eval", parents=[common], help="score run folders with PickScore, HPSv2, ImageReward, Aesthetic",
@@ -177,15 +181,18 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.summary:
-        if args.prompt or args.prompts or args.resume:
-            print("critifusion run: --summary DIR takes no PROMPT, --prompts or --resume", file=sys.stderr)
+        if args.prompt or args.prompts or args.resume or args.replay:
+            print("critifusion run: --summary DIR takes no PROMPT, --prompts, --resume or --replay", file=sys.stderr)
             return EXIT_USAGE
         from critifusion_tui.batch.summary import summary_command
 
         return summary_command(args.summary)
-    given = [name for name in ("prompt", "prompts", "resume") if getattr(args, name)]
+    given = [name for name in ("prompt", "prompts", "resume", "replay") if getattr(args, name)]
     if len(given) != 1:
-        print("critifusion run: give exactly one of PROMPT, --prompts FILE or --resume DIR", file=sys.stderr)
+        print(
+            "critifusion run: give exactly one of PROMPT, --prompts FILE, --resume DIR or --replay DIR",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if (args.limit is not None or args.category is not None) and not args.prompts:
         print("critifusion run: --limit and --category go with --prompts FILE", file=sys.stderr)

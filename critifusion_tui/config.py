@@ -26,10 +26,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
+from critifusion_tui.engine import instructions as _ins
 from critifusion_tui.presets import DEFAULT_NEGATIVE, PRESETS
 from critifusion_tui.providers.base import ModelRef, ModelRefError
 
@@ -113,6 +115,33 @@ class ProvidersConfig(Section):
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
 
 
+class _InstructionsBase(Section):
+    # "tags": SDXL comma-separated tag lists (the method's own); "prose": short sentences.
+    style: Literal["tags", "prose"] = "tags"
+
+
+def _check_inline_template(value: Any, info) -> Any:
+    # A file's placeholders are checked when it is read (load_config), with its own line.
+    if isinstance(value, str) and value.strip() and not _ins.is_template_path(value):
+        unknown = _ins.unknown_placeholders(info.field_name, value)
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder {{{unknown[0]}}} on line"
+                f" {_ins.line_of_placeholder(value, unknown[0])} of the template;"
+                f" placeholders it may use: {_ins.allowed_placeholders(info.field_name)}"
+            )
+    return value
+
+
+# One key per message template (engine/instructions.py), "" = the style's built-in text.
+InstructionsConfig = create_model(
+    "InstructionsConfig",
+    __base__=_InstructionsBase,
+    __validators__={"_placeholders": field_validator(*_ins.NAMES)(_check_inline_template)},
+    **{name: (str, "") for name in _ins.NAMES},
+)
+
+
 class CriticoreConfig(Section):
     preset: str = "hq_preference"
     candidates: list[ModelRefStr] = Field(
@@ -132,6 +161,10 @@ class CriticoreConfig(Section):
         default_factory=lambda: ["together:meta-llama/Llama-4-Maverick-17B-128E-Instruct-FP8"],
         min_length=1,
     )
+    # "read-write": keep every answer under the user cache directory, keyed by (model,
+    # messages, parameters), and take it from there when the same call comes again.
+    cache: Literal["off", "read-write"] = "off"
+    instructions: InstructionsConfig = Field(default_factory=InstructionsConfig)  # type: ignore[valid-type]
 
     @field_validator("preset")
     @classmethod
@@ -338,8 +371,45 @@ def load_config(
     _refuse_secrets(data, str(path), text)
     for item in overrides:
         apply_override(data, item)
-    settings = validate(data, str(path) if path else "built-in defaults", text, overrides)
+    where = str(path) if path else "built-in defaults"
+    settings = validate(data, where, text, overrides)
+    read_instruction_files(settings, path.parent if path else Path.cwd(), where, text, overrides)
     return LoadedConfig(settings, path, source, list(overrides))
+
+
+def read_instruction_files(
+    settings: Settings, base: Path, where: str, text: str = "", overrides: list[str] | tuple[str, ...] = ()
+) -> None:
+    """Replace each ``[criticore.instructions]`` value that names a file by the file's text.
+
+    A relative path is read from the config file's folder (from the current folder for a
+    ``--set``). A missing or empty file, or an unknown placeholder in it, is a ConfigError
+    naming the file, and for a placeholder the line inside it. Once read, the text is what the
+    settings (and so the manifest's config) hold: a resumed run needs no file.
+    """
+    section = settings.criticore.instructions
+    for name in _ins.NAMES:
+        value = getattr(section, name)
+        if not _ins.is_template_path(value):
+            continue
+        dotted = f"criticore.instructions.{name}"
+        origin = _origin(dotted, where, text, overrides)
+        path = Path(value.strip()).expanduser()
+        if not path.is_absolute():
+            path = (Path.cwd() if origin.startswith("--set") else base) / path
+        try:
+            template = _ins.read_template_file(path)
+        except _ins.InstructionError as exc:
+            raise ConfigError(f"{origin}: {dotted}: {exc}") from None
+        unknown = _ins.unknown_placeholders(name, template)
+        if unknown:
+            line = _ins.line_of_placeholder(template, unknown[0])
+            raise ConfigError(
+                f"{path}:{line}: unknown placeholder {{{unknown[0]}}} in instruction {name!r}"
+                f" (read for {dotted}, {origin}); placeholders it may use:"
+                f" {_ins.allowed_placeholders(name)}"
+            )
+        setattr(section, name, template)
 
 
 def parse_toml(text: str, where: str) -> dict[str, Any]:
@@ -418,7 +488,8 @@ def _describe(exc: ValidationError, where: str, text: str, overrides) -> str:
         message = err["msg"].removeprefix("Value error, ")
         item = f" item {index + 1}" if index is not None else ""
         got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        # A template's text is long and already placed by its line: not repeated.
+        shown = "" if isinstance(got, dict) or dotted.startswith("criticore.instructions.") else f" (got {got!r})"
         lines.append(f"{origin}: {dotted}{item}: {message}{shown}")
     return "\n".join(lines)
 

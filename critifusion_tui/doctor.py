@@ -95,7 +95,19 @@ def config_checks(config_path, overrides):
     where = f"{loaded.path} ({loaded.source})" if loaded.path else loaded.source
     checks = [Check("config", "ok", where)]
     checks += [Check("", "info", f"--set {item}") for item in loaded.overrides]
+    checks.append(instructions_check(loaded.settings))
     return checks, loaded.settings
+
+
+def instructions_check(settings) -> Check:
+    """The instructions' style and the templates the config overrides (files already read)."""
+    from critifusion_tui.engine.instructions import InstructionError, Instructions
+
+    try:
+        instructions = Instructions.from_config(settings.criticore.instructions)
+    except InstructionError as exc:
+        return Check("instructions", "fail", str(exc))
+    return Check("instructions", "info", instructions.describe())
 
 
 def role_checks(settings) -> list[Check]:

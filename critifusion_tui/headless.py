@@ -46,7 +46,8 @@ def describe(event: Event) -> str | None:
     if isinstance(event, CandidateFinished):
         if event.error:
             return f"{tag} {event.role} {event.model} failed: {event.error}"
-        return f"{tag} {event.role} {event.model} answered in {event.seconds:.1f} s"
+        where = {"cache": " from the cache", "replay": " (replayed)"}.get(event.origin, "")
+        return f"{tag} {event.role} {event.model} answered{where} in {event.seconds:.1f} s"
     if isinstance(event, Notice):
         return f"{tag} {event.level}: {event.message}"
     if isinstance(event, ModelLoaded):
@@ -148,12 +149,15 @@ class Outcome:
             "images": images,
             "seconds": {name: r.get("seconds") for name, r in stages.items() if isinstance(r, dict)},
             "tiny_random": self.manifest.get("tiny_random", False),
+            # Tokens, seconds, retries and 429s per model and role (engine/ledger.py).
+            "ledger": (self.manifest.get("ledger") or {}).get("summary"),
         }
 
 
 async def run_one(
     session, outcomes: list[Outcome], *, prompt=None, resume=None, out=None, seed=None, variants="full", emit,
     on_start=None,
+    replay=None,
 ) -> Outcome:
     """One run to its end; failures become an Outcome, cancellation propagates.
 
@@ -175,6 +179,9 @@ async def run_one(
         return outcome
     outcome.folder = run.folder
     emit(Notice("", "info", f"run folder {run.folder}"))
+    if replay is not None:
+        run.use_replay(replay)
+        emit(Notice("", "info", f"replaying the model answers recorded in {replay.where}: no provider is called"))
     try:
         if on_start is not None:
             on_start(run)
@@ -188,6 +195,16 @@ async def run_one(
     finally:
         outcome.manifest = run.store.manifest  # whatever happened, the run folder says it
     return outcome
+
+
+def report_ledger(outcome: Outcome, reporter) -> None:
+    """The run's ledger summary, one line per model and role (the manifest has every call)."""
+    from critifusion_tui.engine.ledger import summary_lines
+
+    summary = (outcome.manifest.get("ledger") or {}).get("summary")
+    if summary is not None:
+        for line in summary_lines(summary):
+            reporter(Notice("", "info", f"ledger: {line}"))
 
 
 def batch_folder(parent: Path, index: int, prompt: str) -> Path:
@@ -236,6 +253,19 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
         return run_batch(args, settings)
     if args.resume:
         jobs = [{"resume": Path(args.resume)}]
+    elif args.replay:
+        from critifusion_tui.engine.replay import Replay
+
+        # Only the prompt, seed, variants and answers are read: never the folder's settings.
+        try:
+            replay = Replay(RunStore.open(Path(args.replay)).manifest, where=str(args.replay))
+        except StoreError as exc:
+            print(f"critifusion: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if not replay.prompt.strip():
+            print(f"critifusion: {args.replay}: the manifest holds no prompt to replay", file=sys.stderr)
+            return EXIT_USAGE
+        jobs = [{"prompt": replay.prompt, "folder": Path(args.out) if args.out else None, "replay": replay}]
     else:
         jobs = [{"prompt": args.prompt, "folder": Path(args.out) if args.out else None}]
 
@@ -264,8 +294,15 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
                     kwargs["resume"] = folder
                 else:
                     kwargs.update(prompt=job["prompt"], out=folder)
+                    if "replay" in job:
+                        replay = job["replay"]
+                        kwargs["replay"] = replay
+                        kwargs["variants"] = replay.variants
+                        if args.seed is None and isinstance(replay.seed, int):
+                            kwargs["seed"] = replay.seed
                 started = time.perf_counter()
                 outcome = await run_one(session, outcomes, **kwargs)
+                report_ledger(outcome, reporter)
                 if outcome.error:
                     reporter(Notice("", "error", outcome.error))
                 else:

@@ -16,7 +16,10 @@ Endpoints: ``POST /v1/chat/completions`` (JSON, or SSE with ``data: ...`` lines 
 ``data: [DONE]`` when the body asks ``stream``), ``GET /v1/models``, ``GET /v2/supported-models``,
 ``POST /api/chat`` (JSON or NDJSON), ``GET /api/tags``, ``POST /api/show``, and under
 ``/openai/v1`` an OpenAI-compatible server (``chat/completions`` as above, ``models`` as
-OpenAI's ``{"object": "list", "data": [...]}``). With ``refuse_schema`` set, a chat that asks
+OpenAI's ``{"object": "list", "data": [...]}``). Answers carry token usage as each service
+reports it: ``usage`` in a completion, in Together's last stream chunk, in an extra last chunk
+on the OpenAI path when the request asks ``stream_options.include_usage``, and Ollama's
+``prompt_eval_count``/``eval_count`` in its last part. With ``refuse_schema`` set, a chat that asks
 for constrained output (``response_format`` json_schema, Ollama's ``format``) gets HTTP 400,
 as servers without that feature answer. It binds
 127.0.0.1 on a free port and runs each connection in its own thread, so concurrent calls
@@ -53,6 +56,16 @@ class Script:
     hang: bool = False  # never answer (until the client gives up or the server stops)
     garbage: str | None = None  # 200 with this body (or SSE event / NDJSON line) instead of JSON
     times: int | None = None  # used for this many requests, then the next script; None: always
+    # (prompt tokens, completion tokens) the answer reports as its usage; None: 7 and the
+    # answer's word count. ``usage=False``: no usage at all (a server that reports none).
+    usage: tuple[int, int] | bool | None = None
+
+    def tokens(self, text: str) -> tuple[int, int] | None:
+        if self.usage is False:
+            return None
+        if isinstance(self.usage, tuple):
+            return self.usage
+        return 7, max(1, len(text.split()))
 
     def pieces(self, text: str) -> list[str]:
         if self.chunks is not None:
@@ -89,6 +102,8 @@ class LoopbackServer:
         self.supported_models = True
         # True: a chat asking for constrained output is refused with 400 (an older server).
         self.refuse_schema = False
+        # True: an OpenAI-path chat that asks ``stream_options`` gets 400 (servers without it).
+        self.refuse_stream_options = False
         self._scripts: dict[str, deque[Script]] = defaultdict(deque)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -272,11 +287,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._fault(script, together=True)
             return
         text = script.text if script.text is not None else f"reply from {model}"
+        tokens = script.tokens(text)
+        openai_path = self.path.startswith("/openai/")
+        if openai_path and self.loopback.refuse_stream_options and "stream_options" in body:
+            self._json(400, {"error": {"message": "stream_options is not supported", "type": "invalid_request_error"}})
+            return
         if not body.get("stream"):
             if script.garbage is not None:
                 self._raw(200, script.garbage.encode(), "application/json")
                 return
-            self._json(200, _completion(model, text))
+            self._json(200, _completion(model, text, tokens))
             return
         self._start_chunked("text/event-stream")
         for index, piece in enumerate(script.pieces(text)):
@@ -285,7 +305,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(f"data: {json.dumps(_completion_chunk(model, piece))}\n\n")
         if script.garbage is not None:
             self._chunk(f"data: {script.garbage}\n\n")
-        self._chunk(f"data: {json.dumps(_completion_chunk(model, '', finish='stop'))}\n\n")
+        last = _completion_chunk(model, '', finish='stop')
+        if not openai_path and tokens:  # Together puts the usage on the last chunk
+            last["usage"] = _usage(tokens)
+        self._chunk(f"data: {json.dumps(last)}\n\n")
+        if openai_path and tokens and (body.get("stream_options") or {}).get("include_usage"):
+            # OpenAI's way: one more chunk with no choices, only the usage.
+            self._chunk(f"data: {json.dumps({**_completion_chunk(model, ''), 'choices': [], 'usage': _usage(tokens)})}\n\n")
         self._chunk("data: [DONE]\n\n")
         self._end_chunked()
 
@@ -321,11 +347,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._fault(script, together=False)
             return
         text = script.text if script.text is not None else f"reply from {model}"
+        tokens = script.tokens(text)
         if body.get("stream") is False:
             if script.garbage is not None:
                 self._raw(200, script.garbage.encode(), "application/json")
                 return
-            self._json(200, _ollama_part(model, text, done=True))
+            self._json(200, _ollama_part(model, text, done=True, tokens=tokens))
             return
         # Ollama streams unless the body says ``"stream": false``.
         self._start_chunked("application/x-ndjson")
@@ -335,7 +362,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(json.dumps(_ollama_part(model, piece, done=False)) + "\n")
         if script.garbage is not None:
             self._chunk(script.garbage + "\n")
-        self._chunk(json.dumps(_ollama_part(model, "", done=True)) + "\n")
+        self._chunk(json.dumps(_ollama_part(model, "", done=True, tokens=tokens)) + "\n")
         self._end_chunked()
 
     def _ollama_tags(self, body: dict) -> None:
@@ -435,7 +462,11 @@ _DEFAULT_ERRORS = {
 }
 
 
-def _completion(model: str, text: str) -> dict:
+def _usage(tokens: tuple[int, int]) -> dict:
+    return {"prompt_tokens": tokens[0], "completion_tokens": tokens[1], "total_tokens": sum(tokens)}
+
+
+def _completion(model: str, text: str, tokens: tuple[int, int] | None = (1, 1)) -> dict:
     return {
         "id": "cmpl-loopback",
         "object": "chat.completion",
@@ -444,7 +475,7 @@ def _completion(model: str, text: str) -> dict:
         "choices": [
             {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
         ],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        **({"usage": _usage(tokens)} if tokens else {}),
     }
 
 
@@ -460,7 +491,7 @@ def _completion_chunk(model: str, piece: str, finish: str | None = None) -> dict
     }
 
 
-def _ollama_part(model: str, piece: str, *, done: bool) -> dict:
+def _ollama_part(model: str, piece: str, *, done: bool, tokens: tuple[int, int] | None = None) -> dict:
     part: dict[str, Any] = {
         "model": model,
         "created_at": "2025-01-01T00:00:00Z",
@@ -469,6 +500,8 @@ def _ollama_part(model: str, piece: str, *, done: bool) -> dict:
     }
     if done:
         part["done_reason"] = "stop"
+        if tokens:
+            part["prompt_eval_count"], part["eval_count"] = tokens
     return part
 
 

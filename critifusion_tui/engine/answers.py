@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from critifusion_tui.engine.prompts import split_tags, strip_emphasis
+from critifusion_tui.engine.prompts import prose_lines, split_sentences, split_tags, strip_emphasis
 
 # Stage 1 asks for 16 to 26 tags; stage 2 for 3 to 6 components (SPEC 1, 2).
 TAGS_RANGE = (16, 26)
@@ -207,6 +207,42 @@ def read_tags(
     if count:
         notes.append(count)
     return Reading(tuple(tags), notes=tuple(notes))
+
+
+# --- stage 1 in the prose style: a short description ---------------------------------------
+
+# The prose style asks for two or three sentences of at most 60 words.
+PROSE_MAX_WORDS = 60
+
+
+def read_prose(text: str, guard: EchoGuard = NO_GUARD, *, prompt: str = "", max_words: int = PROSE_MAX_WORDS) -> Reading:
+    """A prose answer (the "prose" instructions style): one short description in sentences.
+
+    Sentences are the answer here, not a flaw: labels on every line, list markers, emphasis,
+    enclosing quotes and code in a programming language are removed, and placeholder
+    sentences dropped (noted). A sentence that repeats our instructions makes the answer
+    unusable, as in the tag style. A tag list is accepted too (a model may still answer in
+    tags). ``items`` are the sentences, ``refined`` the description they make.
+    """
+    sentences = split_sentences(" ".join(prose_lines(_without_code(text))))
+    kept: list[str] = []
+    placeholders = 0
+    for sentence in sentences:
+        echo = guard.echo_in(sentence)
+        if echo:
+            return Reading(tuple(sentences), problem=_echo_problem(echo))
+        if is_placeholder(sentence.rstrip(".!?。")):
+            placeholders += 1
+        else:
+            kept.append(sentence)
+    notes = [f"{_plural(placeholders, 'placeholder')} dropped"] if placeholders else []
+    if not kept:
+        return Reading(problem="it holds no description", notes=tuple(notes))
+    description = " ".join(kept)
+    words = word_count(description)
+    if words > max_words:
+        notes.append(f"{words} words (asked for at most {max_words})")
+    return Reading(tuple(kept), refined=description, notes=tuple(notes))
 
 
 # --- stage 2: a components object -------------------------------------------------------------

@@ -35,6 +35,7 @@ from critifusion_tui.engine.answers import (
     issue_lines,
     read_components,
     read_critique,
+    read_prose,
     read_tags,
 )
 from critifusion_tui.engine.events import (
@@ -51,11 +52,13 @@ from critifusion_tui.engine.prompts import (
     dedup_keep_order,
     negative_tags,
     positive_prompt,
+    prose_prompt,
     refinement_prompt,
     seed_tags,
 )
 from critifusion_tui.engine.tokens import clip77_strict
-from critifusion_tui.providers.base import ModelRef, ProviderError, system, user
+from critifusion_tui.engine.ledger import estimate_tokens
+from critifusion_tui.providers.base import ChatResult, ModelRef, ProviderError, current_meter, metered, system, user
 from critifusion_tui.providers.rules import rules_components, rules_critique, rules_tags
 
 __all__ = [
@@ -106,6 +109,7 @@ class Answer:
     # or "free (json_schema refused)" when the server would not take it; None otherwise.
     output: str | None = None
     reading: Reading | None = field(default=None, repr=False, compare=False)
+    origin: str = "provider"  # where the answer came from: provider, cache or replay
 
     @property
     def ok(self) -> bool:
@@ -119,6 +123,8 @@ class Answer:
             record["notes"] = list(self.notes)
         if self.output:
             record["output"] = self.output
+        if self.origin != "provider":
+            record["from"] = self.origin
         return record
 
 
@@ -135,6 +141,8 @@ class TagsResult:
     negative: str
     source: str  # aggregator, candidates (no aggregator answered or nothing to merge) or fallback
     seconds: float = 0.0
+    style: str = "tags"  # the instructions' style: "tags" lists or "prose" sentences
+    instructions: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def aggregated_by(self) -> str | None:
@@ -149,6 +157,8 @@ class TagsResult:
             raise ValueError(f"{model} is not a candidate of this result")
         if not answer.ok:
             raise ValueError(f"{model} has no answer to take: {answer.error}")
+        if self.style == "prose":
+            return prose_prompt(_tags_text(answer), self.prompt)
         return positive_prompt(_tags_text(answer), self.prompt, self.preset)
 
     def record(self) -> dict[str, Any]:
@@ -160,6 +170,8 @@ class TagsResult:
             "positive": self.positive,
             "negative": self.negative,
             "source": self.source,
+            "style": self.style,
+            "instructions": self.instructions,
             "seconds": round(self.seconds, 3),
         }
 
@@ -174,6 +186,7 @@ class ComponentsResult:
     components: list[str]
     source: str  # aggregator, candidates (no aggregator answer, or nothing to merge) or fallback
     seconds: float = 0.0
+    instructions: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def aggregated_by(self) -> str | None:
@@ -187,6 +200,7 @@ class ComponentsResult:
             "aggregated_by": self.aggregated_by,
             "components": list(self.components),
             "source": self.source,
+            "instructions": self.instructions,
             "seconds": round(self.seconds, 3),
         }
 
@@ -216,6 +230,8 @@ class Critic:
             record["notes"] = list(self.answer.notes)
         if self.answer.output:
             record["output"] = self.answer.output
+        if self.answer.origin != "provider":
+            record["from"] = self.answer.origin
         return record
 
 
@@ -232,6 +248,7 @@ class CritiqueResult:
     alignment: float | None
     source: str  # aggregator, critic (no aggregator answered, or one critic) or none (no critic)
     seconds: float = 0.0
+    instructions: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def aggregated_by(self) -> str | None:
@@ -248,6 +265,7 @@ class CritiqueResult:
             "issues": list(self.issues),
             "refined": self.refined,
             "source": self.source,
+            "instructions": self.instructions,
             "seconds": round(self.seconds, 3),
         }
         if self.alignment is not None:
@@ -347,14 +365,32 @@ class CritiCore:
         self.preset = preset
         self.emit = emit
         self.instructions = instructions or DEFAULT_INSTRUCTIONS
+        # One entry per model call (engine/ledger.py); the pipeline keeps it in the manifest.
+        self.ledger: list[dict[str, Any]] = []
+        # Where answers may come from instead of a request: a past run's (engine/replay.py),
+        # or the answer cache (engine/answer_cache.py). Neither is ever a provider.
+        self.replay = None
+        self.cache = None
+        self._fresh: set[tuple[str, str]] = set()  # (stage, slot) retried on purpose: not from the cache
 
     @classmethod
     def from_settings(cls, router, settings, emit: Emit = ignore) -> CritiCore:
         core = settings.criticore
-        return cls(
+        made = cls(
             router, candidates=core.candidates, aggregator=core.aggregator, vlms=core.vlms,
             preset=core.preset, emit=emit,
+            instructions=Instructions.from_config(getattr(core, "instructions", None)),
         )
+        if getattr(core, "cache", "off") == "read-write":
+            from critifusion_tui.engine.answer_cache import AnswerCache
+
+            made.cache = AnswerCache()
+        return made
+
+    @property
+    def style(self) -> str:
+        """The instructions' style: "tags" (SDXL tag lists) or "prose" (sentences)."""
+        return self.instructions.preset
 
     def _guard(self, names: Sequence[str], *data: str) -> EchoGuard:
         """An echo guard for a call that sent the templates `names` filled with `data`."""
@@ -374,32 +410,36 @@ class CritiCore:
         started = time.perf_counter()
         reading: Reading | None = None
         output: str | None = None
-        try:
-            result = await ask()
-            text = result if isinstance(result, str) else result.text
-            output = getattr(result, "output", None)
-            reading = read(text) if read is not None else None
-        except ProviderError as exc:
-            answer = Answer(model, role, error=str(exc), error_code=exc.code)
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # a bug or an unexpected client error: visible, not fatal
-            answer = Answer(model, role, error=f"{type(exc).__name__}: {exc}", error_code="unexpected")
-        else:
-            notes = list(reading.notes) if reading is not None and not _is_rules(model) else []
-            if reading is not None and reading.problem:
-                answer = Answer(
-                    model, role, text=text, error=f"{model}: unusable answer: {reading.problem}",
-                    error_code="unusable_answer", notes=notes,
-                )
+        with metered() as meter:  # counts the call's requests, retries, 429s and tokens
+            try:
+                result = await ask()
+                text = result if isinstance(result, str) else result.text
+                output = getattr(result, "output", None)
+                reading = read(text) if read is not None else None
+            except ProviderError as exc:
+                answer = Answer(model, role, error=str(exc), error_code=exc.code)
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # a bug or an unexpected client error: visible, not fatal
+                answer = Answer(model, role, error=f"{type(exc).__name__}: {exc}", error_code="unexpected")
             else:
-                answer = Answer(model, role, text=text, notes=notes, reading=reading)
-            answer.output = output
+                notes = list(reading.notes) if reading is not None and not _is_rules(model) else []
+                if reading is not None and reading.problem:
+                    answer = Answer(
+                        model, role, text=text, error=f"{model}: unusable answer: {reading.problem}",
+                        error_code="unusable_answer", notes=notes,
+                    )
+                else:
+                    answer = Answer(model, role, text=text, notes=notes, reading=reading)
+                answer.output = output
         answer.seconds = time.perf_counter() - started
+        if not _is_rules(model):
+            self.ledger.append(_ledger_entry(stage, role, answer, meter))
+        answer.origin = getattr(meter, "source", "provider")
         self.emit(
             CandidateFinished(
                 stage, role=role, model=model, text=answer.text, error=answer.error,
-                seconds=answer.seconds, notes=tuple(answer.notes),
+                seconds=answer.seconds, notes=tuple(answer.notes), origin=answer.origin,
             )
         )
         return answer
@@ -421,6 +461,18 @@ class CritiCore:
         """
 
         async def ask():
+            if self.replay is not None:
+                # A replay never asks a provider: the recorded answer, or the recorded failure.
+                text, output = self.replay.answer(stage, role, model)
+                return self._served(stage, role, model, text, output, "replay")
+            key = None
+            if self.cache is not None:
+                from critifusion_tui.engine.answer_cache import cache_key
+
+                key = cache_key(model, messages, temperature=temperature, max_tokens=max_tokens, image=image, schema=schema)
+                hit = None if (stage, model) in self._fresh else self.cache.get(key)
+                if hit is not None:
+                    return self._served(stage, role, model, hit["text"], hit.get("output"), "cache")
             chat_model = self.router.model(model_of(model))
             extra = {"schema": schema} if schema is not None else {}
             result = await chat_model.chat(
@@ -431,11 +483,33 @@ class CritiCore:
                 on_delta=lambda piece: self.emit(CandidateDelta(stage, role=role, model=model, text=piece)),
                 **extra,
             )
+            meter = current_meter()
+            if meter is not None and (meter.tokens_in is None or meter.tokens_out is None):
+                # The server reported no usage: count the text (images are not counted).
+                meter.counted = True
+                if meter.tokens_in is None:
+                    meter.tokens_in = estimate_tokens(m.content for m in messages)
+                if meter.tokens_out is None:
+                    meter.tokens_out = estimate_tokens([result.text])
+            if key is not None:
+                self.cache.put(key, model=model, text=result.text, output=getattr(result, "output", None))
             if schema is None:
                 return result.text
             return result
 
         return ask
+
+    def _served(self, stage: str, role: str, model: str, text: str, output: str | None, origin: str) -> ChatResult:
+        """An answer that came without a request (a replay or the cache): shown as one piece,
+        metered as free, and said so in its pane."""
+        meter = current_meter()
+        if meter is not None:
+            meter.source = origin
+            meter.tokens_in = meter.tokens_in or 0
+            meter.tokens_out = meter.tokens_out or 0
+        if text:
+            self.emit(CandidateDelta(stage, role=role, model=model, text=text))
+        return ChatResult(text, ModelRef.parse(model_of(model)), 0.0, output=output or "free")
 
     async def _gather(
         self, stage: str, role: str, models: Sequence[str], make_ask: Callable[[str], Ask],
@@ -451,7 +525,13 @@ class CritiCore:
         if unknown:
             raise ValueError(f"not a {role} of this stage: {', '.join(sorted(unknown))}")
         todo = [m for m in models if m in redo or m not in kept]
-        fresh = await asyncio.gather(*(self._call(stage, role, m, make_ask(m), read) for m in todo))
+        # A model retried on purpose is asked again, whatever the cache holds.
+        retried = {(stage, m) for m in redo} if only is not None else set()
+        self._fresh |= retried
+        try:
+            fresh = await asyncio.gather(*(self._call(stage, role, m, make_ask(m), read) for m in todo))
+        finally:
+            self._fresh -= retried
         by_model = {**kept, **dict(zip(todo, fresh))}
         return [by_model[m] for m in models]
 
@@ -485,14 +565,18 @@ class CritiCore:
         ins = self.instructions
         messages = [system(ins.text("tags_system")), user(ins.render("tags_user", prompt=prompt, seed_tags=seeds))]
         guard = self._guard(("tags_system", "tags_user"), prompt, seeds)
+        used = ["tags_system", "tags_user"]
 
         def make_ask(model: str) -> Ask:
             if _is_rules(model):
                 return self._offline("tags", "candidate", rules_tags(prompt, self.preset))
             return self._chat("tags", "candidate", model, messages, temperature=TAGS_TEMPERATURE, max_tokens=TAGS_MAX_TOKENS)
 
+        prose = self.style == "prose"
+
         def read(text: str) -> Reading:
-            return read_tags(text, guard, prompt=prompt)
+            # The reading follows the style asked for: sentences are the answer in prose.
+            return read_prose(text, guard, prompt=prompt) if prose else read_tags(text, guard, prompt=prompt)
 
         answers = await self._gather("tags", "candidate", self.candidates, make_ask, previous and previous.candidates, only, read)
         self._report_failures("tags", answers, "candidate")
@@ -518,21 +602,28 @@ class CritiCore:
 
                 def make_agg(model: str) -> Ask:
                     if _is_rules(model):
-                        return self._offline("tags", "aggregator", ", ".join(texts))
+                        return self._offline("tags", "aggregator", (" " if prose else ", ").join(texts))
                     return self._chat("tags", "aggregator", model, agg_messages, temperature=TAGS_AGG_TEMPERATURE, max_tokens=TAGS_AGG_MAX_TOKENS)
 
-                attempts = await self._aggregate("tags", make_agg, lambda text: read_tags(text, agg_guard, prompt=prompt))
+                def read_agg(text: str) -> Reading:
+                    if prose:
+                        return read_prose(text, agg_guard, prompt=prompt)
+                    return read_tags(text, agg_guard, prompt=prompt)
+
+                attempts = await self._aggregate("tags", make_agg, read_agg)
+                used += ["tags_agg_system", "tags_agg_user"]
                 if attempts and attempts[-1].ok:
                     aggregated, source = _tags_text(attempts[-1]), "aggregator"
                 else:
                     # No aggregator answered: the candidates' own lists, in order, stand in for it.
                     self.emit(Notice("tags", "warning", "no aggregator answered: merging the candidates' lists in order"))
-                    aggregated, source = ", ".join(texts), "candidates"
-            positive = positive_prompt(aggregated, prompt, self.preset)
+                    aggregated, source = (texts[0] if prose else ", ".join(texts)), "candidates"
+            positive = prose_prompt(aggregated, prompt) if prose else positive_prompt(aggregated, prompt, self.preset)
         return TagsResult(
             prompt=prompt, preset=self.preset, candidates=answers, aggregator=attempts,
             aggregated=aggregated, positive=positive, negative=negative_tags(self.preset),
-            source=source, seconds=time.perf_counter() - started,
+            source=source, seconds=time.perf_counter() - started, style=self.style,
+            instructions=self.instructions.record(used),
         )
 
     # ---------------------------------------------------------------- stage 2: components
@@ -544,6 +635,7 @@ class CritiCore:
         ins = self.instructions
         messages = [system(ins.text("components_system")), user(ins.render("components_user", prompt=prompt))]
         guard = self._guard(("components_system", "components_user"), prompt)
+        used = ["components_system", "components_user"]
 
         def make_ask(model: str) -> Ask:
             if _is_rules(model):
@@ -585,6 +677,7 @@ class CritiCore:
                 )
 
             attempts = await self._aggregate("components", make_agg, lambda text: read_components(text, agg_guard))
+            used += ["components_agg_system", "components_agg_user"]
             if attempts and attempts[-1].ok:
                 components, source = _items(attempts[-1]), "aggregator"
             else:
@@ -595,7 +688,7 @@ class CritiCore:
             components, source = rules_components(prompt)[:MAX_COMPONENTS], "fallback"
         return ComponentsResult(
             prompt=prompt, candidates=answers, aggregator=attempts, components=components,
-            source=source, seconds=time.perf_counter() - started,
+            source=source, seconds=time.perf_counter() - started, instructions=self.instructions.record(used),
         )
 
     async def tags_and_components(self, prompt: str) -> tuple[TagsResult, ComponentsResult]:
@@ -625,6 +718,7 @@ class CritiCore:
             question += ins.text("critic_alignment")
         messages = [system(ins.text("critic_system")), user(question)]
         guard = self._guard(("critic_system", "critic_user", "critic_alignment"), image_prompt, components_json)
+        used = ["critic_system", "critic_user"] + (["critic_alignment"] if ask_alignment else [])
 
         def make_ask(model: str) -> Ask:
             if _is_rules(model):
@@ -652,7 +746,7 @@ class CritiCore:
             self.emit(Notice("critique", "warning", "no vision model answered usably: the refinement keeps the prompt"))
             return CritiqueResult(
                 image_prompt, components, critics, attempts, [], clip77_strict(image_prompt), None,
-                "none", time.perf_counter() - started,
+                "none", time.perf_counter() - started, self.instructions.record(used),
             )
         # A critic that saw nothing (the offline rules critic: the prompt back, no issues) has
         # nothing to merge; with one critic left that said something, its report stands.
@@ -662,7 +756,7 @@ class CritiCore:
             self._nothing_to_merge("critique", only_one.answer)
             return CritiqueResult(
                 image_prompt, components, critics, attempts, list(only_one.issues), only_one.refined,
-                alignment, "critic", time.perf_counter() - started,
+                alignment, "critic", time.perf_counter() - started, self.instructions.record(used),
             )
         issues_block = "\n".join(f"[{c.answer.model}] {line}" for c in telling for line in c.issues)
         refined_block = "\n".join(f"[{c.answer.model}] {c.refined}" for c in telling)
@@ -686,6 +780,7 @@ class CritiCore:
         attempts = await self._aggregate(
             "critique", make_agg, lambda text: read_critique(text, agg_guard, need_refined=True)
         )
+        used += ["critic_agg_system", "critic_agg_user"]
         won = attempts[-1] if attempts and attempts[-1].ok and attempts[-1].reading else None
         if won is not None:
             issues, refined, source = list(won.reading.items), clip77_strict(won.reading.refined), "aggregator"
@@ -694,13 +789,16 @@ class CritiCore:
             issues, refined, source = telling[0].issues, telling[0].refined, "critic"
         return CritiqueResult(
             image_prompt, components, critics, attempts, issues, refined, alignment, source,
-            time.perf_counter() - started,
+            time.perf_counter() - started, self.instructions.record(used),
         )
 
     # ---------------------------------------------------------------- stage 5: merge
 
     @staticmethod
-    def refinement_prompt(critique: CritiqueResult | str, tags: TagsResult | str, user_prompt: str | None = None) -> str:
+    def refinement_prompt(
+        critique: CritiqueResult | str, tags: TagsResult | str, user_prompt: str | None = None, *,
+        style: str | None = None,
+    ) -> str:
         """SPEC 5: the critic's refined prompt merged with the stage-1 tags.
 
         The user's own prompt is never cut from it (``prompts.refinement_prompt``): it is
@@ -711,6 +809,12 @@ class CritiCore:
         positive = tags.positive if isinstance(tags, TagsResult) else tags
         if user_prompt is None:
             user_prompt = tags.prompt if isinstance(tags, TagsResult) else ""
+        if style is None:
+            style = tags.style if isinstance(tags, TagsResult) else "tags"
+        if style == "prose":
+            # Sentences are not merged tag by tag: the critic's refined prompt (the stage-1
+            # prompt when it has none) with the user's prompt and the quality floor kept.
+            return prose_prompt(refined or positive, user_prompt)
         return refinement_prompt(refined, positive, user_prompt)
 
 
@@ -746,6 +850,24 @@ def _ref(text: str) -> str:
     return str(ModelRef.parse(text[: match.start()] if match else text)) + suffix
 
 
+def _ledger_entry(stage: str, role: str, answer: Answer, meter) -> dict[str, Any]:
+    """The ledger's record of one call: no text, no URL, no key."""
+    return {
+        "stage": stage,
+        "role": role,
+        "model": answer.model,
+        "tokens_in": meter.tokens_in or 0,
+        "tokens_out": meter.tokens_out or 0,
+        "usage": "counted" if meter.counted else ("reported" if meter.tokens_in is not None else "none"),
+        "seconds": round(answer.seconds, 3),
+        "attempts": meter.attempts,
+        "retries": meter.retries,
+        "throttled": meter.throttled,
+        "error": answer.error_code,
+        "source": getattr(meter, "source", "provider"),
+    }
+
+
 def _winner(attempts: Sequence[Answer]) -> str | None:
     """The aggregator that won: the last attempt, when it answered usably."""
     return attempts[-1].model if attempts and attempts[-1].ok else None
@@ -756,8 +878,11 @@ def _items(answer: Answer) -> list[str]:
 
 
 def _tags_text(answer: Answer) -> str:
-    """A usable tag answer as the checked tags, comma-separated (the raw text if unread)."""
-    return ", ".join(answer.reading.items) if answer.reading is not None else answer.text
+    """A usable stage-1 answer as checked: the tags comma-separated, or a prose answer's
+    sentences (the raw text if unread)."""
+    if answer.reading is None:
+        return answer.text
+    return answer.reading.refined or ", ".join(answer.reading.items)
 
 
 def _union(lists: Iterable[Sequence[str]]) -> list[str]:

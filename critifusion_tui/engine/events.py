@@ -72,6 +72,8 @@ class CandidateFinished(Event):
     # What the answer check dropped or flagged ("3 sentences dropped", "12 tags (asked for 16
     # to 26)"): the answer is used, and the pane says what was off about it.
     notes: tuple[str, ...] = ()
+    # "provider" (asked now), "cache" (the answer cache, no request) or "replay" (a past run's).
+    origin: str = "provider"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -163,7 +164,9 @@ Turn the user's idea into ONE short descriptive prompt of two or three sentences
 words): the subject first, then composition, lighting, colour and detail, then at most two
 style words. No lists, no labels, no quotation marks around the prompt.
 Reply with the prompt and nothing else.""",
-    "tags_user": "Idea: {prompt}\nUseful qualities: {seed_tags}\nReply: one short prompt.",
+    "tags_user": (
+        "Idea: {prompt}\nUseful qualities: {seed_tags}\nReply: one short descriptive prompt in plain sentences."
+    ),
     "tags_agg_system": """You merge several image prompts written for the same idea into ONE
 short descriptive prompt of two or three sentences (at most 60 words): the subject first,
 then composition, lighting, colour and detail, then at most two style words.
@@ -177,6 +180,47 @@ PRESETS: Mapping[str, Mapping[str, str]] = MappingProxyType(
 
 class InstructionError(ValueError):
     """A template override that cannot be used (unknown name or placeholder)."""
+
+
+# A value of ``[criticore.instructions]`` that is one line ending in one of these is the path
+# of a file holding the template, not the template itself.
+TEMPLATE_FILE_SUFFIXES = (".txt", ".md")
+
+
+def is_template_path(value: str) -> bool:
+    """Whether a configured template value names a file (``tags_system = "tags.txt"``)."""
+    value = value.strip()
+    return bool(value) and "\n" not in value and value.lower().endswith(TEMPLATE_FILE_SUFFIXES)
+
+
+def read_template_file(path: Path) -> str:
+    """A template file's text; InstructionError when it cannot be read or is empty."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InstructionError(f"no such template file {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InstructionError(f"cannot read template file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not text.strip():
+        raise InstructionError(f"template file {path} is empty")
+    return text.strip("\n")
+
+
+def unknown_placeholders(name: str, text: str) -> list[str]:
+    """The placeholders of ``text`` that the template ``name`` may not use."""
+    allowed = DEFAULTS[name].placeholders
+    return [p for p in placeholders_in(text) if p not in allowed]
+
+
+def allowed_placeholders(name: str) -> str:
+    """The placeholders ``name`` may use, as a person reads them ("{prompt}, {seed_tags}")."""
+    return ", ".join("{" + p + "}" for p in DEFAULTS[name].placeholders) or "none"
+
+
+def line_of_placeholder(text: str, placeholder: str) -> int:
+    """The 1-based line of ``text`` where ``{placeholder}`` first appears."""
+    index = text.find("{" + placeholder + "}")
+    return text.count("\n", 0, max(index, 0)) + 1
 
 
 def placeholders_in(text: str) -> list[str]:
@@ -198,13 +242,11 @@ def check_template(name: str, text: str) -> None:
     """Raise InstructionError for an unknown template name or an unknown placeholder."""
     if name not in DEFAULTS:
         raise InstructionError(f"unknown instruction {name!r}; known: {', '.join(NAMES)}")
-    allowed = DEFAULTS[name].placeholders
-    unknown = [p for p in placeholders_in(text) if p not in allowed]
+    unknown = unknown_placeholders(name, text)
     if unknown:
-        listed = ", ".join("{" + p + "}" for p in allowed) or "none"
         raise InstructionError(
             f"unknown placeholder {{{unknown[0]}}} in instruction {name!r};"
-            f" placeholders it may use: {listed}"
+            f" placeholders it may use: {allowed_placeholders(name)}"
         )
 
 
@@ -250,6 +292,29 @@ class Instructions:
                 entry["text"] = text
             out[name] = entry
         return out
+
+
+    @classmethod
+    def from_config(cls, config, base: Path | None = None) -> Instructions:
+        """The templates a ``[criticore.instructions]`` section asks for: its ``style`` and each
+        non-empty template value (text, or the path of a file, relative to ``base``)."""
+        if config is None:
+            return cls()
+        overrides: dict[str, str] = {}
+        for name in NAMES:
+            value = getattr(config, name, "") or ""
+            if not value.strip():
+                continue
+            if is_template_path(value):
+                path = Path(value.strip()).expanduser()
+                value = read_template_file(path if path.is_absolute() else (base or Path.cwd()) / path)
+            overrides[name] = value
+        return cls(overrides, preset=getattr(config, "style", "tags"))
+
+    def describe(self) -> str:
+        """One line for ``doctor``: the style, and which templates differ from it."""
+        changed = [n for n in NAMES if self._texts[n] != PRESETS[self.preset].get(n, DEFAULTS[n].text)]
+        return f"style {self.preset}; " + (f"overridden: {', '.join(changed)}" if changed else "no template overridden")
 
 
 DEFAULT_INSTRUCTIONS = Instructions()

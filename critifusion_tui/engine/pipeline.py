@@ -42,6 +42,7 @@ from critifusion_tui.engine.events import (
     StageStarted,
     ignore,
 )
+from critifusion_tui.engine.ledger import summarize
 from critifusion_tui.engine.model_source import load_summary
 from critifusion_tui.engine.store import RunStore, timestamp
 
@@ -181,12 +182,38 @@ class Run:
         self.store = store
         self.emit = emit
         self.criticore = CritiCore.from_settings(session.router, session.settings, emit=self._emit)
+        # The ledger's calls live in the manifest (a resumed run goes on adding to them).
+        ledger = store.manifest.setdefault("ledger", {"calls": [], "summary": summarize([])})
+        self.criticore.ledger = ledger.setdefault("calls", [])
         self._latents: dict[str, Any] = {}
         # The typed results of this process's stages: a re-run of one model keeps the others.
         self._results: dict[str, Any] = {}
         self.reopened = False  # set by Session.resume: the first stage run notes the resume
         # The prompts a person may steer, with who wrote them; restored on resume.
         self.prompts: dict[str, dict[str, Any]] = store.manifest.setdefault("prompts", {})
+
+    def use_replay(self, replay) -> None:
+        """Answer every model call from a past run's recorded answers (engine/replay.py).
+
+        The roles become the recorded run's models (their answers are what there is); the
+        instructions and the ledger stay this run's. Nothing of the past run's settings is used.
+        """
+        from critifusion_tui.engine.criticore import model_of
+
+        old = self.criticore
+        roles = replay.roles
+        core = CritiCore(
+            self.session.router,
+            candidates=[model_of(m) for m in roles["candidates"]] or ["rules"],
+            aggregator=[model_of(m) for m in roles["aggregator"]] or ["rules"],
+            vlms=[model_of(m) for m in roles["vlms"]] or ["rules"],
+            preset=old.preset, emit=self._emit, instructions=old.instructions,
+        )
+        core.ledger = old.ledger
+        core.replay = replay
+        self.criticore = core
+        self.store.manifest["replay_of"] = replay.where
+        self.store.write_manifest()
 
     # ---------------------------------------------------------------- plumbing
 
@@ -250,6 +277,20 @@ class Run:
 
     async def _stage(self, name: str, work: Callable[[], Awaitable[dict[str, Any]]], detail: str = "") -> dict[str, Any]:
         """Run one stage: events, timing, the record saved, failures recorded and re-raised."""
+        try:
+            return await self._run_stage(name, work, detail)
+        finally:
+            self._update_ledger()  # cancelled too: its calls were paid for
+
+    def _update_ledger(self) -> None:
+        """The manifest's ledger summary, from its calls (saved with the next manifest write)."""
+        self.store.manifest["ledger"]["summary"] = summarize(self.criticore.ledger)
+
+    def ledger_summary(self) -> dict[str, Any]:
+        """The run's ledger summary (engine/ledger.py), up to date."""
+        return summarize(self.criticore.ledger)
+
+    async def _run_stage(self, name: str, work: Callable[[], Awaitable[dict[str, Any]]], detail: str) -> dict[str, Any]:
         if self.reopened:
             self._note_resume()
         elif self.store.manifest.get("status") != "running":
@@ -263,11 +304,13 @@ class Run:
             raise
         except RunFailed as exc:
             seconds = time.perf_counter() - started
+            self._update_ledger()
             self.store.fail_stage(name, exc.message, seconds=round(seconds, 3))
             self._emit(StageFailed(name, exc.message, seconds))
             raise
         seconds = time.perf_counter() - started
         record.setdefault("seconds", round(seconds, 3))
+        self._update_ledger()
         self.store.save_stage(name, record)
         self._emit(StageFinished(name, seconds))
         return record
@@ -370,7 +413,7 @@ class Run:
                 raise ValueError(f"{model} has no usable critique")
             name = "refinement_original" if stage == "critique_original" else "refinement"
             positive = self.text("positive") or self.prompt
-            self.edit(name, self.criticore.refinement_prompt(critic.refined, positive, self.prompt), by=model)
+            self.edit(name, self.criticore.refinement_prompt(critic.refined, positive, self.prompt, style=self.criticore.style), by=model)
         else:
             raise ValueError(f"the {stage} stage has no model answers")
 
@@ -479,7 +522,7 @@ class Run:
             )
             self._results[name] = result
             tags_positive = self.text("positive") or self.prompt
-            refinement = self.criticore.refinement_prompt(result, tags_positive, self.prompt)
+            refinement = self.criticore.refinement_prompt(result, tags_positive, self.prompt, style=self.criticore.style)
             self._set_prompt("refinement_original" if original else "refinement", refinement, f"critique:{result.source}")
             return {**result.record(), "refinement_prompt": refinement}
 
@@ -491,7 +534,7 @@ class Run:
         name = "critique_original" if original else "critique"
         self.forget(name)
         tags_positive = self.text("positive") or self.prompt
-        prompt = self.criticore.refinement_prompt("", tags_positive, self.prompt)
+        prompt = self.criticore.refinement_prompt("", tags_positive, self.prompt, style=self.criticore.style)
         self._set_prompt("refinement_original" if original else "refinement", prompt, "tags (critique skipped)")
         self.store.save_stage(name, {"skipped": True, "refinement_prompt": prompt, "seconds": 0})
         self._emit(StageSkipped(name, "skipped by the user"))

@@ -140,7 +140,7 @@ _LEAD_LABEL = re.compile(
         here(?:'s|\s+is|\s+are)\b[^:\n]{0,80}
       | (?:[\w-]+\s+){0,3}
         (?:tags?|tag\s+list|lists?|prompts?|positives?|outputs?|answers?|results?|refined
-          |idea|reply|description|keywords?)
+          |idea|reply|description|keywords?|qualit(?:y|ies))
     )\s*\**\s*:(?:\s+|$)\**""",
     re.IGNORECASE | re.VERBOSE,
 )
@@ -582,3 +582,54 @@ def refinement_prompt(
     if prompt and not (subject and tag_key(prompt) in tag_key(subject[0])):
         head += [p for p in (_clean_tag(x) for x in split_outside_quotes(prompt, ",")) if p]
     return fit_tags(head, rest, protect=QUALITY_FLOOR, max_tokens=max_tokens)
+
+
+# --- The prose style: sentences instead of tags (instructions style "prose") ------------------
+
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
+
+
+def prose_lines(text: str) -> list[str]:
+    """A prose answer's lines without labels, list markers, headings, fences or emphasis."""
+    lines = []
+    for line in text.splitlines():
+        if _CODE_FENCE.match(line) or _HEADING.match(line):
+            continue
+        line = _LEAD_LABEL.sub("", strip_emphasis(_LIST_MARKER.sub("", line))).strip()
+        if len(line) >= 2 and line[0] in _QUOTE_PAIRS and line[-1] == _QUOTE_PAIRS[line[0]]:
+            line = line[1:-1].strip()
+        if line:
+            lines.append(line)
+    return lines
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of `text`, in order (a tag list with no full stop is one "sentence")."""
+    return [s.strip() for s in _SENTENCE_END.split(_WS.sub(" ", text).strip()) if s.strip()]
+
+
+def prose_prompt(text: str, user_prompt: str = "", *, max_tokens: int = CLIP_MAX_TOKENS) -> str:
+    """The positive (or refinement) prompt of the prose style.
+
+    The model's sentences, led by the user's prompt when they do not already hold it, then
+    the quality-floor tags they lack. When too long for CLIP-77, whole sentences are dropped
+    from the end (the model puts the subject first); the user's prompt and the floor stay.
+    """
+    sentences = split_sentences(" ".join(prose_lines(text)))
+    prompt = _prompt_subject(user_prompt)
+    joined = tag_key(" ".join(sentences))
+    head = [prompt + "."] if prompt and tag_key(prompt) not in joined else []
+    floor = [q for q in QUALITY_FLOOR if tag_key(q) not in joined]
+
+    def render(kept: list[str]) -> str:
+        body = " ".join(head + kept).strip()
+        if floor:  # "... lights its fur, high detailed, 8k": the floor reads as a tail of tags
+            body = body.rstrip(" .")
+        return cleanup_commas(", ".join(([body] if body else []) + floor))
+
+    kept = list(sentences)
+    result = render(kept)
+    while count_tokens(result) > max_tokens and kept:
+        kept.pop()
+        result = render(kept)
+    return cleanup_commas(clip77_strict(result, max_tokens))

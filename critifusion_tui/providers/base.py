@@ -8,8 +8,10 @@ model at all).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -134,6 +136,11 @@ class StreamCollector:
     def owns(self, exc: BaseException) -> bool:
         return exc is self._callback_error
 
+    @property
+    def started(self) -> bool:
+        """Whether any of the answer arrived (a failure after that is not a refusal)."""
+        return bool(self._raw)
+
     def _deliver(self, piece: str) -> None:
         if piece:
             self._parts.append(piece)
@@ -183,6 +190,7 @@ class ProviderError(Exception):
     """
 
     code = "provider_error"
+    partial = False  # True when the failure came after part of a streamed answer arrived
 
     def __init__(
         self,
@@ -280,3 +288,86 @@ def closest_names(missing: str, available: Iterable[str], n: int = 3) -> list[st
             if by_key[key] not in found:
                 found.append(by_key[key])
     return found[:n]
+
+
+# --- The meter: what one model call cost (the engine's ledger reads it) --------------------
+
+
+@dataclass
+class CallMeter:
+    """What happened on the wire during one model call.
+
+    ``attempts`` counts the HTTP requests sent (a client's own retries included), ``throttled``
+    those answered 429; ``tokens_in``/``tokens_out`` are the server's usage figures when it
+    reported them (None otherwise). Filled by each client's HTTP hooks and by the backend
+    when it reads the usage; holds no key, no URL, no text.
+    """
+
+    attempts: int = 0
+    throttled: int = 0
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    sends: int = 0  # requests the backend itself made (a refused schema asks twice): not retries
+    counted: bool = False  # the tokens were counted here, the server reported none
+    source: str = "provider"  # "cache" or "replay": the answer came without a request
+
+    @property
+    def retries(self) -> int:
+        """Requests the client repeated on its own (after a 429, a 5xx, a dropped connection)."""
+        return max(0, self.attempts - max(self.sends, 1 if self.attempts else 0))
+
+    def usage(self, tokens_in: object, tokens_out: object) -> None:
+        """Record the server's usage figures (ignoring what is not a number)."""
+        if isinstance(tokens_in, int) and tokens_in >= 0:
+            self.tokens_in = tokens_in
+        if isinstance(tokens_out, int) and tokens_out >= 0:
+            self.tokens_out = tokens_out
+
+
+_METER: contextvars.ContextVar[CallMeter | None] = contextvars.ContextVar("critifusion_call_meter", default=None)
+
+
+@contextlib.contextmanager
+def metered() -> Iterator[CallMeter]:
+    """Meter the model call made inside the block (in this task and the tasks it awaits)."""
+    meter = CallMeter()
+    token = _METER.set(meter)
+    try:
+        yield meter
+    finally:
+        _METER.reset(token)
+
+
+def current_meter() -> CallMeter | None:
+    return _METER.get()
+
+
+async def _on_request(request: object) -> None:
+    meter = _METER.get()
+    if meter is not None:
+        meter.attempts += 1
+
+
+async def _on_response(response: object) -> None:
+    meter = _METER.get()
+    if meter is not None and getattr(response, "status_code", None) == 429:
+        meter.throttled += 1
+
+
+# httpx event hooks for a backend's client: every request and every 429 counted on the meter
+# of the call that sent it.
+METER_HOOKS = {"request": [_on_request], "response": [_on_response]}
+
+
+def note_send() -> None:
+    """A backend is about to send one request of its own (retries are the client's)."""
+    meter = _METER.get()
+    if meter is not None:
+        meter.sends += 1
+
+
+def note_usage(tokens_in: object, tokens_out: object) -> None:
+    """A backend read the server's usage figures: put them on the current call's meter."""
+    meter = _METER.get()
+    if meter is not None:
+        meter.usage(tokens_in, tokens_out)

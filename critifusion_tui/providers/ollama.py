@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from critifusion_tui.providers.base import (
+    METER_HOOKS,
     AuthenticationError,
     ChatResult,
     DeltaCallback,
@@ -30,6 +31,8 @@ from critifusion_tui.providers.base import (
     as_messages,
     empty_answer,
     last_user_index,
+    note_send,
+    note_usage,
     short_detail,
 )
 from critifusion_tui.providers.hygiene import clean_model_text
@@ -49,7 +52,9 @@ class OllamaSettings(Protocol):
 def make_client(settings: OllamaSettings) -> AsyncClient:
     from ollama import AsyncClient
 
-    return AsyncClient(host=settings.host, timeout=settings.timeout_s)
+    # Every request and 429 is counted on the calling model's meter (the run's ledger).
+    hooks = {k: list(v) for k, v in METER_HOOKS.items()}
+    return AsyncClient(host=settings.host, timeout=settings.timeout_s, event_hooks=hooks)
 
 
 def keep_alive_value(text: str) -> float | str | None:
@@ -123,12 +128,14 @@ class OllamaChat:
 
     async def _send(self, request: dict, on_delta: DeltaCallback | None) -> tuple[str, str]:
         client = self._provider.client()
+        note_send()
         if on_delta is None:
             try:
                 response = await client.chat(**request)
             except Exception as exc:
                 raise self._provider.map_error(exc, self.ref) from exc
             raw = response.message.content or ""
+            note_usage(getattr(response, "prompt_eval_count", None), getattr(response, "eval_count", None))
             return clean_model_text(raw), raw
         return await self._stream(client, request, on_delta)
 
@@ -143,6 +150,8 @@ class OllamaChat:
                 # ``message.thinking`` (reasoning models) is deliberately not shown.
                 if part.message and part.message.content:
                     collector.feed(part.message.content)
+                if part.done:  # the last part carries the token counts
+                    note_usage(getattr(part, "prompt_eval_count", None), getattr(part, "eval_count", None))
         except Exception as exc:
             if collector.owns(exc):
                 raise

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from critifusion_tui.providers.base import (
+    METER_HOOKS,
     AuthenticationError,
     ChatResult,
     DeltaCallback,
@@ -36,10 +37,11 @@ from critifusion_tui.providers.base import (
     StreamCollector,
     UnusableAnswerError,
     empty_answer,
+    note_send,
     short_detail,
 )
 from critifusion_tui.providers.hygiene import clean_model_text
-from critifusion_tui.providers.together import to_payload
+from critifusion_tui.providers.together import read_usage, to_payload
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -71,13 +73,15 @@ def make_client(settings: OpenAISettings, ref: ModelRef | str = "openai") -> Asy
                 fix=f"export {settings.api_key_env}=<your key>, or set providers.openai.api_key_env ="
                 ' "" for a local server that needs none',
             )
-    from openai import AsyncOpenAI
+    from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
     return AsyncOpenAI(
         api_key=key,
         base_url=settings.base_url.strip().rstrip("/"),
         timeout=settings.timeout_s,
         max_retries=settings.max_retries,
+        # Every request and 429 is counted on the calling model's meter (the run's ledger).
+        http_client=DefaultAsyncHttpxClient(event_hooks={k: list(v) for k, v in METER_HOOKS.items()}),
     )
 
 
@@ -129,6 +133,7 @@ class OpenAIChat:
     async def _send(self, request: dict, on_delta: DeltaCallback | None) -> tuple[str, str]:
         client = self._provider.client(self.ref)
         if on_delta is None:
+            note_send()
             try:
                 response = await client.chat.completions.create(**request)
             except Exception as exc:
@@ -136,12 +141,32 @@ class OpenAIChat:
             choices = response.choices or []
             content = choices[0].message.content if choices and choices[0].message else None
             raw = content if isinstance(content, str) else str(content or "")
+            read_usage(response)
             return clean_model_text(raw), raw
+        if self.ref.name not in self._provider.refuses_stream_usage:
+            # Ask for the usage in the stream's last chunk (the run's ledger wants it); a
+            # server that refuses the option is asked again without it, and not again after.
+            # With a schema in the request the refusal goes to ``chat`` first, which drops
+            # the schema (a server that takes the option is far commoner than one that
+            # takes json_schema but not the option).
+            try:
+                return await self._stream(client, {**request, "stream_options": {"include_usage": True}}, on_delta)
+            except ProviderError as exc:
+                if exc.status not in _REFUSALS or exc.partial or "response_format" in request:
+                    raise
+            result = await self._stream(client, request, on_delta)
+            self._provider.refuses_stream_usage.add(self.ref.name)
+            return result
+        return await self._stream(client, request, on_delta)
+
+    async def _stream(self, client: AsyncOpenAI, request: dict, on_delta: DeltaCallback) -> tuple[str, str]:
+        note_send()
         collector = StreamCollector(on_delta)
         try:
             stream = await client.chat.completions.create(**request, stream=True)
             async with stream:
                 async for chunk in stream:
+                    read_usage(chunk)
                     for choice in chunk.choices or []:
                         # Only content: ``reasoning_content`` deltas are hidden thoughts.
                         if choice.index == 0 and choice.delta and choice.delta.content:
@@ -149,7 +174,9 @@ class OpenAIChat:
         except Exception as exc:
             if collector.owns(exc):
                 raise
-            raise self._provider.map_error(exc, self.ref) from exc
+            error = self._provider.map_error(exc, self.ref)
+            error.partial = collector.started
+            raise error from exc
         return collector.finish()
 
 
@@ -162,6 +189,7 @@ class OpenAIProvider:
         self.settings = settings
         self._client: AsyncOpenAI | None = None
         self.refuses_schema: set[str] = set()  # models whose server refused json_schema
+        self.refuses_stream_usage: set[str] = set()  # models whose server refused stream_options
 
     def client(self, ref: ModelRef | str = "openai") -> AsyncOpenAI:
         if self._client is None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from critifusion_tui.providers.base import (
+    METER_HOOKS,
     AuthenticationError,
     ChatResult,
     DeltaCallback,
@@ -31,6 +32,8 @@ from critifusion_tui.providers.base import (
     as_messages,
     empty_answer,
     last_user_index,
+    note_send,
+    note_usage,
     short_detail,
 )
 from critifusion_tui.providers.hygiene import clean_model_text
@@ -73,13 +76,15 @@ def make_client(settings: TogetherSettings, ref: ModelRef | str = "together") ->
             f"no API key: ${settings.api_key_env} is not set",
             fix=f"export {settings.api_key_env}=<your key> (from {KEYS_PAGE})",
         )
-    from together import AsyncTogether
+    from together import AsyncTogether, DefaultAsyncHttpxClient
 
     return AsyncTogether(
         api_key=key,
         base_url=api_root(settings.base_url),
         timeout=settings.timeout_s,
         max_retries=settings.max_retries,
+        # Every request and 429 is counted on the calling model's meter (the run's ledger).
+        http_client=DefaultAsyncHttpxClient(event_hooks={k: list(v) for k, v in METER_HOOKS.items()}),
     )
 
 
@@ -95,6 +100,13 @@ def to_payload(messages: Sequence[MessageLike], image: bytes | None) -> list[dic
             {"type": "image_url", "image_url": {"url": data_url}},
         ]
     return payload
+
+
+def read_usage(response: Any) -> None:
+    """Put an OpenAI-style ``usage`` (a response's, or a stream's last chunk's) on the meter."""
+    usage = getattr(response, "usage", None)
+    if usage is not None:
+        note_usage(getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
 
 
 class TogetherChat:
@@ -120,6 +132,7 @@ class TogetherChat:
         request = dict(
             model=self.ref.name, messages=payload, temperature=temperature, max_tokens=max_tokens
         )
+        note_send()
         if on_delta is None:
             try:
                 response = await client.chat.completions.create(**request)
@@ -129,6 +142,7 @@ class TogetherChat:
             content = choices[0].message.content if choices and choices[0].message else None
             raw = content if isinstance(content, str) else str(content or "")
             text = clean_model_text(raw)
+            read_usage(response)
         else:
             text, raw = await self._stream(client, request, on_delta)
         if not text:
@@ -144,6 +158,7 @@ class TogetherChat:
             stream = await client.chat.completions.create(**request, stream=True)
             async with stream:
                 async for chunk in stream:
+                    read_usage(chunk)  # the last chunk carries the usage
                     for choice in chunk.choices or []:
                         # Only content: ``reasoning`` deltas are the model's hidden thoughts.
                         if choice.index == 0 and choice.delta and choice.delta.content:

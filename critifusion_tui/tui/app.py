@@ -471,7 +471,15 @@ class CritiFusionApp(App):
     def action_show_log(self) -> None:
         from critifusion_tui.tui.screens.log import LogScreen
 
-        self.push_screen(LogScreen(self.log_buffer))  # the buffer itself: the screen follows it live
+        # The buffer itself: the screen follows it live; the ledger is read when shown.
+        self.push_screen(LogScreen(self.log_buffer, ledger=self._ledger_lines))
+
+    def _ledger_lines(self) -> list[str]:
+        from critifusion_tui.engine.ledger import summary_lines
+
+        if self.active_run is None:
+            return ["No run yet: the ledger fills as models are called."]
+        return summary_lines(self.active_run.ledger_summary())
 
     def action_settings(self) -> None:
         from critifusion_tui.tui.screens.settings import SettingsScreen
@@ -635,13 +643,18 @@ class CritiFusionApp(App):
         elif isinstance(event, CandidateDelta):
             self._pane(stage, event.role, event.model).append(event.text)
         elif isinstance(event, CandidateFinished):
-            self._pane(stage, event.role, event.model).finish(event.text, event.error, event.seconds, event.notes)
+            self._pane(stage, event.role, event.model).finish(
+                event.text, event.error, event.seconds, event.notes, origin=event.origin
+            )
             if event.error:
                 self.failures.setdefault(event.stage, []).append(event.error)
                 self.log_buffer.add("warning", event.stage, f"{event.role} {event.model} failed: {event.error}")
             else:
                 notes = f" ({'; '.join(event.notes)})" if event.notes else ""
-                self.log_buffer.add("info", event.stage, f"{event.role} {event.model} answered in {event.seconds:.1f} s{notes}")
+                where = {"cache": " from the cache", "replay": " (replayed)"}.get(event.origin, "")
+                self.log_buffer.add(
+                    "info", event.stage, f"{event.role} {event.model} answered{where} in {event.seconds:.1f} s{notes}"
+                )
         elif isinstance(event, DiffusionStep):
             self.query_one(DiffusionProgress).update_step(event.stage, event.step, event.total, event.elapsed)
         elif isinstance(event, ImageReady):

@@ -225,3 +225,51 @@ def test_apply_override_builds_missing_sections():
     apply_override(data, "providers.ollama.keep_alive=10m")
     apply_override(data, "diffusion.seed=7")
     assert data == {"providers": {"ollama": {"keep_alive": "10m"}}, "diffusion": {"seed": 7}}
+
+
+# --- [criticore.instructions]: templates from the config or a file ---------------------------
+
+
+def test_a_template_file_replaces_the_default_relative_to_the_config(isolated):
+    write(isolated / "prompts" / "tags.txt", "Write SD tags for {prompt}.\nStart from: {seed_tags}\n")
+    write(isolated / "config.toml", '[criticore.instructions]\nstyle = "prose"\ntags_user = "prompts/tags.txt"\n')
+    section = load_config().settings.criticore.instructions
+    assert section.style == "prose"
+    # The file's text is what the settings (and a manifest's config) hold: no path to follow later.
+    assert section.tags_user == "Write SD tags for {prompt}.\nStart from: {seed_tags}"
+
+
+def test_a_bad_placeholder_in_a_template_file_names_the_file_and_line(isolated):
+    template = write(isolated / "tags.txt", "Write SD tags.\nIdea: {prompt}\nUse {style_words} too\n")
+    config = write(isolated / "config.toml", '# mine\n[criticore.instructions]\ntags_user = "tags.txt"\n')
+    message = error_of()
+    assert message.startswith(f"{template}:3: unknown placeholder {{style_words}} in instruction 'tags_user'")
+    assert f"{config}:3" in message and "{prompt}, {seed_tags}" in message
+
+
+def test_a_bad_placeholder_inline_names_the_config_line(isolated):
+    path = write(isolated / "config.toml", '[criticore.instructions]\n\ncritic_system = "Judge {image}"\n')
+    message = error_of()
+    assert message.startswith(f"{path}:3: criticore.instructions.critic_system: unknown placeholder {{image}}")
+    assert "placeholders it may use: none" in message
+
+
+def test_an_unknown_template_name_is_an_error_with_the_close_name(isolated):
+    path = write(isolated / "config.toml", '[criticore.instructions]\ntags_sytem = "Write tags."\n')
+    message = error_of()
+    assert message.startswith(f"{path}:2: unknown key 'criticore.instructions.tags_sytem' (did you mean 'tags_system'?)")
+
+
+def test_a_missing_template_file_is_an_error_naming_it(isolated):
+    path = write(isolated / "config.toml", '[criticore.instructions]\ntags_system = "nowhere/tags.md"\n')
+    message = error_of()
+    assert message.startswith(f"{path}:2: criticore.instructions.tags_system: no such template file")
+    assert str(isolated / "nowhere" / "tags.md") in message
+
+
+def test_a_template_file_through_set_is_read_from_the_current_folder(isolated):
+    write(isolated / "mine.txt", "Tags for {prompt}, please.")
+    loaded = load_config(overrides=["criticore.instructions.tags_user=mine.txt"])
+    assert loaded.settings.criticore.instructions.tags_user == "Tags for {prompt}, please."
+    message = error_of(overrides=["criticore.instructions.style=verse"])
+    assert message.startswith("--set criticore.instructions.style=verse: criticore.instructions.style")

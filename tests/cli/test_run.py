@@ -163,7 +163,8 @@ def test_a_failing_model_exits_1_with_the_reason(env, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([], "give exactly one of PROMPT, --prompts FILE or --resume DIR"),
+        ([], "give exactly one of PROMPT, --prompts FILE, --resume DIR or --replay DIR"),
+        (["--replay", "nowhere"], "is not a run folder"),
         (["a fox", "--prompts", "p.txt"], "give exactly one of"),
         (["--resume", "nowhere"], "is not a run folder"),
         (["a fox", "--seed", "-1"], "--seed must be 0 or more"),
@@ -195,3 +196,117 @@ def test_prompts_from_a_drawbench_csv_with_category_and_limit(env, tmp_path):
     proc = run_cli("--prompts", str(path), "--category", "animals", *OFFLINE, env=env, cwd=tmp_path)
     assert proc.returncode == 2 and "categories: Colors, Counting" in proc.stderr
     assert run_cli("a fox", "--limit", "2", *OFFLINE, env=env, cwd=tmp_path).returncode == 2
+
+
+def test_json_summary_and_manifest_carry_the_ledger_and_the_templates_used(env, tmp_path):
+    template = tmp_path / "tags.txt"
+    template.write_text("Tag list for: {prompt}\nStart from: {seed_tags}\n")
+    with LoopbackServer() as server:
+        server.script("a", text="red fox, pine forest, dusk light, 8k", usage=(120, 11))
+        server.script("b", text="fox, forest floor, moss, soft light", usage=(130, 9))
+        server.script("agg", text="red fox, pine forest, dusk light, moss", usage=(300, 8))
+        server.script("critic", text="<issues>- fox too small</issues><refined>a large red fox</refined>", usage=(900, 12))
+        env = dict(env, **{KEY_VAR: KEY_VALUE})
+        out = tmp_path / "ledger"
+        proc = run_cli(
+            "a red fox in a forest", *OFFLINE, "--out", str(out), "--json",
+            "--set", f"providers.together.api_key_env={KEY_VAR}",
+            "--set", f"providers.together.base_url='{server.url}'",
+            "--set", "providers.together.max_retries=0",
+            "--set", "criticore.candidates=['together:a', 'together:b']",
+            "--set", "criticore.aggregator=together:agg",
+            "--set", "criticore.vlms=['together:critic']",
+            "--set", f"criticore.instructions.tags_user='{template}'",
+            env=env, cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        sent = [r.body for r in server.requests_to("/v1/chat/completions") if r.body["model"] == "a"]
+    assert sent[0]["messages"][1]["content"].startswith("Tag list for: a red fox in a forest\nStart from: ")
+    ledger = json.loads(proc.stdout)["ledger"]
+    rows = {(r["model"], r["role"]): r for r in ledger["models"]}
+    # Tags: a, b and agg; components: a and b (plain text, unusable); critique: critic alone.
+    assert (rows["together:a", "candidate"]["calls"], rows["together:a", "candidate"]["tokens_in"]) == (2, 240)
+    assert rows["together:agg", "aggregator"]["tokens_out"] == 8
+    assert rows["together:critic", "vlm"]["tokens_in"] == 900
+    assert ledger["total"]["tokens_in"] == 2 * 120 + 2 * 130 + 300 + 900
+    assert ledger["total"]["tokens_out"] == 2 * 11 + 2 * 9 + 8 + 12
+    assert "ledger: total: 6 calls, 1,700 tokens in, 60 out" in proc.stderr
+    m = manifest(out)
+    assert m["ledger"]["summary"] == ledger and len(m["ledger"]["calls"]) == 6
+    used = m["stages"]["tags"]["instructions"]
+    assert used["tags_user"]["text"] == "Tag list for: {prompt}\nStart from: {seed_tags}"
+    assert "text" not in used["tags_system"] and len(used["tags_system"]["sha256"]) == 16
+    assert set(m["stages"]["critique"]["instructions"]) == {"critic_system", "critic_user"}
+    for path in out.iterdir():
+        assert KEY_VALUE.encode() not in path.read_bytes()
+
+
+def hosted(server, *extra):
+    return [
+        "--set", f"providers.together.api_key_env={KEY_VAR}",
+        "--set", f"providers.together.base_url='{server.url}'",
+        "--set", "providers.together.max_retries=0",
+        "--set", "criticore.candidates=['together:a', 'together:b', 'together:a']",
+        "--set", "criticore.aggregator=together:agg",
+        "--set", "criticore.vlms=['together:critic']",
+        *extra,
+    ]
+
+
+def script_models(server):
+    server.script("a", text="red fox, pine forest, dusk light, 8k", times=1)
+    server.script("a", text="fox, snowy pines, blue hour, moss", times=1)
+    server.script("a", text='{"components": ["a red fox", "a pine forest", "dusk light"]}')
+    server.script("b", text="fox, forest floor, moss, soft light")
+    server.script("agg", text="red fox, pine forest, dusk light, moss, rim light")
+    server.script("critic", text="<issues>- fox too small</issues><refined>a large red fox among pines at dusk</refined>")
+
+
+def test_replay_gives_the_same_prompts_and_the_same_png_bytes_without_any_provider(env, tmp_path):
+    env = dict(env, **{KEY_VAR: KEY_VALUE})
+    first, again = tmp_path / "first", tmp_path / "again"
+    with LoopbackServer() as server:
+        script_models(server)
+        proc = run_cli("a red fox in a forest", *OFFLINE, *hosted(server), "--seed", "7", "--out", str(first), env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        asked = len(server.requests_to("/v1/chat/completions"))
+    # The server is gone; the folder names its URL and key variable, which must not be used:
+    # the replay is run with no provider settings and no key at all.
+    replay = run_cli("--replay", str(first), *OFFLINE, "--out", str(again), "--json", env=env, cwd=tmp_path)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert asked >= 8
+    a, b = manifest(first), manifest(again)
+    assert b["replay_of"] == str(first) and b["seed"] == 7 and b["prompt"] == a["prompt"]
+    assert b["prompts"] == a["prompts"]
+    assert b["stages"]["tags"]["positive"] == a["stages"]["tags"]["positive"]
+    assert b["stages"]["critique"]["refinement_prompt"] == a["stages"]["critique"]["refinement_prompt"]
+    assert [c["text"] for c in b["stages"]["tags"]["candidates"]] == [c["text"] for c in a["stages"]["tags"]["candidates"]]
+    assert all(c["from"] == "replay" for c in b["stages"]["tags"]["candidates"] if c["model"] != "rules")
+    for image in ("base.png", "refined.png"):
+        assert (again / image).read_bytes() == (first / image).read_bytes()
+    ledger = json.loads(replay.stdout)["ledger"]
+    assert ledger["total"]["free"] == ledger["total"]["calls"] > 0 and ledger["total"]["tokens_in"] == 0
+    assert "answered (replayed)" in replay.stderr and "cannot reach" not in replay.stderr
+
+
+def test_the_answer_cache_saves_the_second_request_and_says_so(env, tmp_path):
+    env = dict(env, **{KEY_VAR: KEY_VALUE}, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    with LoopbackServer() as server:
+        script_models(server)
+        url = server.url
+        args = [*OFFLINE, *hosted(server, "--set", "criticore.cache=read-write")]
+        first = run_cli("a red fox in a forest", *args, "--out", str(tmp_path / "one"), env=env, cwd=tmp_path)
+        assert first.returncode == 0, first.stdout + first.stderr
+        asked = len(server.requests_to("/v1/chat/completions"))
+        second = run_cli("a red fox in a forest", *args, "--out", str(tmp_path / "two"), env=env, cwd=tmp_path)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert len(server.requests_to("/v1/chat/completions")) == asked  # not one request more
+    assert "answered from the cache" in second.stdout
+    one, two = manifest(tmp_path / "one"), manifest(tmp_path / "two")
+    assert two["prompts"] == one["prompts"]
+    # The two listings of together:a are kept apart in the cache too.
+    texts = [c["text"] for c in two["stages"]["tags"]["candidates"]]
+    assert texts[0] != texts[2] and texts == [c["text"] for c in one["stages"]["tags"]["candidates"]]
+    assert two["ledger"]["summary"]["total"]["free"] == two["ledger"]["summary"]["total"]["calls"]
+    entries = list((tmp_path / "cache" / "critifusion" / "answers").rglob("*.json"))
+    assert entries and all(KEY_VALUE not in p.read_text() and url not in p.read_text() for p in entries)

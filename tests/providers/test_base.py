@@ -28,8 +28,11 @@ def test_error_carries_ref_message_and_fix() -> None:
 
 
 def test_error_codes_are_distinct() -> None:
+    from critifusion_tui.engine.replay import ReplayError  # a replayed failure is one too
+
     codes = {cls.code for cls in [ProviderError, *ProviderError.__subclasses__()]}
-    assert len(codes) == 1 + len(ProviderError.__subclasses__()) == 7
+    assert ReplayError in ProviderError.__subclasses__()
+    assert len(codes) == 1 + len(ProviderError.__subclasses__()) == 8
 
 
 def test_short_detail_cleans_server_text() -> None:

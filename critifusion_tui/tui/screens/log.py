@@ -1,9 +1,10 @@
 """The app's log in a scrollable view, filtered by level: 1 shows everything, 2 only warnings
-and errors. Every entry is plain text (model answers and paths are data, never markup)."""
+and errors, 3 the run's ledger (tokens, seconds, retries and 429s per model and role). Every
+entry is plain text (model answers and paths are data, never markup)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -36,6 +37,7 @@ class LogScreen(ModalScreen[None]):
     HELP = (
         "Every stage start and end, model call, retry, fallback and error of this session.\n"
         "1 shows all entries, 2 only warnings and errors. Up/down, page up/down, home/end scroll.\n"
+        "3 shows the run's ledger: tokens in and out, seconds, retries and 429s per model and role.\n"
         "escape or ctrl+l closes the log."
     )
 
@@ -43,6 +45,8 @@ class LogScreen(ModalScreen[None]):
         Binding("1", "filter('all')", "All", id="log.all", tooltip="Show every entry"),
         Binding("2", "filter('warnings')", "Warnings+errors", id="log.warnings",
                 tooltip="Show only warnings and errors"),
+        Binding("3", "filter('ledger')", "Ledger", id="log.ledger",
+                tooltip="Tokens, seconds, retries and 429s per model and role"),
         Binding("escape,ctrl+l", "close", "Close", id="log.close", tooltip="Close the log"),
     ]
 
@@ -74,13 +78,19 @@ class LogScreen(ModalScreen[None]):
     }
     """
 
-    def __init__(self, entries: Iterable[RawEntry], *, name: str | None = None, id: str | None = None) -> None:
+    def __init__(
+        self, entries: Iterable[RawEntry], *, ledger: Callable[[], list[str]] | None = None,
+        name: str | None = None, id: str | None = None,
+    ) -> None:
         super().__init__(name=name, id=id)
+        # The run's ledger as lines (engine/ledger.summary_lines), read each time it is shown.
+        self._ledger = ledger
         # A re-iterable source (the app's LogBuffer, a list) is read again twice a second and
         # at each filter change, so entries added while the log is open show up; a one-shot
         # iterator is read once.
         self._source: Iterable[RawEntry] = list(entries) if iter(entries) is entries else entries
         self.level_filter = "all"
+        self._ledger_shown: list[str] = []
         self._seen: list[RawEntry] = []
         self._shown_count = 0
 
@@ -98,6 +108,11 @@ class LogScreen(ModalScreen[None]):
 
     def poll(self) -> None:
         """Show entries that arrived since the last look (new ones are appended in place)."""
+        if self.level_filter == "ledger":
+            lines = self.ledger_lines()
+            if lines != self._ledger_shown:
+                self._show()
+            return
         raw = list(self._source)
         if len(raw) == len(self._seen) and all(a is b for a, b in zip(raw, self._seen)):
             return
@@ -125,7 +140,22 @@ class LogScreen(ModalScreen[None]):
         levels = FILTERS[self.level_filter]
         return [entry for entry in self.entries() if normalise_level(entry.level) in levels]
 
+    def ledger_lines(self) -> list[str]:
+        if self._ledger is None:
+            return ["No run yet: the ledger fills as models are called."]
+        return list(self._ledger())
+
     def _show(self) -> None:
+        if self.level_filter == "ledger":
+            view = self.query_one("#log-view", LogView)
+            view.clear()
+            self._ledger_shown = self.ledger_lines()
+            for line in self._ledger_shown:
+                view.write(Text(line))  # plain text: model names are data
+            self.query_one("#log-filter", Static).update(
+                Text("Ledger: this run's model calls  ·  1 all  2 warnings and errors  3 ledger")
+            )
+            return
         raw = list(self._source)
         levels = FILTERS[self.level_filter]
         shown = [e for e in map(as_entry, raw) if normalise_level(e.level) in levels]
@@ -142,11 +172,11 @@ class LogScreen(ModalScreen[None]):
             label = f"All entries ({total})"
         else:
             label = f"Warnings and errors ({self._shown_count} of {total})"
-        keys = "  ·  1 all  2 warnings and errors"
+        keys = "  ·  1 all  2 warnings and errors  3 ledger"
         self.query_one("#log-filter", Static).update(Text(label + keys))
 
     def action_filter(self, which: str) -> None:
-        if which in FILTERS:
+        if which in FILTERS or which == "ledger":
             self.level_filter = which
             self._show()
 

@@ -29,6 +29,10 @@ PANE_STATES = ("waiting", "answering", "done", "failed")
 _TICK_S = 0.25
 
 
+# What a pane says of an answer that came without a request.
+ORIGIN_LABELS = {"cache": "from the cache", "replay": "replayed"}
+
+
 def format_pane_seconds(seconds: float) -> str:
     """ "0.2 s", "12.3 s", "125 s"."""
     seconds = max(0.0, seconds)
@@ -282,6 +286,7 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
 
     def start(self) -> None:
         """The model's call began: clears any earlier answer and starts the clock."""
+        self._origin = "provider"
         self._answer.set_text("")
         self._set_notes(())
         self._set_error(None)
@@ -297,9 +302,13 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
         self._answer.append(text)
         self._keep_end_in_view()
 
-    def finish(self, text: str, error: str | None, seconds: float, notes: tuple[str, ...] = ()) -> None:
+    def finish(
+        self, text: str, error: str | None, seconds: float, notes: tuple[str, ...] = (), origin: str = "provider"
+    ) -> None:
         """The call ended. `text` replaces what was streamed; an error is shown under it, and
-        so are `notes`, what the answer check dropped or flagged in an answer it used."""
+        so are `notes`, what the answer check dropped or flagged in an answer it used.
+        `origin` "cache" or "replay": the answer came without a request, and the pane says so."""
+        self._origin = origin
         self._answer.set_text(text)
         self._set_notes(notes)
         self._set_error(error)
@@ -384,6 +393,9 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
             self.border_subtitle = self._state
         else:
             self.border_subtitle = f"{self._state} {format_pane_seconds(seconds)}"
+        origin = getattr(self, "_origin", "provider")
+        if self._state in ("done", "failed") and origin in ORIGIN_LABELS:
+            self.border_subtitle += f" · {ORIGIN_LABELS[origin]}"
 
     def _body(self) -> VerticalScroll:
         return self.query_one(".candidate-pane--body", VerticalScroll)

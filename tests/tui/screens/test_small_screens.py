@@ -47,6 +47,33 @@ async def test_log_shows_every_entry_as_plain_text_then_filters():
     assert app.results == [None]
 
 
+async def test_log_shows_the_ledger_on_3_as_plain_text_and_follows_it():
+    from critifusion_tui.engine.ledger import summarize, summary_lines
+
+    calls = [
+        {"model": "together:[bold]x", "role": "candidate", "tokens_in": 120, "tokens_out": 30,
+         "seconds": 1.5, "retries": 1, "throttled": 1, "error": None, "source": "provider", "usage": "reported"},
+    ]
+    screen = LogScreen(ENTRIES, ledger=lambda: summary_lines(summarize(calls)))
+    app = Host(screen)
+    async with app.run_test(size=(160, 24)) as pilot:
+        await pilot.press("3")
+        shown = " ".join(log_lines(screen))  # long lines wrap
+        assert shown.startswith(
+            "together:[bold]x as candidate: 1 call, 120 tokens in, 30 out, 1.5 s (1 retried, 1 throttled (429))"
+        )
+        assert "total: 1 call, 120 tokens in" in shown
+        assert static_text(screen, "#log-filter").startswith("Ledger")
+        calls.append({**calls[0], "role": "aggregator", "tokens_in": 10, "source": "cache"})
+        for _ in range(40):  # polled twice a second, as the entries are
+            if "as aggregator" in " ".join(log_lines(screen)):
+                break
+            await pilot.pause(0.05)
+        assert "1 from cache/replay" in " ".join(log_lines(screen))
+        await pilot.press("1")
+        assert len(log_lines(screen)) == 5
+
+
 async def test_log_reads_the_apps_buffer_and_closes_on_ctrl_l():
     buffer = LogBuffer()
     buffer.add("info", "run", "first")
