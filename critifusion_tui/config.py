@@ -418,5 +418,13 @@ def _line_of(text: str, dotted: str) -> int | None:
 
 
 def settings_for_manifest(settings: Settings) -> dict[str, Any]:
-    """The settings as plain data. Holds no secret: keys live only in the environment."""
-    return settings.model_dump(mode="json")
+    """The settings as plain data. Holds no secret: keys live only in the environment, and
+    provider URLs are recorded without their user info (``user:password@``)."""
+    from critifusion_tui.redact import strip_userinfo
+
+    data = settings.model_dump(mode="json")
+    providers = data.get("providers", {})
+    for section, key in (("together", "base_url"), ("ollama", "host"), ("openai", "base_url")):
+        if isinstance(providers.get(section, {}).get(key), str):
+            providers[section][key] = strip_userinfo(providers[section][key])
+    return data

@@ -19,13 +19,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SCHEMA = "critifusion.run/1"
-MANIFEST = "manifest.json"
+from critifusion_tui.engine.store_paths import (
+    FILE_FIELDS,
+    MANIFEST,
+    SCHEMA,
+    StoreError,
+    confined,
+    load_manifest,
+    read_confined,
+)
+
 SLUG_MAX = 40
-
-
-class StoreError(Exception):
-    """A run folder that cannot be created, read or resumed; the message says which and why."""
+__all__ = ["MANIFEST", "SCHEMA", "RunStore", "StoreError", "atomic_write", "slugify", "timestamp"]
 
 
 def timestamp() -> str:
@@ -76,6 +81,7 @@ class RunStore:
         folder: Path | None = None,
         now: datetime | None = None,
         extra: dict[str, Any] | None = None,
+        force: bool = False,
     ) -> RunStore:
         """A new run: exactly `folder` when given (it must be empty or absent), else a fresh
         `<date>-<time>-<slug>` folder under `output_dir`."""
@@ -86,14 +92,7 @@ class RunStore:
             folder = cls._fresh_folder(Path(output_dir), now, prompt)
         else:
             folder = Path(folder)
-            if (folder / MANIFEST).exists():
-                raise StoreError(
-                    f"{folder} already holds a run; resume it with --resume {folder} or choose another --out"
-                )
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create run folder {folder}: {exc.strerror or exc}") from None
+            claim_folder(folder, force=force)
         manifest = {
             "schema": SCHEMA,
             "prompt": prompt,
@@ -112,28 +111,45 @@ class RunStore:
 
     @staticmethod
     def _fresh_folder(output_dir: Path, now: datetime, prompt: str) -> Path:
+        """A new `<date>-<time>-<slug>[-n]` folder, made exclusively (two runs never share one)."""
         base = f"{now:%Y%m%d-%H%M%S}-{slugify(prompt)}"
-        candidate = output_dir / base
-        n = 2
-        while candidate.exists():
-            candidate = output_dir / f"{base}-{n}"
-            n += 1
-        return candidate
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the output folder {output_dir}: {exc.strerror or exc}") from None
+        for n in range(1, 10_000):
+            candidate = output_dir / (base if n == 1 else f"{base}-{n}")
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise StoreError(f"cannot create run folder {candidate}: {exc.strerror or exc}") from None
+        raise StoreError(f"cannot create a run folder in {output_dir}: 10,000 runs of this second exist")
 
     @classmethod
     def open(cls, folder: Path) -> RunStore:
-        """An existing run, for resuming or viewing."""
+        """An existing run, for resuming or viewing; its manifest is checked field by field
+        (a run folder may come from someone else) and every path in it stays inside it."""
         folder = Path(folder)
-        path = folder / MANIFEST
+        return cls(folder, load_manifest(folder))
+
+    def remove_temp_files(self) -> list[str]:
+        """Delete what an interrupted atomic write left behind (``.<name>.*.tmp``)."""
+        removed = []
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise StoreError(f"{folder} is not a run folder (no {MANIFEST})") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise StoreError(f"{path}: cannot read the manifest: {exc}") from None
-        if manifest.get("schema") != SCHEMA:
-            raise StoreError(f"{path}: schema {manifest.get('schema')!r} is not {SCHEMA!r}")
-        return cls(folder, manifest)
+            leftovers = [p for p in self.folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+        except OSError:
+            return removed
+        for path in leftovers:
+            try:
+                if path.is_file() and not path.is_symlink():
+                    path.unlink()
+                    removed.append(path.name)
+            except OSError:
+                pass  # a read-only folder: the next write says so
+        return removed
 
     # ---------------------------------------------------------------- stages
 
@@ -181,7 +197,10 @@ class RunStore:
     # ---------------------------------------------------------------- files
 
     def write_manifest(self) -> None:
-        text = json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n"
+        from critifusion_tui.redact import redact_data
+
+        # Redacted as it is written: no key or credential reaches the disk (see redact.py).
+        text = json.dumps(redact_data(self.manifest), indent=2, ensure_ascii=False) + "\n"
         atomic_write(self.folder / MANIFEST, lambda f: f.write(text), mode="w")
 
     def write_png(self, name: str, image, text: dict[str, str]) -> str:
@@ -202,13 +221,48 @@ class RunStore:
         atomic_write(self.folder / name, lambda f: f.write(data))
         return name
 
-    def read_latent(self, name: str):
+    def read_latent(self, name: str, field: str = "latent"):
         from safetensors.torch import load
 
         try:
-            return load((self.folder / name).read_bytes())["latent"]
-        except Exception as exc:  # OSError, a missing key, or safetensors' own error types
-            raise StoreError(f"{self.folder / name}: cannot read the latent: {exc}") from None
+            data = read_confined(self.folder, name, field, FILE_FIELDS["latent"])
+        except StoreError as exc:
+            raise StoreError(f"cannot read the latent: {exc}") from None
+        try:
+            latent = load(data)["latent"]
+        except Exception as exc:  # a missing key, or safetensors' own error types
+            raise StoreError(f"{self.folder / name}: cannot read the latent: {type(exc).__name__}: {exc}") from None
+        return latent
 
-    def path(self, relative: str) -> Path:
-        return self.folder / relative
+    def read_file(self, relative: str, field: str, limit: int = FILE_FIELDS["image"]) -> bytes:
+        """A file the manifest names, read only if it is a regular file inside the folder."""
+        return read_confined(self.folder, relative, field, limit)
+
+    def path(self, relative: str, field: str = "file") -> Path:
+        """The path of a file inside the run folder (a name that leaves it is refused)."""
+        return confined(self.folder, relative, field)
+
+
+def claim_folder(folder: Path, *, force: bool = False) -> None:
+    """Make `folder` the new run's own: created now, or an existing empty folder (never a
+    symbolic link, never a folder that already holds a run; a non-empty one only with
+    `force`, whose files a run may then overwrite)."""
+    try:
+        if folder.is_symlink():
+            raise StoreError(f"{folder} is a symbolic link; a run folder is never written through one")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir()
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot create run folder {folder}: {exc.strerror or exc}") from None
+    try:
+        if not folder.is_dir():
+            raise StoreError(f"{folder} exists and is not a folder")
+        if (folder / MANIFEST).exists():
+            raise StoreError(f"{folder} already holds a run; resume it with --resume {folder} or choose another --out")
+        if not force and any(folder.iterdir()):
+            raise StoreError(f"{folder} is not empty and holds no run; choose an empty or new folder for --out (or --force to write into it)")
+    except OSError as exc:
+        raise StoreError(f"cannot use run folder {folder}: {exc.strerror or exc}") from None
