@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the run folder and a summary as JSON")
     run.add_argument("--prompts", metavar="FILE", help="one prompt per line; finished ones are skipped")
     run.add_argument("--resume", metavar="DIR", help="continue a run from its last completed stage")
+    run.add_argument(
+        "--force", action="store_true",
+        help="let --out name a non-empty folder that holds no run (its files may be overwritten)",
+    )
 
     doctor = sub.add_parser("doctor", parents=[common], help="check Python, GPU, config, keys, model, terminal")
     doctor.add_argument("--offline", action="store_true", help="skip checks that need the network")
@@ -149,8 +153,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if len(given) != 1:
         print("critifusion run: give exactly one of PROMPT, --prompts FILE or --resume DIR", file=sys.stderr)
         return EXIT_USAGE
-    if args.seed is not None and args.seed < 0:
-        print("critifusion run: --seed must be 0 or more", file=sys.stderr)
+    if args.prompt is not None and not args.prompt.strip():
+        print("critifusion run: the prompt is empty (only white space)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        print("critifusion run: --seed must be 0 or more" if args.seed < 0 else
+              "critifusion run: --seed must be below 2**63 (9223372036854775808)", file=sys.stderr)
         return EXIT_USAGE
     loaded = _load(args)
     if loaded is None:

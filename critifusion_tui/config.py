@@ -80,7 +80,8 @@ def _one_or_many(value: Any) -> Any:
 
 class Section(BaseModel):
     # Typos must not fall back silently to a default: unknown keys are errors.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinity are never a setting (guidance = inf draws a black image): refused.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TogetherConfig(Section):
@@ -288,7 +289,7 @@ def load_config(
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is fine
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read: {exc}") from None
         data = parse_toml(text, str(path))
@@ -301,7 +302,9 @@ def load_config(
 
 def parse_toml(text: str, where: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(text)
+        return tomllib.loads(text.removeprefix("\ufeff"))
+    except RecursionError:
+        raise ConfigError(f"{where}: TOML nested too deeply to be a configuration") from None
     except tomllib.TOMLDecodeError as exc:
         # tomllib words it as "Expected ... (at line 3, column 7)": lead with the line.
         msg = str(exc)
@@ -339,6 +342,8 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         raise ConfigError(f"--set {dotted}: secrets are read from environment variables only")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except RecursionError:
+        raise ConfigError(f"--set {dotted}: the value is nested too deeply") from None
     except tomllib.TOMLDecodeError:
         value = raw.strip()  # a bare word such as tiny-random or ollama:llava
     node = data

@@ -29,6 +29,11 @@ class ModelRef:
     @classmethod
     def parse(cls, text: str) -> ModelRef:
         """Read ``provider:name``; ``rules`` stands alone."""
+        from critifusion_tui.providers.hygiene import has_control
+
+        if has_control(text):
+            # A terminal escape in a model name would reach the screen and every log.
+            raise ModelRefError(f"{ascii(text)} holds control characters; a model reference is plain text")
         ref = text.strip()
         if ref == "rules":
             return cls("rules")
@@ -274,10 +279,9 @@ def empty_answer(ref: ModelRef | str, raw: str) -> UnusableAnswerError:
 
 def short_detail(text: object, limit: int = 200) -> str:
     """A server's error text, cleaned and shortened for a one-line message."""
-    from critifusion_tui.providers.hygiene import clean_model_text
+    from critifusion_tui.providers.hygiene import clean_outside
 
-    detail = " ".join(clean_model_text(str(text)).split())
-    return detail if len(detail) <= limit else detail[: limit - 1] + "…"
+    return clean_outside(text, limit=limit)
 
 
 def closest_names(missing: str, available: Iterable[str], n: int = 3) -> list[str]:
