@@ -351,6 +351,14 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
     elif args.resume:
         jobs = [{"resume": Path(args.resume)}]
     else:
+        if args.out:
+            from critifusion_tui.engine.store import check_out_folder
+
+            try:
+                check_out_folder(Path(args.out), force=bool(getattr(args, "force", False)))
+            except StoreError as exc:
+                say(f"critifusion: {exc}")
+                return EXIT_USAGE
         jobs = [{"prompt": args.prompt, "folder": Path(args.out) if args.out else None}]
 
     reporter = make_reporter(out_stream)

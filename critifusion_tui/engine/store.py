@@ -243,6 +243,24 @@ class RunStore:
         return confined(self.folder, relative, field)
 
 
+def check_out_folder(folder: Path, *, force: bool = False) -> None:
+    """Refuse, before anything runs, an --out that a new run may not take (see claim_folder);
+    a folder that holds a run is fine here (the caller resumes or skips it)."""
+    try:
+        if folder.is_symlink():
+            raise StoreError(f"{folder} is a symbolic link; a run folder is never written through one")
+        if not folder.exists() or (folder / MANIFEST).exists():
+            return
+        if not folder.is_dir():
+            raise StoreError(f"{folder} exists and is not a folder")
+        if not force and any(folder.iterdir()):
+            raise StoreError(
+                f"{folder} is not empty and holds no run; choose an empty or new folder for --out (or --force to write into it)"
+            )
+    except OSError as exc:
+        raise StoreError(f"cannot use {folder} as the run folder: {exc.strerror or exc}") from None
+
+
 def claim_folder(folder: Path, *, force: bool = False) -> None:
     """Make `folder` the new run's own: created now, or an existing empty folder (never a
     symbolic link, never a folder that already holds a run; a non-empty one only with

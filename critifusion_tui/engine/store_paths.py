@@ -70,6 +70,23 @@ def confined(folder: Path, relative: object, field: str, where: str = MANIFEST) 
     return path
 
 
+def check_file(path: Path, relative: object, field: str, limit: int, where: str = MANIFEST) -> None:
+    """Refuse a file that exists but is no regular file, or is larger than a run writes (a
+    missing file is left for the stage that reads it to report)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"{where}: {field}: cannot look at {_show(relative)}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise StoreError(f"{where}: {field}: {_show(relative)} is not a regular file (refused)")
+    if info.st_size > limit:
+        raise StoreError(
+            f"{where}: {field}: {_show(relative)} is {info.st_size:,} bytes, over the {limit:,} a run writes (refused)"
+        )
+
+
 def read_confined(folder: Path, relative: object, field: str, limit: int, where: str = MANIFEST) -> bytes:
     """The bytes of a regular file inside the run folder, at most ``limit`` of them."""
     path = confined(folder, relative, field, where)
@@ -164,10 +181,11 @@ def check_manifest(manifest: object, where: str, folder: Path | None = None) -> 
         for key in ("prompt", "negative", "refinement_prompt"):
             if key in record and not isinstance(record[key], str):
                 raise bad(f"stages.{stage}.{key}", "text", record[key])
-        for key in FILE_FIELDS:
+        for key, limit in FILE_FIELDS.items():
             if key in record:
                 if folder is not None:
-                    confined(folder, record[key], f"stages.{stage}.{key}", where)
+                    check_file(confined(folder, record[key], f"stages.{stage}.{key}", where), record[key],
+                               f"stages.{stage}.{key}", limit, where)
                 else:
                     check_relative(record[key], f"stages.{stage}.{key}", where)
         if record.get("status") == "done" and stage in ("base", "base_original"):
