@@ -45,8 +45,9 @@ def slugify(text: str, limit: int = SLUG_MAX) -> str:
     return slug[:limit].rstrip("-") or "run"
 
 
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through `write(file)` to a temporary sibling, fsync, then rename over `path`."""
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb", *, exclusive: bool = False) -> None:
+    """Write through `write(file)` to a temporary sibling, fsync, then rename over `path`
+    (with `exclusive`: hard-link it to `path`, which fails if `path` exists)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -54,7 +55,11 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            Path(tmp).unlink(missing_ok=True)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -106,7 +111,7 @@ class RunStore:
             **(extra or {}),
         }
         store = cls(folder, manifest)
-        store.write_manifest()
+        store.write_manifest(exclusive=True)
         return store
 
     @staticmethod
@@ -196,12 +201,19 @@ class RunStore:
 
     # ---------------------------------------------------------------- files
 
-    def write_manifest(self) -> None:
+    def write_manifest(self, *, exclusive: bool = False) -> None:
+        """Persist the manifest atomically; `exclusive` (the first write of a new run) fails
+        when another process wrote one first: of two runs racing for a folder, one wins."""
         from critifusion_tui.redact import redact_data
 
         # Redacted as it is written: no key or credential reaches the disk (see redact.py).
         text = json.dumps(redact_data(self.manifest), indent=2, ensure_ascii=False) + "\n"
-        atomic_write(self.folder / MANIFEST, lambda f: f.write(text), mode="w")
+        try:
+            atomic_write(self.folder / MANIFEST, lambda f: f.write(text), mode="w", exclusive=exclusive)
+        except FileExistsError:
+            raise StoreError(
+                f"{self.folder} already holds a run; resume it with --resume {self.folder} or choose another --out"
+            ) from None
 
     def write_png(self, name: str, image, text: dict[str, str]) -> str:
         """Save a PIL image with `text` in its PNG text chunks; returns the relative path."""

@@ -382,3 +382,22 @@ def test_a_nan_or_wrong_size_latent_is_refused(env, tmp_path, finished_run, late
     assert proc.returncode == 1 and message in proc.stdout, proc.stdout + proc.stderr
     assert manifest(folder)["stages"]["refine"]["status"] == "failed"
     no_traceback(proc)
+
+
+# --- 4. one sanitiser for outside text ---------------------------------------------------------------
+
+
+def test_doctor_shows_a_hostile_catalogue_without_its_escapes(env, tmp_path):
+    from tests.cli.test_doctor_providers import roles
+    from tests.cli.test_doctor_providers import run as doctor_run
+
+    with LoopbackServer() as server:
+        # Close to the configured name, so doctor offers them as "closest:".
+        server.add_model("llava-evil\x1b]0;owned title\x07")
+        server.add_model("llava\x1b]52;c;ZXZpbA==\x07-clip")
+        server.add_model("llava-good")
+        proc = doctor_run(server, *roles(["rules"], ["rules"], ["ollama:llava"]), env=env, cwd=tmp_path)
+    line = next(line for line in proc.stdout.splitlines() if "closest:" in line)
+    assert "llava-evil" in line and "llava-good" in line  # the names are still shown...
+    assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout  # ...without their escapes
+    assert "owned title" not in proc.stdout and "ZXZpbA" not in proc.stdout
