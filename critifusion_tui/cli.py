@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--replay", metavar="DIR",
         help="run again with the model answers recorded in a past run's folder (no provider is called)",
     )
+    run.add_argument(
+        "--force", action="store_true",
+        help="let --out name a non-empty folder that holds no run (its files may be overwritten)",
+    )
 
     ev = sub.add_parser(
         "eval", parents=[common], help="score run folders with PickScore, HPSv2, ImageReward, Aesthetic",
@@ -200,8 +204,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         print("critifusion run: --limit must be 1 or more", file=sys.stderr)
         return EXIT_USAGE
-    if args.seed is not None and args.seed < 0:
-        print("critifusion run: --seed must be 0 or more", file=sys.stderr)
+    if args.prompt is not None and not args.prompt.strip():
+        print("critifusion run: the prompt is empty (only white space)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        print("critifusion run: --seed must be 0 or more" if args.seed < 0 else
+              "critifusion run: --seed must be below 2**63 (9223372036854775808)", file=sys.stderr)
         return EXIT_USAGE
     loaded = _load(args)
     if loaded is None:

@@ -82,7 +82,8 @@ def _one_or_many(value: Any) -> Any:
 
 class Section(BaseModel):
     # Typos must not fall back silently to a default: unknown keys are errors.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinity are never a setting (guidance = inf draws a black image): refused.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TogetherConfig(Section):
@@ -364,7 +365,7 @@ def load_config(
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is fine
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read: {exc}") from None
         data = parse_toml(text, str(path))
@@ -414,7 +415,9 @@ def read_instruction_files(
 
 def parse_toml(text: str, where: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(text)
+        return tomllib.loads(text.removeprefix("\ufeff"))
+    except RecursionError:
+        raise ConfigError(f"{where}: TOML nested too deeply to be a configuration") from None
     except tomllib.TOMLDecodeError as exc:
         # tomllib words it as "Expected ... (at line 3, column 7)": lead with the line.
         msg = str(exc)
@@ -452,6 +455,8 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         raise ConfigError(f"--set {dotted}: secrets are read from environment variables only")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except RecursionError:
+        raise ConfigError(f"--set {dotted}: the value is nested too deeply") from None
     except tomllib.TOMLDecodeError:
         value = raw.strip()  # a bare word such as tiny-random or ollama:llava
     node = data
@@ -532,5 +537,13 @@ def _line_of(text: str, dotted: str) -> int | None:
 
 
 def settings_for_manifest(settings: Settings) -> dict[str, Any]:
-    """The settings as plain data. Holds no secret: keys live only in the environment."""
-    return settings.model_dump(mode="json")
+    """The settings as plain data. Holds no secret: keys live only in the environment, and
+    provider URLs are recorded without their user info (``user:password@``)."""
+    from critifusion_tui.redact import strip_userinfo
+
+    data = settings.model_dump(mode="json")
+    providers = data.get("providers", {})
+    for section, key in (("together", "base_url"), ("ollama", "host"), ("openai", "base_url")):
+        if isinstance(providers.get(section, {}).get(key), str):
+            providers[section][key] = strip_userinfo(providers[section][key])
+    return data

@@ -208,6 +208,14 @@ def provider_checks(settings, offline: bool = False) -> list[Check]:
     return checks
 
 
+def outside_names(names) -> list[str]:
+    """Model names from a server's catalogue, cleaned of escapes and control characters (a
+    hostile catalogue must not retitle the window or write the clipboard) and kept short."""
+    from critifusion_tui.providers.hygiene import clean_outside
+
+    return [clean for clean in (clean_outside(name, limit=120) for name in names or []) if clean]
+
+
 def _capped(config, **extra):
     return config.model_copy(update={"timeout_s": min(config.timeout_s, PROVIDER_TIMEOUT_CAP_S), **extra})
 
@@ -242,6 +250,7 @@ async def _together_checks(config, wanted) -> list[Placed]:
 
     try:
         available = await asyncio.wait_for(provider.list_models(), deadline)
+        available = outside_names(available)  # a catalogue is outside text
     except ModelNotFoundError:
         # Not a model's 404: the catalogue itself is missing, so the URL is the suspect.
         where = api_root(config.base_url) or "api.together.ai"
@@ -283,6 +292,7 @@ async def _openai_checks(config, wanted) -> list[Placed]:
 
     try:
         available = await asyncio.wait_for(provider.list_models(), capped.timeout_s + 1)
+        available = outside_names(available)  # a catalogue is outside text
     except (ProviderTimeoutError, asyncio.TimeoutError):
         return provider_line(f"{where} does not answer within {capped.timeout_s:g} s: is the server running?")
     except ProviderError as error:
@@ -323,6 +333,7 @@ async def _ollama_checks(config, wanted) -> list[Placed]:
     try:
         try:
             available = await asyncio.wait_for(provider.list_models(), limit)
+            available = outside_names(available)  # a catalogue is outside text
         except ProviderConnectionError as error:
             if error.status is not None:  # a 5xx is an answer, in its own words
                 return provider_line(_error_detail(error))
@@ -468,16 +479,22 @@ def output_checks(settings) -> list[Check]:
 
 
 def render(sections: list[tuple[str, list[Check]]]) -> str:
+    from critifusion_tui.providers.hygiene import clean_outside
+    from critifusion_tui.redact import redact
     lines = []
     for title, checks in sections:
         lines.append(title)
         for check in checks:
-            lines.append(f"  {MARKS[check.status]}  {check.label:<16} {check.detail}".rstrip())
+            detail = redact(clean_outside(check.detail))  # details quote servers: clean and redact
+            lines.append(f"  {MARKS[check.status]}  {check.label:<16} {detail}".rstrip())
     return "\n".join(lines)
 
 
 def run_doctor(config_path=None, overrides=(), offline: bool = False) -> int:
     config, settings = config_checks(config_path, overrides)
+    from critifusion_tui.redact import configure
+
+    configure(settings)  # the configured keys' values are masked wherever they would show
     sections = [
         ("System", system_checks() + torch_checks()),
         ("Configuration", config),

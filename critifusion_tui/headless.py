@@ -30,6 +30,16 @@ from critifusion_tui.engine.events import (
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# Signals that end a run the way Ctrl+C does (status "cancelled", a resume hint); the exit
+# status is 128 + the signal's number, as a shell reports a process killed by it.
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+def say(text: str, stream: TextIO | None = None) -> None:
+    """One message for the person, redacted (a server's words may carry a key)."""
+    from critifusion_tui.redact import redact
+
+    print(redact(text), file=stream or sys.stderr, flush=True)
 
 
 def describe(event: Event) -> str | None:
@@ -71,7 +81,7 @@ class PlainReporter:
     def __call__(self, event: Event) -> None:
         line = describe(event)
         if line:
-            print(line, file=self.stream, flush=True)
+            say(line, self.stream)
 
     def close(self) -> None:
         pass
@@ -107,6 +117,9 @@ class RichReporter:
             self.progress.remove_task(self.tasks.pop(event.stage))
         line = describe(event)
         if line:
+            from critifusion_tui.redact import redact
+
+            line = redact(line)
             style = "red" if isinstance(event, StageFailed) or getattr(event, "error", None) else (
                 "yellow" if isinstance(event, Notice) and event.level != "info" else None
             )
@@ -131,12 +144,16 @@ class Outcome:
     manifest: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
+        from critifusion_tui.engine.store_paths import StoreError, confined
+
         stages = self.manifest.get("stages", {})
-        images = {
-            name: str(self.folder / record["image"])
-            for name, record in stages.items()
-            if isinstance(record, dict) and record.get("image") and record.get("status") == "done"
-        }
+        images = {}
+        for name, record in stages.items():
+            if isinstance(record, dict) and record.get("image") and record.get("status") == "done":
+                try:
+                    images[name] = str(confined(self.folder, record["image"], f"stages.{name}.image"))
+                except StoreError:
+                    continue  # never a path outside the run folder
         prompts = self.manifest.get("prompts", {})
         return {
             "folder": str(self.folder) if self.folder else None,
@@ -158,6 +175,7 @@ async def run_one(
     session, outcomes: list[Outcome], *, prompt=None, resume=None, out=None, seed=None, variants="full", emit,
     on_start=None,
     replay=None,
+    force: bool = False,
 ) -> Outcome:
     """One run to its end; failures become an Outcome, cancellation propagates.
 
@@ -172,10 +190,13 @@ async def run_one(
     outcomes.append(outcome)
     try:
         run = session.resume(resume, emit=emit) if resume else session.new_run(
-            prompt, seed=seed, out=out, variants=variants, emit=emit
+            prompt, seed=seed, out=out, variants=variants, emit=emit, force=force
         )
     except (StoreError, ValueError) as exc:
         outcome.error = str(exc)
+        return outcome
+    except OSError as exc:  # a disk full or read-only while the run folder was being made
+        outcome.error = f"cannot create the run folder: {exc.strerror or exc}"
         return outcome
     outcome.folder = run.folder
     emit(Notice("", "info", f"run folder {run.folder}"))
@@ -208,10 +229,16 @@ def report_ledger(outcome: Outcome, reporter) -> None:
 
 
 def batch_folder(parent: Path, index: int, prompt: str) -> Path:
-    """A prompt's folder in a batch: stable, so a second pass finds and skips it."""
+    """A prompt's folder in a batch: stable, so a second pass finds and skips it, and keyed
+    by the prompt's text (a hash), so an edited line or two prompts with the same first 40
+    characters are never taken for work already done."""
+    import hashlib
+
     from critifusion_tui.engine.store import slugify
 
-    return parent / f"{index:03d}-{slugify(prompt)}"
+    digest = hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:8]
+    return parent / f"{index:03d}-{slugify(prompt)}-{digest}"
+
 
 
 def read_prompts(path: Path, limit: int | None = None, category: str | None = None) -> list[str]:
@@ -221,29 +248,78 @@ def read_prompts(path: Path, limit: int | None = None, category: str | None = No
     return read_prompt_file(path, limit=limit, category=category)
 
 
+def resumed_settings(manifest: dict[str, Any], current, overrides, where: str):
+    """The settings a resumed run goes on with: the run's own (plus any --set given now),
+    except the providers' connection settings (URLs, hosts, key variables), which always come
+    from the current configuration: a run folder may come from someone else. Returns the
+    settings and the provider keys whose recorded values differ (for a notice)."""
+    from critifusion_tui.config import apply_override, settings_for_manifest, validate
+
+    try:
+        data = json.loads(json.dumps(manifest.get("config", {})))
+    except RecursionError:
+        from critifusion_tui.config import ConfigError
+
+        raise ConfigError(f"{where}: config: nested too deeply") from None
+    recorded = data.pop("providers", None)
+    ours = settings_for_manifest(current)["providers"]
+    data["providers"] = current.model_dump(mode="json")["providers"]
+    for item in overrides:
+        apply_override(data, item)
+    settings = validate(data, where, "", overrides)
+    differ = []
+    if isinstance(recorded, dict):
+        for section, fields in ours.items():
+            theirs = recorded.get(section)
+            for key, value in fields.items():
+                if isinstance(theirs, dict) and key in theirs and theirs[key] != value:
+                    differ.append(f"providers.{section}.{key}")
+    elif recorded is not None:
+        differ.append("providers")
+    return settings, differ
+
+
+def folder_holds_run(folder: Path) -> bool:
+    """Whether a batch's folder already has a manifest (an over-long name is "no")."""
+    from critifusion_tui.engine.store import MANIFEST
+
+    try:
+        return (folder / MANIFEST).exists()
+    except OSError:
+        return False
+
+
 def run_command(args, loaded, overrides: list[str] = ()) -> int:
     """The body of `critifusion run` once the configuration loaded."""
     from critifusion_tui.engine.store import MANIFEST, RunStore, StoreError
 
     out_stream = sys.stderr if args.json else sys.stdout
     settings = loaded.settings
+    from critifusion_tui.redact import configure as remember_secrets
+    from critifusion_tui.redact import redact_data
+
+    remember_secrets(settings)
+    notices: list[str] = []
     if args.resume:
         try:
             manifest = RunStore.open(Path(args.resume)).manifest
         except StoreError as exc:
-            print(f"critifusion: {exc}", file=sys.stderr)
+            say(f"critifusion: {exc}")
             return EXIT_USAGE
-        from critifusion_tui.config import ConfigError, apply_override, validate
+        from critifusion_tui.config import ConfigError
 
-        # A resumed run goes on with its own settings (plus any --set given now).
-        data = json.loads(json.dumps(manifest.get("config", {})))
+        # A resumed run goes on with its own settings (plus any --set given now), but with
+        # this configuration's providers: a folder never picks a server or a key variable.
         try:
-            for item in overrides:
-                apply_override(data, item)
-            settings = validate(data, f"{args.resume}/{MANIFEST}", "", overrides)
+            settings, differ = resumed_settings(manifest, settings, overrides, f"{args.resume}/{MANIFEST}")
         except ConfigError as exc:
-            print(f"critifusion: configuration error\n{exc}", file=sys.stderr)
+            say(f"critifusion: configuration error\n{exc}")
             return EXIT_USAGE
+        if differ:
+            notices.append(
+                f"the run folder recorded other provider settings ({', '.join(differ)}); "
+                "this run uses the current configuration's"
+            )
 
     jobs: list[dict[str, Any]]
     if args.prompts:
@@ -267,16 +343,43 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
             return EXIT_USAGE
         jobs = [{"prompt": replay.prompt, "folder": Path(args.out) if args.out else None, "replay": replay}]
     else:
+        if args.out:
+            from critifusion_tui.engine.store import check_out_folder
+
+            try:
+                check_out_folder(Path(args.out), force=bool(getattr(args, "force", False)))
+            except StoreError as exc:
+                say(f"critifusion: {exc}")
+                return EXIT_USAGE
         jobs = [{"prompt": args.prompt, "folder": Path(args.out) if args.out else None}]
 
     reporter = make_reporter(out_stream)
     outcomes: list[Outcome] = []
     interrupted = False
+    stopped_by: list[int] = []  # the signal (SIGTERM, SIGHUP) that ended the run, if any
+
+    def catch_stop_signals(loop, task) -> None:
+        import signal
+
+        def stop(signum: int) -> None:
+            stopped_by.append(signum)
+            task.cancel()
+
+        for name in STOP_SIGNALS:
+            signum = getattr(signal, name, None)
+            if signum is not None:
+                try:
+                    loop.add_signal_handler(signum, stop, int(signum))
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass  # not on this platform, or not the main thread
 
     async def main() -> None:
         from critifusion_tui.engine.pipeline import Session
 
+        catch_stop_signals(asyncio.get_running_loop(), asyncio.current_task())
         session = Session(settings)
+        for text in notices:
+            reporter(Notice("", "warning", text))
         if session.diffusion.is_tiny_random:
             reporter(Notice("", "warning", "diffusion.model is tiny-random: the images are noise"))
         try:
@@ -285,15 +388,26 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
                 kwargs: dict[str, Any] = {"seed": args.seed, "variants": args.variants, "emit": reporter}
                 if "resume" in job:
                     kwargs["resume"] = job["resume"]
-                elif folder is not None and (folder / MANIFEST).exists():
-                    earlier = RunStore.open(folder).manifest
+                elif folder is not None and folder_holds_run(folder):
+                    try:
+                        earlier = RunStore.open(folder).manifest
+                    except StoreError as exc:
+                        outcome = Outcome(folder, "failed", error=f"cannot resume {folder}: {exc}")
+                        outcomes.append(outcome)
+                        reporter(Notice("", "error", outcome.error))
+                        continue
+                    if earlier.get("prompt") != job["prompt"].strip():
+                        outcome = Outcome(folder, "failed", error=f"{folder} holds another prompt's run; move it away")
+                        outcomes.append(outcome)
+                        reporter(Notice("", "error", outcome.error))
+                        continue
                     if earlier.get("status") == "done":
                         reporter(Notice("", "info", f"skipping {job['prompt']!r}: already done in {folder}"))
                         outcomes.append(Outcome(folder, "done", manifest=earlier))
                         continue
                     kwargs["resume"] = folder
                 else:
-                    kwargs.update(prompt=job["prompt"], out=folder)
+                    kwargs.update(prompt=job["prompt"], out=folder, force=bool(getattr(args, "force", False)))
                     if "replay" in job:
                         replay = job["replay"]
                         kwargs["replay"] = replay
@@ -314,17 +428,22 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
         asyncio.run(main())
     except KeyboardInterrupt:
         interrupted = True
+    except asyncio.CancelledError:  # SIGTERM or SIGHUP cancelled the run
+        interrupted = True
     finally:
         reporter.close()
 
     if interrupted:
+        import signal
+
         folder = next((o.folder for o in reversed(outcomes) if o.folder), None)
         where = f"; completed stages are saved in {folder}" if folder else ""
         resume = f"; resume with: critifusion run --resume {folder}" if folder else ""
-        print(f"critifusion: interrupted{where}{resume}", file=sys.stderr)
+        why = f"stopped by {signal.Signals(stopped_by[0]).name}" if stopped_by else "interrupted"
+        say(f"critifusion: {why}{where}{resume}")
     if args.json:
-        summaries = [o.summary() for o in outcomes]
+        summaries = redact_data([o.summary() for o in outcomes])
         print(json.dumps(summaries if args.prompts else (summaries[0] if summaries else {}), indent=2, ensure_ascii=False))
     if interrupted:
-        return EXIT_INTERRUPTED
+        return 128 + stopped_by[0] if stopped_by else EXIT_INTERRUPTED
     return EXIT_OK if outcomes and all(o.status == "done" for o in outcomes) else EXIT_FAILED

@@ -25,11 +25,35 @@ class PromptFileError(Exception):
     """A prompt file that cannot be read as any supported format; the message says why."""
 
 
-def read_prompt_file(path: Path, *, limit: int | None = None, category: str | None = None) -> list[str]:
+PROMPTS_MAX_BYTES = 64 * 2**20
+
+
+def _text_of(path: Path) -> str:
+    """The file as text: UTF-8 (a BOM is fine: spreadsheets write one) or UTF-16 with its BOM;
+    anything else (a binary file, another encoding, a huge file) is a PromptFileError."""
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")  # spreadsheets write a BOM
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PromptFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        with open(path, "rb") as handle:
+            data = handle.read(PROMPTS_MAX_BYTES + 1)
+    except OSError as exc:
+        raise PromptFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > PROMPTS_MAX_BYTES:
+        raise PromptFileError(f"{path}: over {PROMPTS_MAX_BYTES // 2**20} MB; split it into smaller files")
+    try:
+        text = data.decode("utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PromptFileError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8, one prompt per line"
+        ) from None
+    if "\x00" in text:
+        raise PromptFileError(f"{path}: a binary file (it holds NUL bytes), not one prompt per line")
+    return text
+
+
+def read_prompt_file(path: Path, *, limit: int | None = None, category: str | None = None) -> list[str]:
+    """The prompts of a file, control characters removed (a prompt file is outside text)."""
+    from critifusion_tui.providers.hygiene import clean_outside
+
+    text = _text_of(Path(path))
     suffix = Path(path).suffix.lower()
     if suffix == ".json":
         rows = _json_rows(text, path)
@@ -44,7 +68,7 @@ def read_prompt_file(path: Path, *, limit: int | None = None, category: str | No
         rows = [(p, c) for p, c in rows if c and c.casefold() == category.casefold()]
         if not rows:
             raise PromptFileError(f"{path}: no prompt in category {category!r}; categories: {', '.join(known)}")
-    prompts = [p for p, _ in rows if p]
+    prompts = [clean for clean in (clean_outside(p) for p, _ in rows if p) if clean]
     return prompts[:limit] if limit is not None else prompts
 
 

@@ -67,6 +67,11 @@ class Script:
             return self.usage
         return 7, max(1, len(text.split()))
 
+    # Echo the request's Authorization header back in an error: with ``status``, in the
+    # error body; without, as an error event after the first streamed pieces (hostile or
+    # careless servers do both).
+    echo_auth: bool = False
+
     def pieces(self, text: str) -> list[str]:
         if self.chunks is not None:
             return list(self.chunks)
@@ -303,6 +308,11 @@ class _Handler(BaseHTTPRequestHandler):
             if index and self.loopback.wait(script.chunk_delay):
                 return
             self._chunk(f"data: {json.dumps(_completion_chunk(model, piece))}\n\n")
+            if script.echo_auth:
+                error = {"error": {"message": f"stream failed; {self._echo()}", "type": "server_error"}}
+                self._chunk(f"data: {json.dumps(error)}\n\n")
+                self._end_chunked()
+                return
         if script.garbage is not None:
             self._chunk(f"data: {script.garbage}\n\n")
         last = _completion_chunk(model, '', finish='stop')
@@ -360,6 +370,10 @@ class _Handler(BaseHTTPRequestHandler):
             if index and self.loopback.wait(script.chunk_delay):
                 return
             self._chunk(json.dumps(_ollama_part(model, piece, done=False)) + "\n")
+            if script.echo_auth:
+                self._chunk(json.dumps({"error": f"stream failed; {self._echo()}"}) + "\n")
+                self._end_chunked()
+                return
         if script.garbage is not None:
             self._chunk(script.garbage + "\n")
         self._chunk(json.dumps(_ollama_part(model, "", done=True, tokens=tokens)) + "\n")
@@ -403,9 +417,14 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return script
 
+    def _echo(self) -> str:
+        return f"request had Authorization: {self.headers.get('Authorization', '(none)')}"
+
     def _fault(self, script: Script, *, together: bool) -> None:
         status = script.status or 500
         message = script.error or _DEFAULT_ERRORS.get(status, f"scripted failure {status}")
+        if script.echo_auth:
+            message = f"{message}; {self._echo()}"
         if together:
             error: dict[str, Any] = {"message": message, "type": "scripted_error"}
             if script.error_code:

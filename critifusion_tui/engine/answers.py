@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from critifusion_tui.engine.prompts import prose_lines, split_sentences, split_tags, strip_emphasis
+from critifusion_tui.providers.hygiene import clean_decoded
 
 # Stage 1 asks for 16 to 26 tags; stage 2 for 3 to 6 components (SPEC 1, 2).
 TAGS_RANGE = (16, 26)
@@ -255,22 +256,22 @@ def _json_values(text: str) -> Iterable[object]:
     for match in _FENCE.finditer(text):
         if match.group(1).lower() in _JSON_LANGS:
             try:
-                yield json.loads(match.group(2))
-            except ValueError:
+                yield clean_decoded(json.loads(match.group(2)))
+            except (ValueError, RecursionError):
                 pass
     try:
-        yield json.loads(text)
-    except ValueError:
+        yield clean_decoded(json.loads(text))
+    except (ValueError, RecursionError):
         pass
     outside = _FENCE.sub(lambda m: m.group(0) if m.group(1).lower() in _JSON_LANGS else "\n", text)
     index = outside.find("{")
     while index != -1:
         try:
             value, end = decoder.raw_decode(outside, index)
-        except ValueError:
+        except (ValueError, RecursionError):
             index = outside.find("{", index + 1)
             continue
-        yield value
+        yield clean_decoded(value)
         index = outside.find("{", end)
 
 

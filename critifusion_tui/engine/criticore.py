@@ -58,7 +58,16 @@ from critifusion_tui.engine.prompts import (
 )
 from critifusion_tui.engine.tokens import clip77_strict
 from critifusion_tui.engine.ledger import estimate_tokens
-from critifusion_tui.providers.base import ChatResult, ModelRef, ProviderError, current_meter, metered, system, user
+from critifusion_tui.providers.base import (
+    ChatResult,
+    ModelRef,
+    ProviderError,
+    current_meter,
+    metered,
+    short_detail,
+    system,
+    user,
+)
 from critifusion_tui.providers.rules import rules_components, rules_critique, rules_tags
 
 __all__ = [
@@ -77,6 +86,7 @@ CRITIC_AGG_TEMPERATURE, CRITIC_AGG_MAX_TOKENS = 0.2, 420
 MAX_COMPONENTS = 6
 MAX_ISSUES = 5
 DIVIDER = "\n---\n"
+FAILED_EXCERPT = 2000  # characters of a failed answer kept in the manifest
 
 # --- What each call asks: the templates live in engine/instructions.py ---------------------
 # (kept here under their old names for code that imported them from this module)
@@ -116,7 +126,9 @@ class Answer:
         return self.error is None
 
     def record(self) -> dict[str, Any]:
-        record = {"model": self.model, "text": self.text, "error": self.error, "seconds": round(self.seconds, 3)}
+        # A failed answer keeps only an excerpt: the manifest is rewritten after every stage.
+        text = self.text if self.ok or len(self.text) <= FAILED_EXCERPT else self.text[:FAILED_EXCERPT] + " …[cut]"
+        record = {"model": self.model, "text": text, "error": self.error, "seconds": round(self.seconds, 3)}
         if self.error_code == "unusable_answer":
             record["unusable"] = True
         if self.notes:
@@ -421,9 +433,11 @@ class CritiCore:
             except (asyncio.CancelledError, KeyboardInterrupt):
                 raise
             except Exception as exc:  # a bug or an unexpected client error: visible, not fatal
-                answer = Answer(model, role, error=f"{type(exc).__name__}: {exc}", error_code="unexpected")
+                answer = Answer(model, role, error=f"{type(exc).__name__}: {short_detail(exc, 500)}", error_code="unexpected")
             else:
                 notes = list(reading.notes) if reading is not None and not _is_rules(model) else []
+                if getattr(result, "truncated", False):
+                    notes.append(f"the answer was cut at {len(text):,} characters (the size cap for its max_tokens)")
                 if reading is not None and reading.problem:
                     answer = Answer(
                         model, role, text=text, error=f"{model}: unusable answer: {reading.problem}",
@@ -493,7 +507,7 @@ class CritiCore:
                     meter.tokens_out = estimate_tokens([result.text])
             if key is not None:
                 self.cache.put(key, model=model, text=result.text, output=getattr(result, "output", None))
-            if schema is None:
+            if schema is None and not getattr(result, "truncated", False):
                 return result.text
             return result
 

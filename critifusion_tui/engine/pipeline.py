@@ -44,7 +44,10 @@ from critifusion_tui.engine.events import (
 )
 from critifusion_tui.engine.ledger import summarize
 from critifusion_tui.engine.model_source import load_summary
-from critifusion_tui.engine.store import RunStore, timestamp
+from critifusion_tui.engine.output_checks import black_image, latent_problem, likely_cause, shape_problem
+from critifusion_tui.engine.store import RunStore, StoreError, timestamp
+from critifusion_tui.redact import configure as remember_secrets
+from critifusion_tui.redact import redact_fields
 
 VARIANTS = ("full", "all")
 # The stages of the full method, and of the comparison branch that refines the base made
@@ -107,6 +110,7 @@ class Session:
         from critifusion_tui.providers.router import ProviderRouter
 
         self.settings = settings
+        remember_secrets(settings)
         self.router = router or ProviderRouter(settings)
         self.diffusion = diffusion or Diffusion.from_config(settings.diffusion)
         self._scorers = None
@@ -126,7 +130,7 @@ class Session:
 
     def new_run(
         self, prompt: str, *, seed: int | None = None, out: Path | None = None,
-        variants: str = "full", emit: Emit = ignore,
+        variants: str = "full", emit: Emit = ignore, force: bool = False,
     ) -> Run:
         """A fresh run folder for `prompt` (exactly `out` when given)."""
         from critifusion_tui.config import settings_for_manifest
@@ -144,6 +148,7 @@ class Session:
             output_dir=self.settings.output.path(),
             folder=out,
             extra={"variants": variants, "tiny_random": self.diffusion.is_tiny_random},
+            force=force,
         )
         return Run(self, store, emit=emit)
 
@@ -234,7 +239,8 @@ class Run:
         return self.store.folder
 
     def _emit(self, event: Event) -> None:
-        self.emit(event)
+        # Every front end hears events from here: one redaction step for all of them.
+        self.emit(redact_fields(event))
 
     def done(self, stage: str) -> bool:
         return self.store.stage(stage) is not None
@@ -274,6 +280,9 @@ class Run:
         manifest["status"] = "running"
         manifest.setdefault("resumed", []).append(timestamp())
         self.store.write_manifest()
+        removed = self.store.remove_temp_files()
+        if removed:
+            self._emit(Notice("", "info", f"removed {len(removed)} unfinished temporary file(s) of an interrupted write"))
 
     async def _stage(self, name: str, work: Callable[[], Awaitable[dict[str, Any]]], detail: str = "") -> dict[str, Any]:
         """Run one stage: events, timing, the record saved, failures recorded and re-raised."""
@@ -291,27 +300,29 @@ class Run:
         return summarize(self.criticore.ledger)
 
     async def _run_stage(self, name: str, work: Callable[[], Awaitable[dict[str, Any]]], detail: str) -> dict[str, Any]:
-        if self.reopened:
-            self._note_resume()
-        elif self.store.manifest.get("status") != "running":
-            self.store.manifest["status"] = "running"  # a finished run whose stage runs again
-        self._emit(StageStarted(name, detail))
         started = time.perf_counter()
         try:
+            if self.reopened:
+                self._note_resume()
+            elif self.store.manifest.get("status") != "running":
+                self.store.manifest["status"] = "running"  # a finished run whose stage runs again
+            self._emit(StageStarted(name, detail))
             record = await work()
+            seconds = time.perf_counter() - started
+            record.setdefault("seconds", round(seconds, 3))
+            self._update_ledger()
+            self.store.save_stage(name, record)
         except asyncio.CancelledError:
             self._emit(StageFailed(name, "cancelled", time.perf_counter() - started))
             raise
-        except RunFailed as exc:
+        except (RunFailed, StoreError, OSError) as exc:
+            failure = exc if isinstance(exc, RunFailed) else RunFailed(name, _file_problem(exc, self.folder))
             seconds = time.perf_counter() - started
             self._update_ledger()
-            self.store.fail_stage(name, exc.message, seconds=round(seconds, 3))
-            self._emit(StageFailed(name, exc.message, seconds))
-            raise
-        seconds = time.perf_counter() - started
-        record.setdefault("seconds", round(seconds, 3))
-        self._update_ledger()
-        self.store.save_stage(name, record)
+            with suppress(OSError):  # a full disk may refuse this write too: the message still comes
+                self.store.fail_stage(name, failure.message, seconds=round(seconds, 3))
+            self._emit(StageFailed(name, failure.message, seconds))
+            raise failure from None
         self._emit(StageFinished(name, seconds))
         return record
 
@@ -471,9 +482,11 @@ class Run:
                 name, diffusion.base_latent, prompt=prompt, negative=negative, width=width,
                 height=height, steps=cfg.steps, guidance=cfg.guidance, seed=self.seed,
             )
+            self._check_output(name, latent, guidance=cfg.guidance)
             self._latents[name] = latent
             await asyncio.to_thread(self.store.write_latent, LATENT_FILE[name], latent)
             image = await self._blocking(name, diffusion.decode, latent)
+            self._check_output(name, None, image, guidance=cfg.guidance)
             png = await self._save_png(name, image, prompt, negative, self.seed)
             return {
                 "prompt": prompt, "negative": negative, "image": png, "latent": LATENT_FILE[name],
@@ -493,13 +506,30 @@ class Run:
         self._emit(ImageReady(stage, path=self.store.path(name), label=label))
         return name
 
+    def _check_output(self, stage: str, latent=None, image=None, *, guidance=None, noise_std=None) -> None:
+        """NaN latents and all-black images are failures that name the likely setting."""
+        problem = latent_problem(latent) if latent is not None else None
+        if problem is None and image is not None and black_image(image):
+            problem = "the image came out all black"
+        if problem:
+            cause = likely_cause(guidance=guidance, dtype=self.settings.diffusion.dtype, noise_std=noise_std)
+            raise RunFailed(stage, f"{problem}; {cause}")
+
     def latent(self, stage: str):
         """A base latent, from memory or from the run folder (after a resume)."""
         if stage not in self._latents:
             record = self.store.stage(stage)
             if record is None:
                 raise RunFailed(stage, f"the {stage} stage has not run")
-            self._latents[stage] = self.store.read_latent(record["latent"])
+            latent = self.store.read_latent(record["latent"], f"stages.{stage}.latent")
+            problem = latent_problem(latent)
+            if problem is None and record.get("width") and record.get("height"):
+                diffusion = self.session.diffusion
+                factor = diffusion.vae_scale_factor if getattr(diffusion, "loaded", False) else 8
+                problem = shape_problem(latent, record["width"], record["height"], factor)
+            if problem:
+                raise RunFailed(stage, f"{self.store.path(record['latent'])}: {problem}")
+            self._latents[stage] = latent
         return self._latents[stage]
 
     # ---------------------------------------------------------------- stage 4: critique
@@ -511,7 +541,7 @@ class Run:
         record = self.store.stage(base)
         if record is None:
             raise RunFailed(name, f"the {base} stage has not run")
-        png = self.store.path(record["image"]).read_bytes()
+        png = self.store.read_file(record["image"], f"stages.{base}.image")
         components = self.text("components") or []
 
         async def work() -> dict[str, Any]:
@@ -670,9 +700,11 @@ class Run:
                     x_hi, x_lo.to(x_hi.device, x_hi.dtype), base_c=params.base_c, rho_t=params.rho_t,
                     noise_std=params.noise_std, generator=diffusion.generator(params.seed),
                 )
+                self._check_output(name, fused, guidance=params.guidance, noise_std=params.noise_std)
                 return diffusion.decode(fused)
 
             image = await self._blocking(name, fuse_and_decode)
+            self._check_output(name, None, image, guidance=params.guidance, noise_std=params.noise_std)
             png = await self._save_png(name, image, prompt, negative, params.seed)
             return {
                 "prompt": prompt, "negative": negative, "strength": params.strength,
@@ -713,13 +745,27 @@ class Run:
             if self.store.manifest.get("variants") == "all":
                 await self._original_branch()
         except asyncio.CancelledError:
-            self.store.finish("cancelled")
+            self._finish("cancelled")
             raise
         except RunFailed:
-            self.store.finish("failed")
+            self._finish("failed")
             raise
-        self.store.finish("done")
+        except (StoreError, OSError) as exc:  # a write between stages (an edit, the status)
+            self._finish("failed")
+            raise RunFailed("run", _file_problem(exc, self.folder)) from None
+        try:
+            self.store.finish("done")
+        except OSError as exc:
+            raise RunFailed("run", _file_problem(exc, self.folder)) from None
         return self.store.manifest
+
+    def _finish(self, status: str) -> None:
+        """Record how the run ended; a disk that refuses even this leaves the last stage's word."""
+        try:
+            self.store.finish(status)
+        except OSError as exc:
+            self.store.manifest["status"] = status
+            self._emit(Notice("", "error", f"could not record status {status!r}: {_file_problem(exc, self.folder)}"))
 
     async def _original_branch(self) -> None:
         """SPEC 7's comparison variants: the user's prompt as base, criticised and refined."""
@@ -742,7 +788,24 @@ class Run:
         record = self.store.stage(stage)
         if record is None:
             raise RunFailed(stage, f"the {stage} stage has not run")
-        return self.store.path(record["image"]).read_bytes()
+        return self.store.read_file(record["image"], f"stages.{stage}.image")
+
+
+def _file_problem(exc: BaseException, folder: Path) -> str:
+    """A run-folder fault (disk full, read-only, a refused file) as one sentence."""
+    import errno
+
+    if isinstance(exc, StoreError):
+        return str(exc)
+    code = getattr(exc, "errno", None)
+    where = getattr(exc, "filename", None) or folder
+    if code == errno.ENOSPC:
+        return f"the disk is full: cannot write {where}; free some space, then resume with --resume {folder}"
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write {where}: {exc.strerror} (a read-only or foreign folder?)"
+    if code == errno.ENAMETOOLONG:
+        return f"cannot write {where}: the path is too long"
+    return f"cannot write {where}: {getattr(exc, 'strerror', None) or exc}"
 
 
 # Which stage's record an edit belongs to, and which stages used the edited value.

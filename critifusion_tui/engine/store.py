@@ -19,13 +19,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SCHEMA = "critifusion.run/1"
-MANIFEST = "manifest.json"
+from critifusion_tui.engine.store_paths import (
+    FILE_FIELDS,
+    MANIFEST,
+    SCHEMA,
+    StoreError,
+    confined,
+    load_manifest,
+    read_confined,
+)
+
 SLUG_MAX = 40
-
-
-class StoreError(Exception):
-    """A run folder that cannot be created, read or resumed; the message says which and why."""
+__all__ = ["MANIFEST", "SCHEMA", "RunStore", "StoreError", "atomic_write", "slugify", "timestamp"]
 
 
 def timestamp() -> str:
@@ -40,8 +45,9 @@ def slugify(text: str, limit: int = SLUG_MAX) -> str:
     return slug[:limit].rstrip("-") or "run"
 
 
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through `write(file)` to a temporary sibling, fsync, then rename over `path`."""
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb", *, exclusive: bool = False) -> None:
+    """Write through `write(file)` to a temporary sibling, fsync, then rename over `path`
+    (with `exclusive`: hard-link it to `path`, which fails if `path` exists)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -49,7 +55,11 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            Path(tmp).unlink(missing_ok=True)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -76,6 +86,7 @@ class RunStore:
         folder: Path | None = None,
         now: datetime | None = None,
         extra: dict[str, Any] | None = None,
+        force: bool = False,
     ) -> RunStore:
         """A new run: exactly `folder` when given (it must be empty or absent), else a fresh
         `<date>-<time>-<slug>` folder under `output_dir`."""
@@ -86,14 +97,7 @@ class RunStore:
             folder = cls._fresh_folder(Path(output_dir), now, prompt)
         else:
             folder = Path(folder)
-            if (folder / MANIFEST).exists():
-                raise StoreError(
-                    f"{folder} already holds a run; resume it with --resume {folder} or choose another --out"
-                )
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create run folder {folder}: {exc.strerror or exc}") from None
+            claim_folder(folder, force=force)
         manifest = {
             "schema": SCHEMA,
             "prompt": prompt,
@@ -107,33 +111,50 @@ class RunStore:
             **(extra or {}),
         }
         store = cls(folder, manifest)
-        store.write_manifest()
+        store.write_manifest(exclusive=True)
         return store
 
     @staticmethod
     def _fresh_folder(output_dir: Path, now: datetime, prompt: str) -> Path:
+        """A new `<date>-<time>-<slug>[-n]` folder, made exclusively (two runs never share one)."""
         base = f"{now:%Y%m%d-%H%M%S}-{slugify(prompt)}"
-        candidate = output_dir / base
-        n = 2
-        while candidate.exists():
-            candidate = output_dir / f"{base}-{n}"
-            n += 1
-        return candidate
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the output folder {output_dir}: {exc.strerror or exc}") from None
+        for n in range(1, 10_000):
+            candidate = output_dir / (base if n == 1 else f"{base}-{n}")
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise StoreError(f"cannot create run folder {candidate}: {exc.strerror or exc}") from None
+        raise StoreError(f"cannot create a run folder in {output_dir}: 10,000 runs of this second exist")
 
     @classmethod
     def open(cls, folder: Path) -> RunStore:
-        """An existing run, for resuming or viewing."""
+        """An existing run, for resuming or viewing; its manifest is checked field by field
+        (a run folder may come from someone else) and every path in it stays inside it."""
         folder = Path(folder)
-        path = folder / MANIFEST
+        return cls(folder, load_manifest(folder))
+
+    def remove_temp_files(self) -> list[str]:
+        """Delete what an interrupted atomic write left behind (``.<name>.*.tmp``)."""
+        removed = []
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise StoreError(f"{folder} is not a run folder (no {MANIFEST})") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise StoreError(f"{path}: cannot read the manifest: {exc}") from None
-        if manifest.get("schema") != SCHEMA:
-            raise StoreError(f"{path}: schema {manifest.get('schema')!r} is not {SCHEMA!r}")
-        return cls(folder, manifest)
+            leftovers = [p for p in self.folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+        except OSError:
+            return removed
+        for path in leftovers:
+            try:
+                if path.is_file() and not path.is_symlink():
+                    path.unlink()
+                    removed.append(path.name)
+            except OSError:
+                pass  # a read-only folder: the next write says so
+        return removed
 
     # ---------------------------------------------------------------- stages
 
@@ -180,9 +201,19 @@ class RunStore:
 
     # ---------------------------------------------------------------- files
 
-    def write_manifest(self) -> None:
-        text = json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n"
-        atomic_write(self.folder / MANIFEST, lambda f: f.write(text), mode="w")
+    def write_manifest(self, *, exclusive: bool = False) -> None:
+        """Persist the manifest atomically; `exclusive` (the first write of a new run) fails
+        when another process wrote one first: of two runs racing for a folder, one wins."""
+        from critifusion_tui.redact import redact_data
+
+        # Redacted as it is written: no key or credential reaches the disk (see redact.py).
+        text = json.dumps(redact_data(self.manifest), indent=2, ensure_ascii=False) + "\n"
+        try:
+            atomic_write(self.folder / MANIFEST, lambda f: f.write(text), mode="w", exclusive=exclusive)
+        except FileExistsError:
+            raise StoreError(
+                f"{self.folder} already holds a run; resume it with --resume {self.folder} or choose another --out"
+            ) from None
 
     def write_png(self, name: str, image, text: dict[str, str]) -> str:
         """Save a PIL image with `text` in its PNG text chunks; returns the relative path."""
@@ -202,13 +233,66 @@ class RunStore:
         atomic_write(self.folder / name, lambda f: f.write(data))
         return name
 
-    def read_latent(self, name: str):
+    def read_latent(self, name: str, field: str = "latent"):
         from safetensors.torch import load
 
         try:
-            return load((self.folder / name).read_bytes())["latent"]
-        except Exception as exc:  # OSError, a missing key, or safetensors' own error types
-            raise StoreError(f"{self.folder / name}: cannot read the latent: {exc}") from None
+            data = read_confined(self.folder, name, field, FILE_FIELDS["latent"])
+        except StoreError as exc:
+            raise StoreError(f"cannot read the latent: {exc}") from None
+        try:
+            latent = load(data)["latent"]
+        except Exception as exc:  # a missing key, or safetensors' own error types
+            raise StoreError(f"{self.folder / name}: cannot read the latent: {type(exc).__name__}: {exc}") from None
+        return latent
 
-    def path(self, relative: str) -> Path:
-        return self.folder / relative
+    def read_file(self, relative: str, field: str, limit: int = FILE_FIELDS["image"]) -> bytes:
+        """A file the manifest names, read only if it is a regular file inside the folder."""
+        return read_confined(self.folder, relative, field, limit)
+
+    def path(self, relative: str, field: str = "file") -> Path:
+        """The path of a file inside the run folder (a name that leaves it is refused)."""
+        return confined(self.folder, relative, field)
+
+
+def check_out_folder(folder: Path, *, force: bool = False) -> None:
+    """Refuse, before anything runs, an --out that a new run may not take (see claim_folder);
+    a folder that holds a run is fine here (the caller resumes or skips it)."""
+    try:
+        if folder.is_symlink():
+            raise StoreError(f"{folder} is a symbolic link; a run folder is never written through one")
+        if not folder.exists() or (folder / MANIFEST).exists():
+            return
+        if not folder.is_dir():
+            raise StoreError(f"{folder} exists and is not a folder")
+        if not force and any(folder.iterdir()):
+            raise StoreError(
+                f"{folder} is not empty and holds no run; choose an empty or new folder for --out (or --force to write into it)"
+            )
+    except OSError as exc:
+        raise StoreError(f"cannot use {folder} as the run folder: {exc.strerror or exc}") from None
+
+
+def claim_folder(folder: Path, *, force: bool = False) -> None:
+    """Make `folder` the new run's own: created now, or an existing empty folder (never a
+    symbolic link, never a folder that already holds a run; a non-empty one only with
+    `force`, whose files a run may then overwrite)."""
+    try:
+        if folder.is_symlink():
+            raise StoreError(f"{folder} is a symbolic link; a run folder is never written through one")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir()
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot create run folder {folder}: {exc.strerror or exc}") from None
+    try:
+        if not folder.is_dir():
+            raise StoreError(f"{folder} exists and is not a folder")
+        if (folder / MANIFEST).exists():
+            raise StoreError(f"{folder} already holds a run; resume it with --resume {folder} or choose another --out")
+        if not force and any(folder.iterdir()):
+            raise StoreError(f"{folder} is not empty and holds no run; choose an empty or new folder for --out (or --force to write into it)")
+    except OSError as exc:
+        raise StoreError(f"cannot use run folder {folder}: {exc.strerror or exc}") from None

@@ -31,6 +31,11 @@ class ModelRef:
     @classmethod
     def parse(cls, text: str) -> ModelRef:
         """Read ``provider:name``; ``rules`` stands alone."""
+        from critifusion_tui.providers.hygiene import has_control
+
+        if has_control(text):
+            # A terminal escape in a model name would reach the screen and every log.
+            raise ModelRefError(f"{ascii(text)} holds control characters; a model reference is plain text")
         ref = text.strip()
         if ref == "rules":
             return cls("rules")
@@ -102,9 +107,12 @@ class ChatResult:
     model: ModelRef
     seconds: float
     output: str = "free"
+    truncated: bool = False  # cut at the size cap (see bounded.py)
 
 
 DeltaCallback = Callable[[str], None]
+RAW_KEEP = 4096  # characters of a raw streamed answer kept for diagnostics
+RAW_LIMIT = 8 * 2**20  # characters of raw stream (reasoning included) before it is stopped
 
 
 class StreamCollector:
@@ -121,15 +129,25 @@ class StreamCollector:
         self._on_delta = on_delta
         self._cleaner = StreamCleaner()
         self._parts: list[str] = []
-        self._raw: list[str] = []  # kept only to say why an answer came out empty
+        # The start of the raw answer, kept only to say why an answer came out empty; the
+        # rest is counted, not kept (hidden reasoning alone may be unbounded).
+        self._raw: list[str] = []
+        self._raw_size = 0
         self._callback_error: BaseException | None = None
 
     def feed(self, raw_piece: str) -> None:
-        self._raw.append(raw_piece)
+        if self._raw_size < RAW_KEEP:
+            self._raw.append(raw_piece[: RAW_KEEP - self._raw_size])
+        self._raw_size += len(raw_piece)
+        if self._raw_size > RAW_LIMIT:
+            raise UnusableAnswerError(
+                "stream", f"the answer passed {RAW_LIMIT:,} characters without usable text; stopped",
+                fix="lower max_tokens or pick another model",
+            )
         self._deliver(self._cleaner.feed(raw_piece))
 
     def finish(self) -> tuple[str, str]:
-        """Flush what the cleaner held back; return the cleaned and the raw answer."""
+        """Flush what the cleaner held back; return the cleaned and the (start of the) raw answer."""
         self._deliver(self._cleaner.finish())
         return "".join(self._parts), "".join(self._raw)
 
@@ -200,9 +218,13 @@ class ProviderError(Exception):
         fix: str | None = None,
         status: int | None = None,
     ) -> None:
+        from critifusion_tui.redact import redact
+
+        # A server may echo the request (its Authorization header, a URL with a password)
+        # in its error text: no message of ours carries it on.
         self.ref = str(ref)
-        self.message = message
-        self.fix = fix
+        self.message = redact(message)
+        self.fix = redact(fix) if fix else fix
         self.status = status
         super().__init__(str(self))
 
@@ -265,10 +287,9 @@ def empty_answer(ref: ModelRef | str, raw: str) -> UnusableAnswerError:
 
 def short_detail(text: object, limit: int = 200) -> str:
     """A server's error text, cleaned and shortened for a one-line message."""
-    from critifusion_tui.providers.hygiene import clean_model_text
+    from critifusion_tui.providers.hygiene import clean_outside
 
-    detail = " ".join(clean_model_text(str(text)).split())
-    return detail if len(detail) <= limit else detail[: limit - 1] + "…"
+    return clean_outside(text, limit=limit)
 
 
 def closest_names(missing: str, available: Iterable[str], n: int = 3) -> list[str]:

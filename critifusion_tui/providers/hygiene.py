@@ -264,3 +264,34 @@ def _could_begin_tag(text: str) -> bool:
 
 def _is_tag(text: str, tag: str) -> bool:
     return len(text) == len(tag) and _ci_startswith(text, tag)
+
+
+# --- Text from outside that is not an answer ------------------------------------------------
+# The same cleaner serves every text that comes from outside the program: an answer's strings
+# after JSON decoding (``"\u001b"`` in JSON is an escape only once decoded), model names from
+# a catalogue, error bodies, model references and prompts read from files or run folders.
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a control character other than newline and tab."""
+    return any(_is_control(ch) and ch not in "\n\t" for ch in text)
+
+
+def clean_outside(text: object, *, limit: int | None = None) -> str:
+    """Outside text as one clean line: no escapes or control characters, white space folded,
+    at most ``limit`` characters (cut with an ellipsis)."""
+    line = " ".join(clean_model_text(str(text)).split())
+    if limit is not None and len(line) > limit:
+        line = line[: max(0, limit - 1)] + "…"
+    return line
+
+
+def clean_decoded(value: object) -> object:
+    """A decoded JSON value with every string in it cleaned (keys too)."""
+    if isinstance(value, str):
+        return clean_model_text(value)
+    if isinstance(value, list):
+        return [clean_decoded(v) for v in value]
+    if isinstance(value, dict):
+        return {clean_model_text(k) if isinstance(k, str) else k: clean_decoded(v) for k, v in value.items()}
+    return value

@@ -75,11 +75,11 @@ class ProviderRouter:
         if cached is not None:
             return cached
         if ref.provider == "together":
-            model: ChatModel = self.together.model(ref.name)
+            model: ChatModel = self._bounded(self.together.model(ref.name), "together")
         elif ref.provider == "ollama":
-            model = self.ollama.model(ref.name)
+            model = self._bounded(self.ollama.model(ref.name), "ollama")
         elif ref.provider == "openai":
-            model = self.openai.model(ref.name)
+            model = self._bounded(self.openai.model(ref.name), "openai")
         elif ref.provider == "rules":
             model = self._rules
         else:  # ModelRef.parse already refuses this; a hand-made ModelRef might not
@@ -89,6 +89,13 @@ class ProviderRouter:
         return model
 
     __getitem__ = model
+
+    def _bounded(self, model: ChatModel, provider: str) -> ChatModel:
+        """A hosted model under one deadline for the whole answer and a size cap (bounded.py)."""
+        from critifusion_tui.providers.bounded import BoundedChat
+
+        timeout = getattr(self.settings.providers, provider).timeout_s
+        return BoundedChat(model, timeout, f"providers.{provider}.timeout_s")
 
     async def aclose(self) -> None:
         """Close the clients that were opened; the router can open fresh ones afterwards."""

@@ -378,6 +378,7 @@ class CritiFusionApp(App):
             components = run.text("components") or []
             editor = self.query_one("#components", ComponentsEditor)
             editor.items = list(components)
+            self._shown_text()["components"] = list(editor.items)  # as shown, after the widget's cleaning
             self._show("tags")
             self._focus_editor("#positive")
         elif self.phase == REFINE_GATE:
@@ -400,21 +401,36 @@ class CritiFusionApp(App):
         entry = self.active_run.prompts.get(name) if self.active_run else None
         editor = self.query_one(selector, PromptEditor)
         editor.text = entry["value"] if entry else ""
+        # What the person sees may differ from the run's value (the widget drops control
+        # characters): an edit is what differs from what was shown, nothing else.
+        self._shown_text()[name] = editor.text.strip()
         if entry:
             editor.set_author("you" if entry["by"] == "user" else entry["by"])
+
+    def _shown_text(self) -> dict:
+        """The editors' texts as last filled from the run, per prompt name."""
+        if not hasattr(self, "_shown"):
+            self._shown: dict = {}
+        return self._shown
+
+    def _changed(self, name: str, now):
+        """True when the person changed `name` from what the editor showed."""
+        shown = self._shown_text().get(name)
+        before = shown if shown is not None else (self.active_run.text(name) or ("" if name != "components" else []))
+        return now != before
 
     def _apply_tag_edits(self) -> None:
         for selector, name in (("#positive", "positive"), ("#negative", "negative")):
             text = self.query_one(selector, PromptEditor).text.strip()
-            if text != (self.active_run.text(name) or ""):
+            if self._changed(name, text):
                 self.active_run.edit(name, text)
         items = self.query_one("#components", ComponentsEditor).items
-        if items != (self.active_run.text("components") or []):
+        if self._changed("components", items):
             self.active_run.edit("components", items)
 
     def _apply_refinement_edit(self) -> None:
         text = self.query_one("#refinement", PromptEditor).text.strip()
-        if text != (self.active_run.text("refinement") or ""):
+        if self._changed("refinement", text):
             self.active_run.edit("refinement", text)
 
     # ---------------------------------------------------------------- other actions

@@ -143,8 +143,11 @@ def test_batch_runs_each_prompt_once_and_skips_finished_ones(env, tmp_path):
     first = run_cli("--prompts", str(prompts), *OFFLINE, "--out", str(out), "--json", env=env, cwd=tmp_path, timeout=180)
     assert first.returncode == 0, first.stderr
     assert [r["prompt"] for r in json.loads(first.stdout)] == ["a red fox", "a blue whale"]
-    runs = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert runs == ["001-a-red-fox", "002-a-blue-whale"]
+    # Run folders only (not the claims, launch reports and summary of the batch); each line's
+    # folder is keyed by its number, its slug and a hash of its text.
+    names = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [n.rsplit("-", 1)[0] for n in names] == ["001-a-red-fox", "002-a-blue-whale"]
+    assert all(len(n.rsplit("-", 1)[1]) == 8 for n in names)
     assert json.loads((out / "batch-summary.json").read_text())["done"] == 2
     second = run_cli("--prompts", str(prompts), *OFFLINE, "--out", str(out), env=env, cwd=tmp_path)
     assert second.returncode == 0

@@ -154,7 +154,12 @@ class RunSummary:
         record = _dig(self.manifest, ("stages", stage))
         if not isinstance(record, dict) or not isinstance(record.get("image"), str):
             return None
-        path = self.folder / record["image"]
+        from critifusion_tui.engine.store_paths import StoreError, confined
+
+        try:  # a run folder from elsewhere: never show a file outside it
+            path = confined(self.folder, record["image"], f"stages.{stage}.image")
+        except StoreError:
+            return None
         return path if path.is_file() else None
 
     def parameter(self, label: str, path: tuple[str, ...]) -> str:
