@@ -88,7 +88,8 @@ def run_batch(args, settings) -> int:
         print(f"critifusion: cannot read {args.prompts}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     if not prompts:
-        print(f"critifusion: {args.prompts} holds no prompt", file=sys.stderr)
+        print(f"critifusion: {args.prompts} holds no prompts (blank lines and lines starting with # are skipped)",
+              file=sys.stderr)
         return EXIT_USAGE
     out = Path(args.out) if args.out else settings.output.path()
     jobs = [Job(prompt, batch_folder(out, index, prompt)) for index, prompt in enumerate(prompts, start=1)]

@@ -143,20 +143,24 @@ def test_a_stale_claim_of_a_dead_process_is_taken_over(env, tmp_path):
     prompts.write_text("a red fox\na blue whale\n")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
+    from critifusion_tui.headless import batch_folder
+
+    # Batch folders are named by line number, slug and a hash of the prompt text.
+    fox, whale = batch_folder(out, 1, "a red fox").name, batch_folder(out, 2, "a blue whale").name
     claims = out / ".claims"
     claims.mkdir(parents=True)
-    (claims / "001-a-red-fox.claim").write_text(json.dumps(
+    (claims / f"{fox}.claim").write_text(json.dumps(
         {"rank": 1, "host": socket.gethostname(), "pid": gone.pid, "launch": "old", "since": "earlier"}
     ))
     # Another machine's claim, silent for an hour: its heartbeat stopped, so it is stale too.
-    old = claims / "002-a-blue-whale.claim"
+    old = claims / f"{whale}.claim"
     old.write_text(json.dumps({"rank": 3, "host": "elsewhere", "pid": 77, "launch": "old", "since": "earlier"}))
     os.utime(old, (time.time() - 3600, time.time() - 3600))
 
     proc = run_cli("--prompts", str(prompts), "--out", str(out), *SMALL, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "took over 001-a-red-fox from rank 1" in proc.stdout
-    assert "took over 002-a-blue-whale from rank 3 on elsewhere" in proc.stdout
+    assert f"took over {fox} from rank 1" in proc.stdout
+    assert f"took over {whale} from rank 3 on elsewhere" in proc.stdout
     for run in manifests(out).values():
         assert run["status"] == "done" and run["ran_by"][0]["rank"] == 0
     assert not list(claims.glob("*.claim"))

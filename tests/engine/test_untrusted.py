@@ -12,7 +12,8 @@ from critifusion_tui.engine.answers import read_components
 from critifusion_tui.engine.output_checks import black_image, latent_problem, shape_problem
 from critifusion_tui.engine.store import RunStore, StoreError
 from critifusion_tui.engine.store_paths import check_relative
-from critifusion_tui.headless import PromptFileError, read_prompts
+from critifusion_tui.headless import read_prompts
+from critifusion_tui.prompt_sets import PromptFileError
 
 
 def test_fifty_concurrent_creates_of_one_folder_make_exactly_one_run(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from critifusion_tui.config import Settings, settings_for_manifest
@@ -43,7 +44,14 @@ def make_run(
     )
     base = Image.new("RGB", (64, 64), colour)
     store.write_png("base.png", base, {"prompt": prompt})
-    store.save_stage("base", {"image": "base.png", "seed": seed, "steps": steps, "seconds": 12.5})
+    # A completed base stage names its latent, prompt and negative, as a real run's does (a
+    # run folder is checked field by field when it is opened).
+    latent = store.write_latent("base_latent.safetensors", torch.zeros(1, 4, 8, 8))
+    store.save_stage(
+        "base",
+        {"image": "base.png", "latent": latent, "prompt": prompt, "negative": "blurry",
+         "seed": seed, "steps": steps, "seconds": 12.5},
+    )
     if refined:
         store.write_png("refined.png", Image.new("RGB", (64, 64), colour[::-1]), {"prompt": prompt})
         store.save_stage(
