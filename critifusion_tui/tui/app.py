@@ -137,6 +137,8 @@ class CritiFusionApp(App):
         self.session = session
         # What the engine reported loading (source, variant, device, scheduler), once it has.
         self._loaded_model: str | None = None
+        # The editors' texts as last filled from the run: an edit is a change from these.
+        self._shown: dict[str, Any] = {}
         self.active_run: Any = None
         self.phase = PROMPT
         self.skip_next_critique = False
@@ -409,8 +411,6 @@ class CritiFusionApp(App):
 
     def _shown_text(self) -> dict:
         """The editors' texts as last filled from the run, per prompt name."""
-        if not hasattr(self, "_shown"):
-            self._shown: dict = {}
         return self._shown
 
     def _changed(self, name: str, now):

@@ -350,3 +350,21 @@ async def test_f5_on_a_finished_base_draws_it_again(tmp_path):
         again = app.active_run.store.stage("base")
         assert again is not first and again["seconds"] != first["seconds"]
         assert app.phase == REFINE_GATE
+
+
+async def test_continuing_a_gate_untouched_records_no_edit_by_the_user(tmp_path):
+    # The editor drops control characters it cannot show, so what a person sees may differ
+    # from the run's value; continuing without typing must not record an edit "by user".
+    app = make_app(app_settings(tmp_path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("ctrl+r")
+        await until(pilot, settled(app, TAGS_GATE))
+        app.active_run.edit("positive", "a red fox\x07, moonlight", by="together:poet")
+        app._after_stage()  # the editors are filled from the run, as on entering the gate
+        await pilot.pause()
+        shown = app.query_one("#positive", PromptEditor).text
+        assert "\x07" not in shown and shown != app.active_run.text("positive")
+        await pilot.press("ctrl+r")
+        await until(pilot, settled(app, REFINE_GATE))
+        manifest = json.loads((app.active_run.folder / "manifest.json").read_text())
+    assert [e["by"] for e in manifest["edits"]] == ["together:poet"]
