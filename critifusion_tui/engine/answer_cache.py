@@ -72,4 +72,4 @@ class AnswerCache:
         try:
             atomic_write(self._path(key), lambda f: f.write(data), mode="w")
         except OSError:
-            pass
+            pass  # the answer itself was delivered; an unwritable cache only costs a request later

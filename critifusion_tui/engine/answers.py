@@ -258,11 +258,11 @@ def _json_values(text: str) -> Iterable[object]:
             try:
                 yield clean_decoded(json.loads(match.group(2)))
             except (ValueError, RecursionError):
-                pass
+                pass  # not JSON after all: the next reading below may still find the answer
     try:
         yield clean_decoded(json.loads(text))
     except (ValueError, RecursionError):
-        pass
+        pass  # prose around the JSON: look for objects inside it below
     outside = _FENCE.sub(lambda m: m.group(0) if m.group(1).lower() in _JSON_LANGS else "\n", text)
     index = outside.find("{")
     while index != -1:

@@ -30,6 +30,7 @@ import os
 import re
 import struct
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -449,6 +450,18 @@ def _weights(folder: Path, library: str, variant: str | None) -> tuple[list[Path
     return None, None
 
 
+def _loaded_entries(index: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """(name, library, class) of each component a load builds from ``model_index.json``:
+    private keys, null entries and the parts the engine never loads are left out. The plan
+    and the single-file config check both walk the index through this, so they agree."""
+    for name, entry in index.items():
+        if name.startswith("_") or name in _SKIPPED or not isinstance(entry, list) or len(entry) != 2:
+            continue
+        library, class_name = entry
+        if library and class_name:
+            yield name, str(library), str(class_name)
+
+
 def _tokenizer_ok(folder: Path) -> bool:
     if (folder / "tokenizer.json").is_file():
         return True
@@ -478,12 +491,7 @@ def _plan_folder(
 
     # Which variants each weighted component has.
     weighted: dict[str, tuple[str, str, dict[str | None, list[Path]]]] = {}
-    for name, entry in index.items():
-        if name.startswith("_") or name in _SKIPPED or not isinstance(entry, list) or len(entry) != 2:
-            continue
-        library, class_name = entry
-        if not library or not class_name:
-            continue
+    for name, library, class_name in _loaded_entries(index):
         sub = folder / name
         if name == "scheduler":
             continue  # read below
@@ -663,13 +671,11 @@ def _config_complete(folder: Path) -> bool:
         index = json.loads(index_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    for name, entry in index.items():
-        if name.startswith("_") or name in _SKIPPED or not isinstance(entry, list) or not all(entry):
-            continue
+    for name, _library, class_name in _loaded_entries(index):
         sub = folder / name
         if name == "scheduler":
             ok = (sub / "scheduler_config.json").is_file()
-        elif "Tokenizer" in str(entry[1]):
+        elif "Tokenizer" in str(class_name):
             ok = _tokenizer_ok(sub)
         else:
             ok = (sub / "config.json").is_file()

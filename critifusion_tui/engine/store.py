@@ -284,7 +284,7 @@ def claim_folder(folder: Path, *, force: bool = False) -> None:
         folder.mkdir()
         return
     except FileExistsError:
-        pass
+        pass  # an existing folder: the checks below decide whether a run may use it
     except OSError as exc:
         raise StoreError(f"cannot create run folder {folder}: {exc.strerror or exc}") from None
     try:
