@@ -58,11 +58,17 @@ def test_main_screen(snap_compare, fixed_run_folder, stop, size):
         editor = {"tags-gate": "#positive", "refine-gate": "#refinement"}.get(stop)
         if editor:
             view = app.query_one("#views").visible_content
-            # Twice, with a settle between: on a loaded machine a late layout pass can move
-            # the scroll position (only the scrollbar's thumb differed when it did).
-            for _ in range(2):
+            # Until the scroll position holds still: on a loaded machine a late layout pass
+            # (or the gate's own delayed scroll) can move it (only the scrollbar's thumb
+            # differed when it did).
+            last = None
+            for _ in range(20):
                 view.scroll_to_widget(app.query_one(editor), top=True, animate=False, immediate=True)
                 await pilot.wait_for_scheduled_animations()
-                await pilot.pause(0.3)
+                await pilot.pause(0.2)
+                now = (view.scroll_y, view.max_scroll_y, view.virtual_size)
+                if now == last:
+                    break
+                last = now
 
     assert snap_compare(app, terminal_size=size, run_before=drive)
