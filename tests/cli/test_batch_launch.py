@@ -103,7 +103,9 @@ def test_a_killed_process_then_a_relaunch_finishes_without_redoing_finished_stag
             for claim in (out / ".claims").glob("*.claim"):
                 name = claim.name[: -len(".claim")]
                 stages = runs.get(name, {}).get("stages", {})
-                if "tags" in stages and "base" not in stages:
+                # Inside the base stage: both text stages saved (they run concurrently, so
+                # "tags" alone can be seen while "components" is still being written).
+                if {"tags", "components"} <= set(stages) and "base" not in stages:
                     return name, json.loads(claim.read_text())["pid"]
             return None
 
