@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", choices=("auto", "kitty", "sixel", "halfblock", "none"),
         help="inline image protocol (default: tui.images, auto-detected)",
     )
+    tui.add_argument(
+        "--variants", choices=("full", "all"), default="full",
+        help="full: the method; all: also refine the base made from your own prompt (SPEC 7)",
+    )
 
     run = sub.add_parser(
         "run", parents=[common], help="run the whole method headless",
@@ -180,7 +184,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from critifusion_tui.tui.app import run_app
 
-    return run_app(loaded, prompt=args.prompt, image_mode=args.images)
+    return run_app(loaded, prompt=args.prompt, image_mode=args.images, variants=getattr(args, "variants", "full"))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
