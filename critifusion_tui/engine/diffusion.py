@@ -42,12 +42,12 @@ diffusers lets propagate at once (no further step, no decode).
 from __future__ import annotations
 
 import gc
-import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from critifusion_tui.engine.devices import empty_cache, is_oom, resolve_device, resolve_dtype
 from critifusion_tui.engine.diffusion_errors import (
     DiffusionCancelled,
     DiffusionError,
@@ -80,16 +80,6 @@ __all__ = [
 StepCallback = Callable[[int, int], Any]
 """``on_step(done, total)``: called after each denoising step, ``done`` in 1..total."""
 
-_DTYPE_NAMES = {
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-}
 # Config keys (proposed) that the out-of-memory message points at.
 OOM_HINT = (
     "Settings that help: diffusion.cpu_offload = true (keeps only the running model on the GPU), "
@@ -106,86 +96,6 @@ def img2img_step_count(steps: int, strength: float) -> int:
     Note the float product: strength 29/100 at 100 steps runs 28 steps (0.29 * 100 < 29).
     """
     return min(int(int(steps) * float(strength)), int(steps))
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when available, else ``mps``, else ``cpu``; an explicit device is checked."""
-    import torch
-
-    name = (device or "auto").strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return "mps"
-        return "cpu"
-    if name == "cpu":
-        return "cpu"
-    if re.fullmatch(r"cuda(:\d+)?", name):
-        if not torch.cuda.is_available():
-            raise DiffusionLoadError(
-                f'diffusion.device is "{device}" but this torch build sees no CUDA GPU '
-                f"(torch {torch.__version__}). Fix: set diffusion.device = \"auto\" or \"cpu\", "
-                "or install a CUDA build of torch."
-            )
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise DiffusionLoadError(
-                f'diffusion.device is "{device}" but only {torch.cuda.device_count()} CUDA '
-                'device(s) exist. Fix: use "cuda" or "cuda:0".'
-            )
-        return name
-    if name == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise DiffusionLoadError(
-                'diffusion.device is "mps" but Apple Metal is not available here. '
-                'Fix: set diffusion.device = "auto" or "cpu".'
-            )
-        return "mps"
-    raise DiffusionLoadError(
-        f"unknown diffusion.device {device!r}: expected auto, cpu, mps, cuda or cuda:N"
-    )
-
-
-def resolve_dtype(dtype: Any = "auto", device: str = "cpu") -> torch.dtype:
-    """``auto`` -> float16 on CUDA and MPS, float32 on the CPU; float16 on the CPU is refused."""
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        resolved = dtype
-    else:
-        name = str(dtype or "auto").strip().lower().removeprefix("torch.")
-        if name == "auto":
-            return torch.float32 if device == "cpu" else torch.float16
-        if name not in _DTYPE_NAMES:
-            raise DiffusionLoadError(
-                f"unknown diffusion.dtype {dtype!r}: expected auto, float16, bfloat16 or float32"
-            )
-        resolved = getattr(torch, _DTYPE_NAMES[name])
-    if resolved not in (torch.float16, torch.bfloat16, torch.float32):
-        raise DiffusionLoadError(f"diffusion.dtype {resolved} is not supported")
-    if device == "cpu" and resolved == torch.float16:
-        raise DiffusionLoadError(
-            "float16 is not supported for diffusion on the CPU (slow or missing kernels). "
-            'Fix: set diffusion.dtype = "auto" (float32) or "bfloat16".'
-        )
-    return resolved
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    kinds = tuple(
-        t
-        for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
-        if isinstance(t, type)
-    )
-    if kinds and isinstance(exc, kinds):
-        return True
-    # MPS and some allocators raise a plain RuntimeError ("MPS backend out of memory").
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def _cancel_requested(cancel: Any) -> bool:
@@ -416,7 +326,7 @@ class Diffusion:
             try:
                 self._assemble(pipe, plan.kind, plan.device, dtype)
             except Exception as exc:
-                if not _is_oom(exc):
+                if not is_oom(exc):
                     raise
                 detail = _first_line(exc)
             if detail is not None:  # outside the except block: the frames are released
@@ -556,7 +466,7 @@ class Diffusion:
         try:
             return call()
         except BaseException as exc:
-            if not _is_oom(exc):
+            if not is_oom(exc):
                 self._release_offload(pipe)
                 raise
             detail = _first_line(exc)
@@ -578,15 +488,7 @@ class Diffusion:
 
     def _free_memory(self) -> None:
         gc.collect()
-        try:
-            import torch
-        except ImportError:  # pragma: no cover
-            return
-        device = self._device or ""
-        if device.startswith("cuda") and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        elif device == "mps" and hasattr(torch, "mps"):
-            torch.mps.empty_cache()
+        empty_cache(self._device or "")
 
     def base_latent(
         self,
