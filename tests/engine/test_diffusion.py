@@ -41,6 +41,20 @@ def _base(engine, seed=1, px=64, steps=4, **kw):
     return engine.base_latent(PROMPT, NEG, width=px, height=px, steps=steps, guidance=4.5, seed=seed, **kw)
 
 
+def _diffusers_base(engine, seed, output_type):
+    """diffusers' own text-to-image call with ``_base``'s defaults (64 px, 4 steps, guidance 4.5)."""
+    return engine.txt2img(
+        prompt=PROMPT,
+        negative_prompt=NEG,
+        width=64,
+        height=64,
+        num_inference_steps=4,
+        guidance_scale=4.5,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type=output_type,
+    ).images
+
+
 # ---------------------------------------------------------------- import cost
 
 
@@ -265,16 +279,7 @@ def test_latents_equal_a_direct_diffusers_call_bit_for_bit(engine):
     # cancel check, the error mapping, no_grad) changes no bit of the latents.
     z, z2 = _chain(engine)
     with torch.no_grad():
-        theirs = engine.txt2img(
-            prompt=PROMPT,
-            negative_prompt=NEG,
-            width=64,
-            height=64,
-            num_inference_steps=4,
-            guidance_scale=4.5,
-            generator=torch.Generator("cpu").manual_seed(7),
-            output_type="latent",
-        ).images
+        theirs = _diffusers_base(engine, 7, "latent")
         theirs2 = engine.img2img(
             prompt=PROMPT + ", snowfall",
             negative_prompt=NEG,
@@ -294,16 +299,7 @@ def test_decode_divides_by_the_scaling_factor_like_diffusers(engine):
     # (output_type="np") divides by scaling_factor, and so does ours: same pixels.
     z = _base(engine, seed=5)
     ours = np.asarray(engine.decode(z), dtype=np.float32) / 255.0
-    theirs = engine.txt2img(
-        prompt=PROMPT,
-        negative_prompt=NEG,
-        width=64,
-        height=64,
-        num_inference_steps=4,
-        guidance_scale=4.5,
-        generator=torch.Generator("cpu").manual_seed(5),
-        output_type="np",
-    ).images[0]
+    theirs = _diffusers_base(engine, 5, "np")[0]
     assert np.abs(ours - theirs).max() <= 1 / 255 + 1e-6
     # ... and the scaling matters: decoding without the division looks different.
     scale = engine.txt2img.vae.config.scaling_factor
