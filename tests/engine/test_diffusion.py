@@ -67,6 +67,24 @@ def test_importing_the_module_does_not_import_torch():
     assert out.stdout.strip() == "[]"
 
 
+def test_the_rooms_public_names_still_import_from_diffusion():
+    # Scripts outside the repository import these from engine.diffusion; the code lives in
+    # devices.py, diffusion_errors.py and diffusion_running.py now.
+    from critifusion_tui.engine import devices, diffusion, diffusion_errors, diffusion_running
+
+    homes = {
+        devices: ("resolve_device", "resolve_dtype"),
+        diffusion_errors: ("DiffusionCancelled", "DiffusionError", "DiffusionLoadError", "DiffusionOutOfMemory", "OOM_HINT"),
+        diffusion_running: ("StepCallback", "img2img_step_count"),
+    }
+    for home, names in homes.items():
+        for name in names:
+            assert getattr(diffusion, name) is getattr(home, name), name
+    exported = {"Diffusion", *(name for names in homes.values() for name in names)} - {"OOM_HINT"}
+    assert set(diffusion.__all__) == exported  # as before the split
+    assert issubclass(diffusion.Diffusion, diffusion_running.DiffusionRunning)
+
+
 # ---------------------------------------------------------------- loading
 
 
