@@ -913,7 +913,7 @@ class CritiFusionApp(App):
             self._stop_progress()
             self._stop_panes(stage, cancelled=False)
             # The error may quote model output or paths: plain text, never markup.
-            self._hint(f"{stage} failed: {_one_line(event.error)}  (f5 retries it)", error=True)
+            self._hint(f"{stage} failed: {_one_line(event.error, 100)}  (f5 retries; ctrl+l: all)", error=True)
             self.log_buffer.add("error", stage, event.error)
         elif isinstance(event, StageCancelled):
             if on_rail:
