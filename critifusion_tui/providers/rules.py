@@ -20,13 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from critifusion_tui.providers.base import (
-    ChatResult,
-    DeltaCallback,
-    MessageLike,
-    ModelRef,
-    ProviderError,
-)
+from critifusion_tui.providers.base import ChatCall, ChatModel, ChatResult, ModelRef, ProviderError
 
 RULES_REF = ModelRef("rules")
 MAX_COMPONENTS = 6
@@ -81,7 +75,7 @@ def rules_critique(prompt: str, components: Sequence[str] = ()) -> RulesCritique
     return RulesCritique(refined=" ".join(prompt.split()))
 
 
-class RulesModel:
+class RulesModel(ChatModel):
     """The ``rules`` model as an object, for code that holds models by reference."""
 
     ref = RULES_REF
@@ -95,16 +89,7 @@ class RulesModel:
     def critique(self, prompt: str, components: Sequence[str] = ()) -> RulesCritique:
         return rules_critique(prompt, components)
 
-    async def chat(
-        self,
-        messages: Sequence[MessageLike],
-        *,
-        temperature: float,
-        max_tokens: int,
-        image: bytes | None = None,
-        on_delta: DeltaCallback | None = None,
-        schema: object = None,
-    ) -> ChatResult:
+    async def answer(self, call: ChatCall) -> ChatResult:
         raise ProviderError(
             self.ref,
             "the offline rules model does not chat",
