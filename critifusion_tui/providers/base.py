@@ -16,7 +16,11 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass
 from typing import Any, Literal
 
-PROVIDERS = ("together", "ollama", "openai", "rules")
+from critifusion_tui.providers.registry import HOSTED
+
+# Every provider part a model reference may name: the hosted backends, and the offline
+# ``rules`` (the engine's, registered on the router by the engine).
+PROVIDERS = (*HOSTED, "rules")
 REF_FORMS = "'together:<model id>', 'ollama:<model name>', 'openai:<model id>' or 'rules'"
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from critifusion_tui.providers.base import ChatCall, ChatModel, ChatResult, RateLimitedError
 from critifusion_tui.providers.chat import ChatWrapper
+from critifusion_tui.providers.registry import HOSTED
 
 
 @dataclass
@@ -45,8 +46,9 @@ class ProviderLimits:
 
     @classmethod
     def from_settings(cls, settings) -> ProviderLimits:
-        providers = settings.providers
-        return cls({"together": providers.together.max_concurrency, "ollama": providers.ollama.max_concurrency})
+        """A cap for every hosted backend whose settings have ``max_concurrency``."""
+        sections = {name: getattr(settings.providers, name) for name in HOSTED}
+        return cls({name: s.max_concurrency for name, s in sections.items() if hasattr(s, "max_concurrency")})
 
     def slots(self, backend: str) -> asyncio.Semaphore:
         # Made on first use: a semaphore binds to the running loop the first time it waits.
