@@ -107,11 +107,12 @@ class Session:
 
     def __init__(self, settings, *, router=None, diffusion=None) -> None:
         from critifusion_tui.engine.diffusion import Diffusion
+        from critifusion_tui.engine.offline import with_rules
         from critifusion_tui.providers.router import ProviderRouter
 
         self.settings = settings
         remember_secrets(settings)
-        self.router = router or ProviderRouter(settings)
+        self.router = router or with_rules(ProviderRouter(settings))  # `rules` is the engine's own
         self.diffusion = diffusion or Diffusion.from_config(settings.diffusion)
         self._scorers = None
 

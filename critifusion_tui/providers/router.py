@@ -40,9 +40,6 @@ class ProviderRouter:
         self._models: dict[ModelRef, ChatModel] = {}
         # Per-process caps on concurrent requests per backend, and what each backend saw.
         self.limits = ProviderLimits.from_settings(settings)
-        from critifusion_tui.providers.rules import RulesModel
-
-        self.register("rules", lambda ref: RulesModel())
 
     def register(self, provider: str, factory: ModelFactory) -> None:
         """Hand out ``provider``'s models from ``factory`` (how the engine adds ``rules``)."""

@@ -39,7 +39,7 @@ from critifusion_tui.engine.prompts import (
 )
 from critifusion_tui.engine.tokens import clip77_strict, count_tokens
 from critifusion_tui.providers.router import ProviderRouter
-from critifusion_tui.providers.rules import rules_components
+from critifusion_tui.engine.offline import rules_components
 from tests.loopback import PNG_1PX
 
 TOGETHER_CHAT = "/v1/chat/completions"

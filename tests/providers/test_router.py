@@ -7,10 +7,10 @@ import asyncio
 import pytest
 
 from critifusion_tui.config import Settings
+from critifusion_tui.engine.offline import RulesModel, with_rules
 from critifusion_tui.providers.base import ChatModel, ModelRef, ModelRefError, user
 from critifusion_tui.providers.registry import HOSTED
 from critifusion_tui.providers.router import ProviderRouter
-from critifusion_tui.providers.rules import RulesModel
 
 
 async def test_one_client_per_provider_is_reused(server, settings) -> None:
@@ -47,7 +47,7 @@ async def test_clients_are_made_only_when_first_needed(settings, monkeypatch) ->
 
 
 def test_models_satisfy_the_protocol(settings) -> None:
-    router = ProviderRouter(settings)
+    router = with_rules(ProviderRouter(settings))  # as the engine's Session makes it
     for ref in ("together:x", "ollama:y", "openai:z", "rules"):
         assert isinstance(router.model(ref), ChatModel)
     assert isinstance(router.model("rules"), RulesModel)
