@@ -1,4 +1,4 @@
-"""What every chat backend shares: model references, the chat protocol, typed errors.
+"""What every chat backend shares: model references, the chat interface, typed errors.
 
 A model reference names a backend and a model in one string, the form the config file and
 the command line use: ``together:<model id>``, ``ollama:<model name>``, ``openai:<model id>``
@@ -189,8 +189,8 @@ class ChatCall:
     async def send(self, model: ChatModel, *, on_delta: DeltaCallback | None = None) -> ChatResult:
         """Ask ``model`` the same, with ``on_delta`` in place of the call's own where given.
 
-        The schema is passed only when there is one, so a model that takes none (a test
-        double, an older backend) is asked as before.
+        The schema is passed only when there is one, so a model written without the
+        parameter (a test double) can still be wrapped.
         """
         extra: dict[str, Any] = {"schema": self.schema} if self.schema is not None else {}
         return await model.chat(

@@ -125,7 +125,7 @@ async def list_models(client: AsyncTogether) -> list[str]:
             pass  # no v2 catalogue on this server: GET /v1/models below answers instead
     body = await client.get("/v1/models", cast_to=object)
     entries = body.get("data", []) if isinstance(body, dict) else body
-    for entry in entries or []:
+    for entry in entries if isinstance(entries, list) else []:
         value = entry.get("id") if isinstance(entry, dict) else None
         if value and value not in names:
             names.append(value)
