@@ -58,6 +58,7 @@ from critifusion_tui.engine.prompts import (
 )
 from critifusion_tui.engine.tokens import clip77_strict
 from critifusion_tui.engine.ledger import estimate_tokens
+from critifusion_tui.engine.offline import rules_components, rules_critique, rules_tags
 from critifusion_tui.providers.base import (
     ChatResult,
     ModelRef,
@@ -68,7 +69,6 @@ from critifusion_tui.providers.base import (
     system,
     user,
 )
-from critifusion_tui.providers.rules import rules_components, rules_critique, rules_tags
 
 __all__ = [
     "Answer", "ComponentsResult", "CritiCore", "Critic", "CritiqueResult", "TagsResult",

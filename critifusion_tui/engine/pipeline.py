@@ -88,13 +88,14 @@ class Session:
 
     def __init__(self, settings, *, router=None, diffusion=None, make_diffusion=None, overrides=()) -> None:
         from critifusion_tui.engine.diffusion import Diffusion
+        from critifusion_tui.engine.offline import with_rules
         from critifusion_tui.providers.router import ProviderRouter
 
         self.settings = settings
         # The --set overrides of this process: a reopened run applies them on its own settings.
         self.overrides = list(overrides)
         remember_secrets(settings)
-        self.router = router or ProviderRouter(settings)
+        self.router = router or with_rules(ProviderRouter(settings))  # `rules` is the engine's own
         # How a diffusion model is made (the app captures only fd 1 while loading).
         self._make_diffusion = make_diffusion or Diffusion.from_config
         self.diffusion = diffusion or self._make_diffusion(settings.diffusion)

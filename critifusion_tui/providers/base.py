@@ -1,4 +1,4 @@
-"""What every chat backend shares: model references, the chat protocol, typed errors.
+"""What every chat backend shares: model references, the chat interface, typed errors.
 
 A model reference names a backend and a model in one string, the form the config file and
 the command line use: ``together:<model id>``, ``ollama:<model name>``, ``openai:<model id>``
@@ -8,14 +8,19 @@ model at all).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import contextvars
 import difflib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
-PROVIDERS = ("together", "ollama", "openai", "rules")
+from critifusion_tui.providers.registry import HOSTED
+
+# Every provider part a model reference may name: the hosted backends, and the offline
+# ``rules`` (the engine's, registered on the router by the engine).
+PROVIDERS = (*HOSTED, "rules")
 REF_FORMS = "'together:<model id>', 'ollama:<model name>', 'openai:<model id>' or 'rules'"
 
 
@@ -169,8 +174,32 @@ class StreamCollector:
                 raise
 
 
-@runtime_checkable
-class ChatModel(Protocol):
+@dataclass(frozen=True)
+class ChatCall:
+    """One chat call's arguments, as :meth:`ChatModel.chat` takes them: what a model answers
+    and what a wrapper passes on (``send``), so the signature is written once."""
+
+    messages: Sequence[MessageLike]
+    temperature: float
+    max_tokens: int
+    image: bytes | None = None
+    on_delta: DeltaCallback | None = None
+    schema: Mapping[str, object] | None = None
+
+    async def send(self, model: ChatModel, *, on_delta: DeltaCallback | None = None) -> ChatResult:
+        """Ask ``model`` the same, with ``on_delta`` in place of the call's own where given.
+
+        The schema is passed only when there is one, so a model written without the
+        parameter (a test double) can still be wrapped.
+        """
+        extra: dict[str, Any] = {"schema": self.schema} if self.schema is not None else {}
+        return await model.chat(
+            self.messages, temperature=self.temperature, max_tokens=self.max_tokens, image=self.image,
+            on_delta=on_delta or self.on_delta, **extra,
+        )
+
+
+class ChatModel(abc.ABC):
     """One model behind one backend; the only interface the engine talks to.
 
     ``chat`` sends the messages (the image, PNG bytes, rides on the last user message) and
@@ -179,6 +208,11 @@ class ChatModel(Protocol):
     piece of text as it arrives; the pieces concatenate to ``ChatResult.text``. Failures raise
     a :class:`ProviderError` subclass; an answer that is empty after cleaning raises
     :class:`UnusableAnswerError`. Cancelling the awaiting task closes the request.
+
+    Every model the router hands out derives from this class, and ``chat`` is the one place
+    its signature is written: it packs the arguments into a :class:`ChatCall` for ``answer``,
+    which a backend (``chat.HostedChat``), a wrapper (``chat.ChatWrapper``) or the engine's
+    offline model writes. Callers, and test doubles, need only ``ref`` and ``chat``.
     """
 
     ref: ModelRef
@@ -192,7 +226,12 @@ class ChatModel(Protocol):
         image: bytes | None = None,
         on_delta: DeltaCallback | None = None,
         schema: Mapping[str, object] | None = None,
-    ) -> ChatResult: ...
+    ) -> ChatResult:
+        return await self.answer(ChatCall(messages, temperature, max_tokens, image, on_delta, schema))
+
+    @abc.abstractmethod
+    async def answer(self, call: ChatCall) -> ChatResult:
+        """The answer to one call (``chat``'s arguments, packed)."""
 
 
 # --- Errors -------------------------------------------------------------------------------
@@ -377,7 +416,12 @@ async def _on_response(response: object) -> None:
 
 # httpx event hooks for a backend's client: every request and every 429 counted on the meter
 # of the call that sent it.
-METER_HOOKS = {"request": [_on_request], "response": [_on_response]}
+METER_HOOKS: dict[str, list[Callable[[Any], Awaitable[None]]]] = {"request": [_on_request], "response": [_on_response]}
+
+
+def meter_hooks() -> dict[str, list[Callable[[Any], Awaitable[None]]]]:
+    """:data:`METER_HOOKS` for one client, in lists of its own (a client may add to them)."""
+    return {k: list(v) for k, v in METER_HOOKS.items()}
 
 
 def note_send() -> None:
