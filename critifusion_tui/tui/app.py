@@ -65,12 +65,11 @@ PROMPT = "prompt"
 TAGS_GATE, REFINE_GATE, DONE = Phase.TAGS_GATE.value, Phase.REFINE_GATE.value, Phase.DONE.value
 NEXT_HINT = {
     PROMPT: "Type a prompt, then ctrl+r to expand and decompose it.",
-    Phase.TEXT.value: "The text stages did not finish: ctrl+r runs them again.",
-    TAGS_GATE: "Edit the tags, negative or components (ctrl+g), then ctrl+r to draw the base image."
-    " ctrl+t skips the critique.",
-    REFINE_GATE: "Edit the refinement prompt, then ctrl+r to refine (SpecFusion). ctrl+b goes back to the tags.",
+    Phase.TEXT.value: "The text stages did not finish: ctrl+r goes on with them.",
+    TAGS_GATE: "Edit tags, negative, components (ctrl+g); ctrl+r draws the base; ctrl+t: no critique",
+    REFINE_GATE: "Edit the refinement prompt, then ctrl+r to refine (SpecFusion).",
     Phase.COMPARISON.value: "The comparison on your own prompt did not finish: ctrl+r goes on.",
-    DONE: "Done. ctrl+r edits the prompt for a new run; ctrl+b goes back to the refine gate; ctrl+o opens history.",
+    DONE: "Done. ctrl+r: a new run from the prompt; ctrl+b: back to the refine gate.",
 }
 BUSY = "A stage is running: wait, or press escape to cancel it."
 RUNNING_HINT = {
@@ -137,13 +136,13 @@ class CritiFusionApp(App):
                 tooltip="Go back to the previous gate to change its inputs (asks before discarding work)"),
         Binding("ctrl+t", "skip_critique", "Skip critique", id="run.skip_critique", priority=True,
                 tooltip="At the tags gate: refine from the tags alone, without a VLM critique (toggles)"),
-        Binding("ctrl+g", "edit_components", "Components", id="run.components", priority=True,
+        Binding("ctrl+g", "edit_components", "Components", id="run.components", priority=True, show=False,
                 tooltip="At the tags gate: edit the components the critic checks"),
         Binding("ctrl+n", "new_run", "New run", id="run.new", show=False,
                 tooltip="Write a prompt for a new run (the current run is kept; asks if it is unfinished)"),
         Binding("f5", "rerun_stage", "Re-run", id="run.rerun",
                 tooltip="Run the stage highlighted in the rail again (asks before discarding work)"),
-        Binding("ctrl+l", "show_log", "Log", id="app.log", tooltip="Every provider call, retry and warning"),
+        Binding("ctrl+l", "show_log", "Log", id="app.log", show=False, tooltip="Every provider call, retry and warning"),
         Binding("ctrl+o", "history", "History", id="app.history", tooltip="Earlier runs: reopen, view, compare"),
         Binding("ctrl+s", "settings", "Settings", id="app.settings", show=False,
                 tooltip="Routing, seed, size, steps, SpecFusion"),
@@ -221,7 +220,9 @@ class CritiFusionApp(App):
                     yield Static("", id="images-summary", markup=False)
         yield Static(NEXT_HINT[PROMPT], id="hint", markup=False)
         yield DiffusionProgress(id="progress")
-        yield Footer()
+        # Compact, and without the palette's own entry (ctrl+p still opens it; help says so):
+        # at 80 columns the keys of the current place fit.
+        yield Footer(compact=True, show_command_palette=False)
 
     def _config_summary(self) -> str:
         s = self.loaded.settings

@@ -284,7 +284,7 @@ async def test_readable_at_both_sizes(tmp_path, size, screen_text):
         text = screen_text(app)
         for word in ("Prompt", "Tags", "Components", "Base", "Critique", "Refine", "Done"):
             assert word in text
-        assert "Edit the tags" in text and "CLIP tokens" in text
+        assert "Edit tags" in text and "CLIP tokens" in text
         assert "^r" in text or "ctrl+r" in text
 
 
