@@ -257,3 +257,55 @@ async def test_the_model_load_shows_its_name_and_time(tmp_path):
         progress = app.query_one("#progress")
         assert not progress.idle and progress.status_text.startswith("loading stabilityai/sdxl… ")
         assert progress.status_text.endswith(" s")
+
+
+def _without_times(value):
+    """A manifest without what differs between two runs of the same inputs: times and dates."""
+    if isinstance(value, dict):
+        return {k: _without_times(v) for k, v in value.items() if k not in ("created", "seconds", "at", "resumed")}
+    if isinstance(value, list):
+        return [_without_times(v) for v in value]
+    return value
+
+
+async def test_the_app_and_headless_write_the_same_run(tmp_path):
+    from critifusion_tui.engine.pipeline import Session
+    from tests.tui.test_app import PROMPT_TEXT
+
+    settings = app_settings(tmp_path)
+    session = Session(settings)
+    headless_run = session.new_run(PROMPT_TEXT)
+    headless = _without_times(await headless_run.run_all())
+    await session.aclose()
+
+    app = make_app(settings)
+    async with app.run_test(size=(100, 30)) as pilot:
+        for phase in (TAGS_GATE, REFINE_GATE, DONE):
+            await pilot.press("ctrl+r")
+            await until(pilot, settled(app, phase))
+        folder = app.active_run.folder
+    in_app = _without_times(json.loads((folder / "manifest.json").read_text()))
+    assert folder != headless_run.folder
+    assert in_app == headless
+    for image in ("base.png", "refined.png"):
+        assert (folder / image).read_bytes() == (headless_run.folder / image).read_bytes()
+
+
+async def test_reopening_in_the_app_keeps_the_runs_own_settings_and_says_what_differs(tmp_path):
+    from critifusion_tui.engine.pipeline import Session
+    from tests.tui.test_app import PROMPT_TEXT
+
+    session = Session(app_settings(tmp_path, diffusion={"steps": 3}))
+    run = session.new_run(PROMPT_TEXT)
+    await run.advance()  # the text stages, then it waits at the tags gate
+    await session.aclose()
+
+    app = make_app(app_settings(tmp_path))  # the current config draws with 4 steps
+    async with app.run_test(size=(100, 30)) as pilot:
+        app._reopen(run.folder)
+        await pilot.pause()
+        assert app.phase == TAGS_GATE
+        assert any("diffusion.steps = 3 (now 4)" in e.text for e in app.log_buffer)
+        await pilot.press("ctrl+r")
+        await until(pilot, settled(app, REFINE_GATE))
+        assert app.active_run.store.stage("base")["steps"] == 3
