@@ -66,7 +66,7 @@ TAGS_GATE, REFINE_GATE, DONE = Phase.TAGS_GATE.value, Phase.REFINE_GATE.value, P
 NEXT_HINT = {
     PROMPT: "Type a prompt, then ctrl+r to expand and decompose it.",
     Phase.TEXT.value: "The text stages did not finish: ctrl+r goes on with them.",
-    TAGS_GATE: "Edit tags, negative, components (ctrl+g); ctrl+r draws the base; ctrl+t: no critique",
+    TAGS_GATE: "Edit tags/negative (ctrl+g: components); ctrl+r draws; ctrl+t: no critique",
     REFINE_GATE: "Edit the refinement prompt, then ctrl+r to refine (SpecFusion).",
     Phase.COMPARISON.value: "The comparison on your own prompt did not finish: ctrl+r goes on.",
     DONE: "Done. ctrl+r: a new run from the prompt; ctrl+b: back to the refine gate.",
