@@ -203,3 +203,13 @@ def test_a_whole_run_is_readable_by_others_under_umask_022(tmp_path):
     wrong = {name: oct(mode) for name, mode in found.items()
              if mode != (0o755 if (folder / name).is_dir() else 0o644)}
     assert wrong == {}
+
+
+def test_the_answer_cache_stays_private_whatever_the_umask(tmp_path, umask):
+    from critifusion_tui.engine.answer_cache import AnswerCache
+
+    cache = AnswerCache(tmp_path / "answers")
+    cache.put("ab" + "0" * 62, model="rules", text="a fox", output=None)
+    (entry,) = (tmp_path / "answers").rglob("*.json")
+    assert entry.stat().st_mode & 0o777 == 0o600
+    assert cache.get("ab" + "0" * 62)["text"] == "a fox"
