@@ -1,7 +1,8 @@
 """One model's part in a stage: its streamed answer, its final text or its error.
 
 The border title is the model reference, the subtitle the state ("waiting", "answering 1.2 s",
-"done 3.4 s", "failed 0.2 s"). The answer is model text: it is shown as plain text, never as
+"done 3.4 s", "failed 0.2 s", "cancelled" or "cancelled 1.2 s": the stage was cancelled before
+this model answered, which is no failure of the model, so it is drawn dim, not red). The answer is model text: it is shown as plain text, never as
 markup, without terminal control. Streaming is cheap: `append` adds the delta to a list and
 marks one widget for repaint; the text is joined and drawn once per frame however many deltas
 came in between.
@@ -25,7 +26,7 @@ from critifusion_tui.tui.widgets._safe import safe_str, safe_text
 
 __all__ = ["PANE_STATES", "AnswerText", "CandidatePane", "format_pane_seconds"]
 
-PANE_STATES = ("waiting", "answering", "done", "failed")
+PANE_STATES = ("waiting", "answering", "done", "failed", "cancelled")
 _TICK_S = 0.25
 
 
@@ -168,6 +169,7 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
         &.-done { border-subtitle-color: $success; }
         &.-failed { border: round $error 70%; border-subtitle-color: $error; }
         &.-failed:focus { border: round $error; }
+        &.-cancelled { border: round $foreground 15%; border-subtitle-color: $text-muted; color: $text-muted; }
         & > .candidate-pane--body {
             height: 1fr;
             scrollbar-size-vertical: 1;
@@ -272,7 +274,7 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
 
     @property
     def state(self) -> str:
-        """One of PANE_STATES: waiting, answering, done, failed."""
+        """One of PANE_STATES: waiting, answering, done, failed, cancelled."""
         return self._state
 
     @property
@@ -316,6 +318,22 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
         self._started = None
         self._set_state("failed" if error is not None else "done")
         self._keep_end_in_view()
+
+    def cancel(self) -> bool:
+        """The stage was cancelled before this model finished: stop the clock and say
+        "cancelled" (dim, not the red of a failure), keeping what was streamed so far.
+
+        A pane that already finished (done or failed) keeps its result: returns False and
+        changes nothing; True when the pane is now cancelled. `start` or `reset` leave the
+        cancelled state (a retry with r starts the pane again)."""
+        if self._state in ("done", "failed"):
+            return False
+        if self._state == "answering" and self._started is not None:
+            self._seconds = self.clock() - self._started
+        self._started = None
+        self._set_error(None)
+        self._set_state("cancelled")
+        return True
 
     def reset(self) -> None:
         """Back to waiting, with no text and no error."""
@@ -376,6 +394,7 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
                 "answering": f"{self._role}: waiting for the first words…",
                 "done": "(empty answer)",
                 "failed": "",
+                "cancelled": "cancelled before an answer",
             }[state]
         )
         for name in PANE_STATES:
@@ -389,7 +408,7 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
 
     def _show_state(self) -> None:
         seconds = self.seconds
-        if self._state == "waiting" or seconds is None:
+        if self._state == "waiting" or seconds is None:  # a pane cancelled while waiting, too
             self.border_subtitle = self._state
         else:
             self.border_subtitle = f"{self._state} {format_pane_seconds(seconds)}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from textual.app import App, ComposeResult
 from textual.color import Color
 from textual.containers import VerticalScroll
@@ -212,6 +213,60 @@ async def test_reset_goes_back_to_waiting():
         assert "old answer" not in text and "boom" not in text
         assert (pane.state, pane.text, pane.error) == ("waiting", "", None)
         assert "─ waiting ─╯" in border_lines(app)[1]
+
+
+async def test_cancel_while_waiting_says_cancelled_dim_not_failed():
+    clock = FakeClock()
+    app = PaneApp(clock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.query_one(CandidatePane)
+        assert pane.cancel() is True
+        await pilot.pause()
+        assert (pane.state, pane.text, pane.error, pane.seconds) == ("cancelled", "", None, None)
+        assert pane.has_class("-cancelled") and not pane.has_class("-failed")
+        assert "─ cancelled ─╯" in border_lines(app)[1]
+        assert "cancelled before an answer" in screen_text(app)
+        # Dim, not red: the border and the subtitle are not the error colour.
+        error = app.get_css_variables()["error"]
+        assert pane.styles.border_bottom[1] != Color.parse(error)
+        assert pane.styles.border_subtitle_color != Color.parse(error)
+        await pilot.press("u")  # a cancelled pane has no answer to use
+        await pilot.pause()
+        assert app.bells == 1 and app.messages == []
+
+
+async def test_cancel_while_answering_stops_the_clock_and_keeps_the_partial_answer():
+    clock = FakeClock()
+    app = PaneApp(clock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.query_one(CandidatePane)
+        pane.start()
+        pane.append("red fox, snow")
+        clock.advance(2.04)
+        pane.cancel()
+        clock.advance(10.0)
+        await pilot.pause(0.6)  # two ticks of the pane's timer: the time does not move on
+        assert (pane.state, pane.text) == ("cancelled", "red fox, snow")
+        assert pane.seconds == pytest.approx(2.04)
+        assert "─ cancelled 2.0 s ─╯" in border_lines(app)[1]
+        # r asks the model again: the pane starts over.
+        await pilot.press("r")
+        pane.start()
+        assert pane.state == "answering" and pane.text == ""
+
+
+async def test_cancel_leaves_a_finished_pane_as_it_is():
+    app = PaneApp(FakeClock())
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.query_one(CandidatePane)
+        pane.finish("red fox", None, 1.0)
+        assert pane.cancel() is False
+        pane2 = CandidatePane("tags", "candidate", "rules", id="two")
+        await app.mount(pane2)
+        pane2.finish("", "boom", 0.5)
+        assert pane2.cancel() is False
+        await pilot.pause()
+        assert (pane.state, pane2.state) == ("done", "failed")
 
 
 async def test_keys_scroll_a_long_answer():
