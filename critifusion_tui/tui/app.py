@@ -160,7 +160,7 @@ class CritiFusionApp(App):
     # ---------------------------------------------------------------- layout
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield Header(icon="*")  # ASCII: Textual's default icon (U+2B58) is tofu in DejaVu Sans Mono
         with Horizontal(id="body"):
             yield StageRail(id="rail")
             with ContentSwitcher(initial="view-prompt", id="views"):
