@@ -167,14 +167,14 @@ class CritiFusionApp(App):
                 with Vertical(id="view-prompt"):
                     yield Input(value=self.initial_prompt, placeholder="Describe the image…", id="prompt")
                     yield Static(self._config_summary(), id="config-summary", markup=False)
-                with VerticalScroll(id="view-tags"):
+                with VerticalScroll(id="view-tags", can_focus=False):
                     yield Vertical(id="tags-panes", classes="panes")
                     yield PromptEditor("Positive prompt (tags)", id="positive")
                     yield PromptEditor("Negative prompt", id="negative")
-                with VerticalScroll(id="view-components"):
+                with VerticalScroll(id="view-components", can_focus=False):
                     yield Vertical(id="components-panes", classes="panes")
                     yield ComponentsEditor("Components (one per line)", id="components")
-                with VerticalScroll(id="view-critique"):
+                with VerticalScroll(id="view-critique", can_focus=False):
                     yield Vertical(id="critique-panes", classes="panes")
                     yield Static("", id="critique-summary", markup=False)
                     yield PromptEditor("Refinement prompt", id="refinement")

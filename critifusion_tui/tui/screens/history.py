@@ -806,6 +806,10 @@ class ImagesScreenBase(ScoringMixin, Screen[None]):
     ImagesScreenBase #view-text {
         height: auto;
         max-height: 45%;
+        border-left: blank;
+    }
+    ImagesScreenBase #view-text:focus {
+        border-left: thick $accent;  /* the keys scroll this text: say so */
     }
     ImagesScreenBase .facts {
         height: auto;

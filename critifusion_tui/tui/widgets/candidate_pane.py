@@ -164,12 +164,20 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
         border-title-color: $text;
         border-subtitle-color: $text-muted;
         padding: 0 1;
-        &:focus { border: round $accent; background-tint: $foreground 3%; }
         &.-answering { border-subtitle-color: $accent; }
         &.-done { border-subtitle-color: $success; }
-        &.-failed { border: round $error 70%; border-subtitle-color: $error; }
-        &.-failed:focus { border: round $error; }
+        &.-failed { border: round $error 60%; border-subtitle-color: $error; }
         &.-cancelled { border: round $foreground 15%; border-subtitle-color: $text-muted; color: $text-muted; }
+        /* Focus changes the border's shape (round to heavy), not only its colour, so it shows
+           on a failed pane (already red) and in a terminal with few colours. After the states:
+           a focused pane is drawn as focused whatever its state. */
+        &:focus {
+            border: heavy $accent;
+            border-title-color: $accent;
+            border-title-style: bold;
+            background-tint: $foreground 4%;
+        }
+        &.-failed:focus { border: heavy $error; border-title-color: $error; background-tint: $error 10%; }
         & > .candidate-pane--body {
             height: 1fr;
             scrollbar-size-vertical: 1;

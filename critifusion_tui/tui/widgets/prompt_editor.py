@@ -19,6 +19,7 @@ alt+< are not usable: Textual reads Esc + a punctuation key as the bare key and 
 
 from __future__ import annotations
 
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -94,6 +95,8 @@ Over the limit it shows the last words SDXL reads and the first words it never s
         height: auto;
         & > .prompt-editor--label { color: $text-muted; text-style: bold; padding: 0 1; }
         & > TextArea { height: auto; min-height: 3; max-height: 8; }
+        & > TextArea:focus { border: tall $accent; }
+        &.-focused > .prompt-editor--label { color: $accent; }
         & > .prompt-editor--counter { color: $text-muted; height: auto; padding: 0 1; }
         & > .prompt-editor--counter.-over { color: $warning; }
         & > .prompt-editor--author { color: $text-muted; text-style: italic; padding: 0 1; }
@@ -210,6 +213,14 @@ Over the limit it shows the last words SDXL reads and the first words it never s
         self.text_area.move_cursor((0, 0), select=select)
 
     # --- internals --------------------------------------------------------------------------
+
+    # The label shows the focus. A class, not `:focus-within > .label` in CSS: Textual does not
+    # restyle a child by its parent's :focus-within when the focus leaves.
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        self.add_class("-focused")
+
+    def on_descendant_blur(self, event: events.DescendantBlur) -> None:
+        self.remove_class("-focused")
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
         if event.text_area is not self.text_area:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from textual.color import Color
 from textual.widgets import DataTable
 from textual_image.widget import HalfcellImage
 
@@ -107,6 +108,11 @@ async def test_v_shows_base_and_refined_side_by_side(tmp_path, runs):
         assert view.query_one("#view-refined", ImageView).path == runs["fox"] / "refined.png"
         assert view.query_one("#view-refined", ImageView).label == "tiny-random: noise"
         assert "Prompt: a red fox in the snow" in static_text(view, "#view-prompts")
+        # The text under the images is where the keys scroll: its focus shows (an accent edge).
+        text = view.query_one("#view-text")
+        assert app.focused is text
+        accent = Color.parse(app.get_css_variables()["accent"]).rgb
+        assert (text.styles.border_left[0], text.styles.border_left[1].rgb) == ("thick", accent)
         await pilot.press("escape")
         await pilot.pause()
         assert app.screen is screen

@@ -9,7 +9,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from critifusion_tui.tui.widgets.candidate_pane import AnswerText, CandidatePane
-from tests.tui.conftest import screen_text
+from tests.tui.conftest import screen_text as full_screen_text
 from tests.tui.widgets._support import FakeClock
 
 MODEL = "together:Qwen/Qwen2.5-72B-Instruct-Turbo"
@@ -34,6 +34,15 @@ class PaneApp(App):
 
     def bell(self) -> None:
         self.bells += 1
+
+
+# The pane is these apps' one focus stop, so it is drawn focused (heavy lines); the tests of
+# what it says read the border as light lines, and the focus is tested on its own below.
+_LIGHT = str.maketrans("┏┓┗┛━┃", "╭╮╰╯─│")
+
+
+def screen_text(app: App) -> str:
+    return full_screen_text(app).translate(_LIGHT)
 
 
 def border_lines(app: App) -> tuple[str, str]:
@@ -312,3 +321,23 @@ def test_every_binding_has_an_id_and_tooltip():
     for binding in CandidatePane.BINDINGS:
         assert binding.id and binding.description and binding.tooltip
     assert CandidatePane.HELP
+
+
+async def test_focus_draws_heavy_lines_in_the_accent_or_the_error_colour():
+    app = PaneApp(FakeClock())
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.query_one(CandidatePane)
+        accent = Color.parse(app.get_css_variables()["accent"]).rgb
+        error = Color.parse(app.get_css_variables()["error"]).rgb
+        for finish, mark in ((("red fox", None, 1.0), accent), (("", "boom", 1.0), error)):
+            pane.finish(*finish)
+            pane.focus()
+            await pilot.pause()
+            top = full_screen_text(app).splitlines()[0]
+            assert top.startswith("┏━") and pane.styles.border_top[1].rgb == mark
+            app.set_focus(None)
+            await pilot.pause()
+            top = full_screen_text(app).splitlines()[0]
+            assert top.startswith("╭─")  # blurred: round, light lines (a failed pane's stay red)
+            if mark == accent:
+                assert pane.styles.border_top[1].rgb != accent

@@ -242,3 +242,23 @@ def test_the_terminal_sequences_arrive_as_these_keys():
 
     assert keys("\x1b[1;5F") == ["ctrl+end"] and keys("\x1b[1;5H") == ["ctrl+home"]
     assert keys("\x1be") == ["alt+e"] and keys("\x1ba") == ["alt+a"]
+
+
+async def test_focus_shows_on_the_border_and_the_label_and_goes_when_the_focus_leaves():
+    class Two(App):
+        def compose(self) -> ComposeResult:
+            yield PromptEditor("Positive", "a fox", id="positive")
+            yield PromptEditor("Negative", "blurry", id="negative")
+
+    app = Two()
+    async with app.run_test(size=(60, 20)) as pilot:
+        accent = Color.parse(app.get_css_variables()["accent"])
+        label = {e.id: e.query_one(".prompt-editor--label") for e in app.query(PromptEditor)}
+        border = {e.id: e.text_area for e in app.query(PromptEditor)}
+        for focused, other in (("positive", "negative"), ("negative", "positive")):
+            border[focused].focus()
+            await pilot.pause()
+            assert label[focused].styles.color.rgb == accent.rgb, focused
+            assert border[focused].styles.border_top[1].rgb == accent.rgb
+            assert label[other].styles.color.rgb != accent.rgb, other
+            assert border[other].styles.border_top[1].rgb != accent.rgb
