@@ -70,6 +70,8 @@ class AnswerCache:
         entry = {"model": model, "text": text, "output": output, "created": timestamp()}
         data = json.dumps(entry, ensure_ascii=False)
         try:
-            atomic_write(self._path(key), lambda f: f.write(data), mode="w")
+            # 0600: the user's own cache, whose answers tell what they asked (run files, meant
+            # to be shared, follow the umask instead).
+            atomic_write(self._path(key), lambda f: f.write(data), mode="w", private=True)
         except OSError:
             pass  # the answer itself was delivered; an unwritable cache only costs a request later

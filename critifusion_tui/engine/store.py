@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import secrets
 import unicodedata
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -45,11 +45,39 @@ def slugify(text: str, limit: int = SLUG_MAX) -> str:
     return slug[:limit].rstrip("-") or "run"
 
 
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb", *, exclusive: bool = False) -> None:
+# How a temporary sibling is opened: new (never an existing file or a link), not inherited.
+_TEMP_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+)
+
+
+def create_temp_sibling(path: Path, *, private: bool = False) -> tuple[int, str]:
+    """A new, empty ``.<name>.<random>.tmp`` next to `path`, open for writing: (fd, its path).
+
+    It is created with mode 0666 less the user's umask, as any file the user makes (0644 under
+    umask 022, 0600 under 077), because it becomes the final file by a rename or a link;
+    `private` makes it 0600 whatever the umask (the user's own answer cache).
+    ``tempfile.mkstemp`` would make every run file 0600, unreadable to the group and to a
+    web server serving a shared outputs folder. The umask is applied by the kernel, never
+    read (reading it means setting it, which races with other threads creating files)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o600 if private else 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {path}")
+
+
+def atomic_write(
+    path: Path, write: Callable[[Any], None], mode: str = "wb", *, exclusive: bool = False, private: bool = False
+) -> None:
     """Write through `write(file)` to a temporary sibling, fsync, then rename over `path`
-    (with `exclusive`: hard-link it to `path`, which fails if `path` exists)."""
+    (with `exclusive`: hard-link it to `path`, which fails if `path` exists). The file gets the
+    user's umask, or 0600 when `private` (see `create_temp_sibling`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = create_temp_sibling(path, private=private)
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
             write(handle)

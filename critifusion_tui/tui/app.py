@@ -188,21 +188,21 @@ class CritiFusionApp(App):
     # ---------------------------------------------------------------- layout
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield Header(icon="*")  # ASCII: Textual's default icon (U+2B58) is tofu in DejaVu Sans Mono
         with Horizontal(id="body"):
             yield StageRail(id="rail")
             with ContentSwitcher(initial="view-prompt", id="views"):
                 with Vertical(id="view-prompt"):
                     yield Input(value=self.initial_prompt, placeholder="Describe the image…", id="prompt")
                     yield Static(self._config_summary(), id="config-summary", markup=False)
-                with VerticalScroll(id="view-tags"):
+                with VerticalScroll(id="view-tags", can_focus=False):
                     yield Vertical(id="tags-panes", classes="panes")
                     yield PromptEditor("Positive prompt (tags)", id="positive")
                     yield PromptEditor("Negative prompt", id="negative")
-                with VerticalScroll(id="view-components"):
+                with VerticalScroll(id="view-components", can_focus=False):
                     yield Vertical(id="components-panes", classes="panes")
                     yield ComponentsEditor("Components (one per line)", id="components")
-                with VerticalScroll(id="view-critique"):
+                with VerticalScroll(id="view-critique", can_focus=False):
                     with Horizontal(id="critique-top"):
                         # The base image the critics looked at, beside what they said of it.
                         yield ImageView("Base (criticised)", mode=self.image_mode, image_class=self.image_class,
@@ -956,7 +956,7 @@ class CritiFusionApp(App):
         """Panes of `stage` still waiting or answering stop counting: the stage ended."""
         for (pane_stage, _, _), pane in self.panes.items():
             if pane_stage == stage and pane.state in ("waiting", "answering"):
-                if cancelled and hasattr(pane, "cancel"):
+                if cancelled:
                     pane.cancel()
                 else:
                     pane.finish("", "the stage failed before this model answered", pane.seconds or 0.0, ())

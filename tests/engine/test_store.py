@@ -123,3 +123,93 @@ def test_latent_round_trip(tmp_path):
     assert back.dtype == torch.float16 and torch.equal(back, latent)
     with pytest.raises(StoreError, match="cannot read the latent"):
         store.read_latent("missing.safetensors")
+
+
+# ------------------------------------------------------------------------------------------
+# File modes: a run's files are created as the user's other files are (0666 less the umask),
+# so a shared outputs folder can be read by the group or a web server under umask 022.
+
+
+@pytest.fixture(params=[0o022, 0o077], ids=["umask022", "umask077"])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def modes(folder) -> dict[str, int]:
+    """Every entry under `folder` (itself as "."), with its permission bits."""
+    found = {".": folder.stat().st_mode & 0o777}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            found[os.path.relpath(path, folder)] = os.stat(path).st_mode & 0o777
+    return found
+
+
+def test_run_files_follow_the_umask(tmp_path, umask):
+    import torch
+    from PIL import Image
+
+    store = new_store(tmp_path)
+    store.write_png("base.png", Image.new("RGB", (8, 8), "red"), {"prompt": "a fox"})
+    store.write_latent("base_latent.safetensors", torch.zeros(1, 4, 8, 8))
+    store.save_stage("base", {"image": "base.png", "latent": "base_latent.safetensors"})
+    store.finish()
+    file_mode, folder_mode = 0o666 & ~umask, 0o777 & ~umask
+    assert modes(store.folder) == {
+        ".": folder_mode,
+        MANIFEST: file_mode,
+        "base.png": file_mode,
+        "base_latent.safetensors": file_mode,
+    }
+    # An explicit --out folder, and a file replaced in place, too.
+    explicit = new_store(tmp_path, folder=tmp_path / "mine")
+    explicit.write_manifest()
+    assert modes(explicit.folder) == {".": folder_mode, MANIFEST: file_mode}
+
+
+def test_atomic_write_follows_the_umask_for_every_writer(tmp_path, umask):
+    # eval reports, batch summaries and the answer cache write through atomic_write too.
+    target = tmp_path / "sub" / "report.csv"
+    atomic_write(target, lambda f: f.write("a,b\n"), mode="w")
+    assert (target.stat().st_mode & 0o777, target.parent.stat().st_mode & 0o777) == (0o666 & ~umask, 0o777 & ~umask)
+    assert os.listdir(target.parent) == ["report.csv"]
+
+
+def test_a_whole_run_is_readable_by_others_under_umask_022(tmp_path):
+    """`critifusion run` end to end: every file and folder it leaves is 0644 / 0755."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "outputs"
+    environ = {k: v for k, v in os.environ.items() if k not in ("CRITIFUSION_CONFIG", "TOGETHER_API_KEY", "OLLAMA_HOST")}
+    environ.update(XDG_CONFIG_HOME=str(tmp_path / "xdg"), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    settings = [
+        "diffusion.model=tiny-random", "criticore.candidates=['rules']", "criticore.aggregator=rules",
+        "criticore.vlms=['rules']", "diffusion.width=64", "diffusion.height=64", "diffusion.steps=2",
+        "specfusion.total_steps=2", "specfusion.last_k=1", f"output.dir='{out}'",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "critifusion_tui", "run", "a red fox", *(a for s in settings for a in ("--set", s))],
+        env=environ, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        stdin=subprocess.DEVNULL, preexec_fn=lambda: os.umask(0o022),
+    )
+    assert proc.returncode == 0, proc.stderr
+    (folder,) = out.iterdir()
+    found = modes(folder)
+    assert {"manifest.json", "base.png", "refined.png"} <= set(found)
+    assert any(name.endswith(".safetensors") for name in found)
+    wrong = {name: oct(mode) for name, mode in found.items()
+             if mode != (0o755 if (folder / name).is_dir() else 0o644)}
+    assert wrong == {}
+
+
+def test_the_answer_cache_stays_private_whatever_the_umask(tmp_path, umask):
+    from critifusion_tui.engine.answer_cache import AnswerCache
+
+    cache = AnswerCache(tmp_path / "answers")
+    cache.put("ab" + "0" * 62, model="rules", text="a fox", output=None)
+    (entry,) = (tmp_path / "answers").rglob("*.json")
+    assert entry.stat().st_mode & 0o777 == 0o600
+    assert cache.get("ab" + "0" * 62)["text"] == "a fox"

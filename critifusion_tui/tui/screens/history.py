@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rich import box
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual import on, work
@@ -44,6 +45,7 @@ from critifusion_tui.eval.runs import VARIANTS, scores_of
 from critifusion_tui.tui.widgets._safe import safe_str
 from critifusion_tui.tui.widgets.image_view import ImageView
 
+REFINEMENT_ROW = "refinement prompt"
 STATUS_STYLE = {"done": "green", "failed": "bold red", "cancelled": "yellow", "running": "cyan"}
 NOISE_LABEL = "tiny-random: noise"
 
@@ -391,6 +393,25 @@ class ScoringMixin:
 
     def scores_changed(self, folders: list[Path]) -> None:
         """Re-read the runs in `folders` and show their scores (each screen says how)."""
+
+
+def differences_summary(same_prompt: bool, rows: list[tuple[str, str, str]]) -> str:
+    """What differs between two runs, given whether their prompts are equal and the rows of
+    `CompareScreen.differences` (key settings, and the refinement prompt)."""
+    settings = [label for label, _, _ in rows if label != REFINEMENT_ROW]
+    parts = [] if same_prompt else ["the prompts (above)"]
+    if len(settings) < len(rows):
+        parts.append("the refinement prompts")
+    if settings:
+        parts.append(f"{len(settings)} key setting{'' if len(settings) == 1 else 's'}")
+    if not parts:
+        return "Nothing differs: the same prompt and the same key settings."
+    said = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    if same_prompt:
+        return f"Differs: {said}. The prompts are the same."
+    if not settings:
+        return f"Differs: {said}. The key settings are the same."
+    return f"Differs: {said}."
 
 
 def _status_text(status: str) -> Text:
@@ -785,6 +806,10 @@ class ImagesScreenBase(ScoringMixin, Screen[None]):
     ImagesScreenBase #view-text {
         height: auto;
         max-height: 45%;
+        border-left: blank;
+    }
+    ImagesScreenBase #view-text:focus {
+        border-left: thick $accent;  /* the keys scroll this text: say so */
     }
     ImagesScreenBase .facts {
         height: auto;
@@ -923,20 +948,25 @@ class CompareScreen(ImagesScreenBase):
                 rows.append((label, left, right))
         refined_a, refined_b = self.a.refined_prompt(), self.b.refined_prompt()
         if refined_a != refined_b:
-            rows.append(("refinement prompt", refined_a or "–", refined_b or "–"))
+            rows.append((REFINEMENT_ROW, refined_a or "–", refined_b or "–"))
         return rows
 
-    def differences_table(self) -> Table | Text:
+    def differences_summary(self) -> str:
+        """One sentence saying truthfully what differs: nothing, the prompts, the settings."""
+        return differences_summary(self.a.prompt == self.b.prompt, self.differences())
+
+    def differences_table(self) -> Table | Text | Group:
         rows = self.differences()
+        summary = Text(self.differences_summary(), style="dim")
         if not rows:
-            return Text("The key settings are the same; only the prompts differ.", style="dim")
-        table = Table(title="Settings that differ", box=box.SIMPLE_HEAD, expand=True, title_justify="left")
+            return summary
+        table = Table(box=box.SIMPLE_HEAD, expand=True)  # the summary above says what it lists
         table.add_column("setting", style="bold", no_wrap=True)
         table.add_column("A", ratio=3, overflow="fold")
         table.add_column("B", ratio=3, overflow="fold")
         for label, left, right in rows:
             table.add_row(Text(label), Text(_shorten(left, 300)), Text(_shorten(right, 300)))
-        return table
+        return Group(summary, table)
 
     def on_mount(self) -> None:
         super().on_mount()

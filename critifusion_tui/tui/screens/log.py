@@ -63,6 +63,9 @@ class LogScreen(ModalScreen[None]):
         border-title-style: bold;
         background: $surface;
     }
+    LogScreen #log-dialog:focus-within {
+        border: round $accent;  /* the keys scroll the log inside */
+    }
     LogScreen.-wide #log-dialog {
         width: 94%;
         height: 94%;

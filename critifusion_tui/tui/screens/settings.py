@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -204,6 +205,18 @@ class SettingsScreen(ModalScreen[dict | None]):
     SettingsScreen .row > Label {
         width: 14;
     }
+    /* The fields are compact (no border), so focus marks the field's label in the accent
+       colour and tints the field itself. ("-focused" is set in code: Textual does not restyle
+       a label by its parent's :focus-within when the focus leaves.) */
+    SettingsScreen .row.-focused > Label {
+        background: $accent;
+        color: $background;
+        text-style: bold;
+    }
+    SettingsScreen .cell Input:focus, SettingsScreen .cell TextArea:focus,
+    SettingsScreen .cell Select:focus-within {
+        background-tint: $accent 12%;
+    }
     SettingsScreen .cell {
         width: 1fr;
         height: auto;
@@ -321,6 +334,11 @@ class SettingsScreen(ModalScreen[dict | None]):
 
     def on_mount(self) -> None:
         self.query_one("#criticore-candidates").focus()
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        """Mark the focused field's row (its label shows the focus)."""
+        for row in self.query(".row"):
+            row.set_class(row in event.widget.ancestors, "-focused")
 
     # ---------------------------------------------------------------- reading the form
 

@@ -1,7 +1,8 @@
 """One model's part in a stage: its streamed answer, its final text or its error.
 
 The border title is the model reference, the subtitle the state ("waiting", "answering 1.2 s",
-"done 3.4 s", "failed 0.2 s"). The answer is model text: it is shown as plain text, never as
+"done 3.4 s", "failed 0.2 s", "cancelled" or "cancelled 1.2 s": the stage was cancelled before
+this model answered, which is no failure of the model, so it is drawn dim, not red). The answer is model text: it is shown as plain text, never as
 markup, without terminal control. Streaming is cheap: `append` adds the delta to a list and
 marks one widget for repaint; the text is joined and drawn once per frame however many deltas
 came in between.
@@ -25,7 +26,7 @@ from critifusion_tui.tui.widgets._safe import safe_str, safe_text
 
 __all__ = ["PANE_STATES", "AnswerText", "CandidatePane", "format_pane_seconds"]
 
-PANE_STATES = ("waiting", "answering", "done", "failed")
+PANE_STATES = ("waiting", "answering", "done", "failed", "cancelled")
 _TICK_S = 0.25
 
 
@@ -163,11 +164,20 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
         border-title-color: $text;
         border-subtitle-color: $text-muted;
         padding: 0 1;
-        &:focus { border: round $accent; background-tint: $foreground 3%; }
         &.-answering { border-subtitle-color: $accent; }
         &.-done { border-subtitle-color: $success; }
-        &.-failed { border: round $error 70%; border-subtitle-color: $error; }
-        &.-failed:focus { border: round $error; }
+        &.-failed { border: round $error 60%; border-subtitle-color: $error; }
+        &.-cancelled { border: round $foreground 15%; border-subtitle-color: $text-muted; color: $text-muted; }
+        /* Focus changes the border's shape (round to heavy), not only its colour, so it shows
+           on a failed pane (already red) and in a terminal with few colours. After the states:
+           a focused pane is drawn as focused whatever its state. */
+        &:focus {
+            border: heavy $accent;
+            border-title-color: $accent;
+            border-title-style: bold;
+            background-tint: $foreground 4%;
+        }
+        &.-failed:focus { border: heavy $error; border-title-color: $error; background-tint: $error 10%; }
         & > .candidate-pane--body {
             height: 1fr;
             scrollbar-size-vertical: 1;
@@ -272,7 +282,7 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
 
     @property
     def state(self) -> str:
-        """One of PANE_STATES: waiting, answering, done, failed."""
+        """One of PANE_STATES: waiting, answering, done, failed, cancelled."""
         return self._state
 
     @property
@@ -316,6 +326,22 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
         self._started = None
         self._set_state("failed" if error is not None else "done")
         self._keep_end_in_view()
+
+    def cancel(self) -> bool:
+        """The stage was cancelled before this model finished: stop the clock and say
+        "cancelled" (dim, not the red of a failure), keeping what was streamed so far.
+
+        A pane that already finished (done or failed) keeps its result: returns False and
+        changes nothing; True when the pane is now cancelled. `start` or `reset` leave the
+        cancelled state (a retry with r starts the pane again)."""
+        if self._state in ("done", "failed"):
+            return False
+        if self._state == "answering" and self._started is not None:
+            self._seconds = self.clock() - self._started
+        self._started = None
+        self._set_error(None)
+        self._set_state("cancelled")
+        return True
 
     def reset(self) -> None:
         """Back to waiting, with no text and no error."""
@@ -376,6 +402,7 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
                 "answering": f"{self._role}: waiting for the first words…",
                 "done": "(empty answer)",
                 "failed": "",
+                "cancelled": "cancelled before an answer",
             }[state]
         )
         for name in PANE_STATES:
@@ -389,7 +416,7 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
 
     def _show_state(self) -> None:
         seconds = self.seconds
-        if self._state == "waiting" or seconds is None:
+        if self._state == "waiting" or seconds is None:  # a pane cancelled while waiting, too
             self.border_subtitle = self._state
         else:
             self.border_subtitle = f"{self._state} {format_pane_seconds(seconds)}"

@@ -8,11 +8,20 @@ the limit, exactly where SDXL stops reading:
 
 Counting is pure Python and costs microseconds (tokens.count_tokens caches per word), so the
 counter is redrawn on every change without a debounce.
+
+Keys beyond the text area's own: ctrl+end goes to the end of the whole text (End stops at the
+end of the wrapped line, so a tag appended after End landed mid-prompt), ctrl+home to its
+start. Over SSH and tmux ctrl+end and ctrl+home may never arrive (PuTTY, macOS Terminal and
+some tmux setups send nothing distinct), so alt+e and alt+a do the same: the text-wide
+counterparts of the area's ctrl+e and ctrl+a (end and start of the line). Emacs' alt+> and
+alt+< are not usable: Textual reads Esc + a punctuation key as the bare key and would type it.
 """
 
 from __future__ import annotations
 
+from textual import events
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Label, Static, TextArea
@@ -64,15 +73,30 @@ class PromptEditor(Vertical):
 
     HELP = """\
 A prompt for SDXL. Type to edit; Tab moves on to the next field.
+ctrl+end or alt+e: end of the whole text (to append a tag); ctrl+home or alt+a: its start.
+End and ctrl+e stop at the end of the line on screen, Home and ctrl+a at its start.
 The line under it counts CLIP tokens: SDXL reads at most 77 (start and end markers included).
 Over the limit it shows the last words SDXL reads and the first words it never sees.
 "written by" says whether a model or you wrote the text."""
+
+    BINDINGS = [
+        Binding("ctrl+end,alt+e", "text_end", "End of text", show=False, id="prompt-editor.text-end",
+                tooltip="Move the cursor to the end of the whole text (alt+e where ctrl+end does not arrive)"),
+        Binding("ctrl+home,alt+a", "text_start", "Start of text", show=False, id="prompt-editor.text-start",
+                tooltip="Move the cursor to the start of the whole text (alt+a where ctrl+home does not arrive)"),
+        Binding("ctrl+shift+end", "text_end(True)", "Select to end of text", show=False,
+                id="prompt-editor.select-to-end", tooltip="Select from the cursor to the end of the whole text"),
+        Binding("ctrl+shift+home", "text_start(True)", "Select to start of text", show=False,
+                id="prompt-editor.select-to-start", tooltip="Select from the cursor to the start of the whole text"),
+    ]
 
     DEFAULT_CSS = """
     PromptEditor {
         height: auto;
         & > .prompt-editor--label { color: $text-muted; text-style: bold; padding: 0 1; }
         & > TextArea { height: auto; min-height: 3; max-height: 8; }
+        & > TextArea:focus { border: tall $accent; }
+        &.-focused > .prompt-editor--label { color: $accent; }
         & > .prompt-editor--counter { color: $text-muted; height: auto; padding: 0 1; }
         & > .prompt-editor--counter.-over { color: $warning; }
         & > .prompt-editor--author { color: $text-muted; text-style: italic; padding: 0 1; }
@@ -179,7 +203,24 @@ Over the limit it shows the last words SDXL reads and the first words it never s
         self._author = who
         self._show_author()
 
+    # --- actions ----------------------------------------------------------------------------
+
+    def action_text_end(self, select: bool = False) -> None:
+        """The cursor to the end of the whole text (not of the wrapped line), in view."""
+        self.text_area.move_cursor(self.text_area.document.end, select=select)
+
+    def action_text_start(self, select: bool = False) -> None:
+        self.text_area.move_cursor((0, 0), select=select)
+
     # --- internals --------------------------------------------------------------------------
+
+    # The label shows the focus. A class, not `:focus-within > .label` in CSS: Textual does not
+    # restyle a child by its parent's :focus-within when the focus leaves.
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        self.add_class("-focused")
+
+    def on_descendant_blur(self, event: events.DescendantBlur) -> None:
+        self.remove_class("-focused")
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
         if event.text_area is not self.text_area:
@@ -218,7 +259,8 @@ class ComponentsEditor(PromptEditor):
 
     HELP = """\
 A list, one item per line (for example the components the critic checks in the image).
-Type to edit; empty lines are ignored. Tab moves on to the next field."""
+Type to edit; empty lines are ignored. Tab moves on to the next field.
+ctrl+end or alt+e: end of the whole list (to add an item); ctrl+home or alt+a: its start."""
 
     def __init__(
         self,

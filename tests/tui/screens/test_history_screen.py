@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from textual.color import Color
 from textual.widgets import DataTable
 from textual_image.widget import HalfcellImage
 
@@ -13,11 +14,13 @@ from critifusion_tui.tui.screens.history import (
     CompareScreen,
     HistoryScreen,
     RunImagesScreen,
+    differences_summary,
     scan_runs,
 )
 from critifusion_tui.tui.widgets.image_view import ImageView
+from tests.tui.conftest import screen_text
 from tests.tui.screens.host import Host, plain, static_text
-from tests.tui.screens.runs import make_history
+from tests.tui.screens.runs import make_history, make_run
 
 
 @pytest.fixture
@@ -105,6 +108,11 @@ async def test_v_shows_base_and_refined_side_by_side(tmp_path, runs):
         assert view.query_one("#view-refined", ImageView).path == runs["fox"] / "refined.png"
         assert view.query_one("#view-refined", ImageView).label == "tiny-random: noise"
         assert "Prompt: a red fox in the snow" in static_text(view, "#view-prompts")
+        # The text under the images is where the keys scroll: its focus shows (an accent edge).
+        text = view.query_one("#view-text")
+        assert app.focused is text
+        accent = Color.parse(app.get_css_variables()["accent"]).rgb
+        assert (text.styles.border_left[0], text.styles.border_left[1].rgb) == ("thick", accent)
         await pilot.press("escape")
         await pilot.pause()
         assert app.screen is screen
@@ -140,6 +148,8 @@ async def test_compare_two_marked_runs(tmp_path, runs):
         assert differences["steps"] == ("20", "30")
         assert differences["status"] == ("failed", "cancelled")
         assert "seed" not in differences and "model" not in differences
+        assert compare.differences_summary() == (
+            "Differs: the prompts (above), the refinement prompts and 5 key settings.")
         await pilot.press("escape")
         await pilot.pause()
         assert app.screen is screen
@@ -188,3 +198,54 @@ def test_bindings_have_ids():
     assert ids == {"history.reopen", "history.view", "history.mark", "history.compare",
                    "history.score", "history.refresh", "history.back"}
     assert all(b.description for b in HistoryScreen.BINDINGS)
+
+
+async def compare_text(tmp_path: Path, **second) -> tuple[str, list[str]]:
+    """Two runs of "a red fox" (the second with `second`'s changes) marked and compared in
+    the history: the summary line and the labels of the rows that differ, as shown."""
+    out = tmp_path / "outputs"
+    make_run(out, "a red fox", minutes=0)
+    make_run(out, **{"prompt": "a red fox", "minutes": 5, **second})
+    screen = HistoryScreen(out, image_mode="halfblock", image_class=HalfcellImage)
+    app = Host(screen)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("space", "space", "c")
+        await pilot.pause()
+        compare = app.screen
+        assert isinstance(compare, CompareScreen)
+        shown = " ".join(screen_text(app).split())  # what the screen shows, wrapping undone
+        return shown, [label for label, _, _ in compare.differences()]
+
+
+async def test_compare_of_two_identical_runs_says_nothing_differs(tmp_path):
+    shown, rows = await compare_text(tmp_path)
+    assert rows == []
+    assert "Nothing differs: the same prompt and the same key settings." in shown
+    assert "only the prompts differ" not in shown
+
+
+async def test_compare_with_the_same_prompt_names_the_settings_that_differ(tmp_path):
+    shown, rows = await compare_text(tmp_path, seed=99, steps=30)
+    assert rows == ["seed", "steps", "refine steps (used)"]
+    assert "Differs: 3 key settings. The prompts are the same." in shown
+    assert "seed" in shown and "99" in shown
+
+
+async def test_compare_of_different_prompts_with_the_same_settings(tmp_path):
+    shown, rows = await compare_text(tmp_path, prompt="a grey wolf")
+    assert rows == ["refinement prompt"]  # the fixture's refinement follows the prompt
+    assert "Differs: the prompts (above) and the refinement prompts. The key settings are the same." in shown
+
+
+@pytest.mark.parametrize(
+    "same_prompt, rows, said",
+    [
+        (True, [], "Nothing differs: the same prompt and the same key settings."),
+        (False, [], "Differs: the prompts (above). The key settings are the same."),
+        (True, [("seed", "1", "2")], "Differs: 1 key setting. The prompts are the same."),
+        (True, [("refinement prompt", "x", "y")], "Differs: the refinement prompts. The prompts are the same."),
+        (False, [("seed", "1", "2"), ("steps", "4", "8")], "Differs: the prompts (above) and 2 key settings."),
+    ],
+)
+def test_differences_summary(same_prompt, rows, said):
+    assert differences_summary(same_prompt, rows) == said

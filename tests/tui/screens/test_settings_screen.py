@@ -162,3 +162,21 @@ async def test_every_binding_has_an_id_and_description():
     for binding in SettingsScreen.BINDINGS:
         assert binding.id and binding.description
     assert {b.id for b in SettingsScreen.BINDINGS} == {"settings.save", "settings.cancel"}
+
+
+async def test_the_focused_field_shows_by_its_label(config_file: Path):
+    """The fields are compact (no border): focus marks the field's label in the accent colour."""
+    from textual.color import Color
+    from textual.widgets import Label
+
+    app = Host(SettingsScreen(load_config(config_file)))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        accent = Color.parse(app.get_css_variables()["accent"]).rgb
+        for _ in range(6):  # routing's three lists, model, seed, width
+            await pilot.pause()
+            field = app.focused
+            row = next(a for a in field.ancestors if a.has_class("row"))
+            marked = [label for label in screen.query(".row > Label") if label.styles.background.rgb == accent]
+            assert marked == [row.query_one(Label)], field.id
+            await pilot.press("tab")

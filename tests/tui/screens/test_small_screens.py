@@ -165,3 +165,69 @@ def test_every_binding_has_an_id_and_description():
     for screen in (LogScreen, HelpScreen, ConfirmScreen):
         for binding in screen.BINDINGS:
             assert binding.id and binding.description, (screen, binding)
+
+
+LONG_ENTRIES = [
+    (T + i, "info", "together:Qwen/Qwen2.5-72B",
+     f"line {i}: " + "the quick brown fox jumps over the lazy dog " * 3 + f"END{i}")
+    for i in range(30)
+]
+
+
+def assert_nothing_under_the_scrollbar(view: LogView) -> None:
+    room = view.scrollable_content_region.width
+    assert room == view.size.width - view.styles.scrollbar_size_vertical  # the scrollbar's room kept
+    assert max(strip.cell_length for strip in view.lines) <= room
+    assert view.max_scroll_x == 0  # nothing to scroll sideways to: every character is in view
+    shown = " ".join(" ".join("".join(s.text for s in strip) for strip in view.lines).split())
+    for _, _, source, text in LONG_ENTRIES:
+        assert f"{source} {text}" in shown  # wrapped, not cut
+
+
+async def test_log_lines_wrap_before_the_scrollbar_at_80_columns_and_after_a_resize():
+    screen = LogScreen(LONG_ENTRIES)
+    app = Host(screen)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        view = screen.query_one("#log-view", LogView)
+        assert view.scrollable_content_region.width == 76  # 80 less the border and the scrollbar
+        assert_nothing_under_the_scrollbar(view)
+        await pilot.resize_terminal(140, 40)  # the wide layout: 94% of 140 columns
+        await pilot.pause()
+        assert view.scrollable_content_region.width > 100
+        assert_nothing_under_the_scrollbar(view)
+        assert any(strip.cell_length > 80 for strip in view.lines)  # wrapped again, wider
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        assert_nothing_under_the_scrollbar(view)
+        assert view.is_vertical_scroll_end  # still following the newest entry
+
+
+async def test_lines_written_before_the_scrollbar_appears_fit_beside_it():
+    buffer = LogBuffer()
+    screen = LogScreen(buffer)
+    app = Host(screen)
+    async with app.run_test(size=(80, 24)) as pilot:
+        buffer.add("info", "run", "a first line, long enough to reach the right edge of the log at eighty columns")
+        await pilot.pause(0.7)  # the screen polls its source twice a second
+        view = screen.query_one("#log-view", LogView)
+        assert view.max_scroll_y == 0  # one entry: no scrollbar yet
+        for i in range(40):
+            buffer.add("info", "run", f"entry {i} " + "word " * 20)
+        await pilot.pause(0.7)
+        assert view.max_scroll_y > 0
+        room = view.scrollable_content_region.width
+        assert max(strip.cell_length for strip in view.lines) <= room
+        assert view.max_scroll_x == 0
+
+
+async def test_the_log_shows_that_it_has_the_keys():
+    from textual.color import Color
+
+    screen = LogScreen(ENTRIES)
+    app = Host(screen)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert isinstance(app.focused, LogView)
+        accent = Color.parse(app.get_css_variables()["accent"]).rgb
+        assert screen.query_one("#log-dialog").styles.border_top[1].rgb == accent

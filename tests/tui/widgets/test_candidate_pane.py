@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from textual.app import App, ComposeResult
 from textual.color import Color
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from critifusion_tui.tui.widgets.candidate_pane import AnswerText, CandidatePane
-from tests.tui.conftest import screen_text
+from tests.tui.conftest import screen_text as full_screen_text
 from tests.tui.widgets._support import FakeClock
 
 MODEL = "together:Qwen/Qwen2.5-72B-Instruct-Turbo"
@@ -33,6 +34,15 @@ class PaneApp(App):
 
     def bell(self) -> None:
         self.bells += 1
+
+
+# The pane is these apps' one focus stop, so it is drawn focused (heavy lines); the tests of
+# what it says read the border as light lines, and the focus is tested on its own below.
+_LIGHT = str.maketrans("┏┓┗┛━┃", "╭╮╰╯─│")
+
+
+def screen_text(app: App) -> str:
+    return full_screen_text(app).translate(_LIGHT)
 
 
 def border_lines(app: App) -> tuple[str, str]:
@@ -214,6 +224,60 @@ async def test_reset_goes_back_to_waiting():
         assert "─ waiting ─╯" in border_lines(app)[1]
 
 
+async def test_cancel_while_waiting_says_cancelled_dim_not_failed():
+    clock = FakeClock()
+    app = PaneApp(clock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.query_one(CandidatePane)
+        assert pane.cancel() is True
+        await pilot.pause()
+        assert (pane.state, pane.text, pane.error, pane.seconds) == ("cancelled", "", None, None)
+        assert pane.has_class("-cancelled") and not pane.has_class("-failed")
+        assert "─ cancelled ─╯" in border_lines(app)[1]
+        assert "cancelled before an answer" in screen_text(app)
+        # Dim, not red: the border and the subtitle are not the error colour.
+        error = app.get_css_variables()["error"]
+        assert pane.styles.border_bottom[1] != Color.parse(error)
+        assert pane.styles.border_subtitle_color != Color.parse(error)
+        await pilot.press("u")  # a cancelled pane has no answer to use
+        await pilot.pause()
+        assert app.bells == 1 and app.messages == []
+
+
+async def test_cancel_while_answering_stops_the_clock_and_keeps_the_partial_answer():
+    clock = FakeClock()
+    app = PaneApp(clock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.query_one(CandidatePane)
+        pane.start()
+        pane.append("red fox, snow")
+        clock.advance(2.04)
+        pane.cancel()
+        clock.advance(10.0)
+        await pilot.pause(0.6)  # two ticks of the pane's timer: the time does not move on
+        assert (pane.state, pane.text) == ("cancelled", "red fox, snow")
+        assert pane.seconds == pytest.approx(2.04)
+        assert "─ cancelled 2.0 s ─╯" in border_lines(app)[1]
+        # r asks the model again: the pane starts over.
+        await pilot.press("r")
+        pane.start()
+        assert pane.state == "answering" and pane.text == ""
+
+
+async def test_cancel_leaves_a_finished_pane_as_it_is():
+    app = PaneApp(FakeClock())
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.query_one(CandidatePane)
+        pane.finish("red fox", None, 1.0)
+        assert pane.cancel() is False
+        pane2 = CandidatePane("tags", "candidate", "rules", id="two")
+        await app.mount(pane2)
+        pane2.finish("", "boom", 0.5)
+        assert pane2.cancel() is False
+        await pilot.pause()
+        assert (pane.state, pane2.state) == ("done", "failed")
+
+
 async def test_keys_scroll_a_long_answer():
     app = PaneApp(FakeClock())
     async with app.run_test(size=(80, 24)) as pilot:
@@ -257,3 +321,23 @@ def test_every_binding_has_an_id_and_tooltip():
     for binding in CandidatePane.BINDINGS:
         assert binding.id and binding.description and binding.tooltip
     assert CandidatePane.HELP
+
+
+async def test_focus_draws_heavy_lines_in_the_accent_or_the_error_colour():
+    app = PaneApp(FakeClock())
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.query_one(CandidatePane)
+        accent = Color.parse(app.get_css_variables()["accent"]).rgb
+        error = Color.parse(app.get_css_variables()["error"]).rgb
+        for finish, mark in ((("red fox", None, 1.0), accent), (("", "boom", 1.0), error)):
+            pane.finish(*finish)
+            pane.focus()
+            await pilot.pause()
+            top = full_screen_text(app).splitlines()[0]
+            assert top.startswith("┏━") and pane.styles.border_top[1].rgb == mark
+            app.set_focus(None)
+            await pilot.pause()
+            top = full_screen_text(app).splitlines()[0]
+            assert top.startswith("╭─")  # blurred: round, light lines (a failed pane's stay red)
+            if mark == accent:
+                assert pane.styles.border_top[1].rgb != accent

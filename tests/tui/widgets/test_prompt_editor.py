@@ -178,3 +178,87 @@ async def test_components_editor_edits_one_item_per_line():
 def test_help_is_there():
     assert PromptEditor.HELP and ComponentsEditor.HELP
     assert isinstance(PromptEditor("x").text_area, TextArea)
+
+
+# A prompt long enough to wrap at 40 columns, on two lines of text.
+LONG = "a red fox in a snowy pine forest at dawn, soft rim light, volumetric fog\nfilm grain"
+
+
+async def test_ctrl_end_and_alt_e_go_to_the_end_of_the_whole_text_and_back():
+    app = EditorApp(PromptEditor("Prompt", LONG, id="prompt"))
+    async with app.run_test(size=(40, 20)) as pilot:
+        area = app.editor.text_area
+        area.focus()
+        await pilot.pause()
+        # End stops at the end of the wrapped line on screen: a tag typed there lands mid-prompt.
+        await pilot.press("end")
+        assert area.cursor_location != area.document.end
+        for key in ("ctrl+end", "alt+e"):
+            area.move_cursor((0, 0))
+            await pilot.press(key)
+            assert area.cursor_location == area.document.end, key
+        await pilot.press(*", 35mm")
+        assert app.editor.text == LONG + ", 35mm"
+        assert app.changes[-1] == ("prompt", LONG + ", 35mm")
+        for key in ("ctrl+home", "alt+a"):
+            area.move_cursor(area.document.end)
+            await pilot.press(key)
+            assert area.cursor_location == (0, 0), key
+        await pilot.press("ctrl+shift+end")
+        assert area.selected_text == LONG + ", 35mm"
+
+
+async def test_the_components_list_has_the_same_keys():
+    app = EditorApp(ComponentsEditor("Components", ["a red fox", "snow", "pine trees"], id="components"))
+    async with app.run_test(size=(40, 20)) as pilot:
+        area = app.editor.text_area
+        area.focus()
+        await pilot.press("ctrl+end", "enter", *"dawn light")
+        assert app.editor.items == ["a red fox", "snow", "pine trees", "dawn light"]
+
+
+def test_text_keys_take_nothing_from_the_text_area_and_are_in_the_help():
+    ours = {key for binding in PromptEditor.BINDINGS for key in binding.key.split(",")}
+    theirs = {key for binding in TextArea.BINDINGS for key in binding.key.split(",")}
+    assert ours == {"ctrl+end", "alt+e", "ctrl+home", "alt+a", "ctrl+shift+end", "ctrl+shift+home"}
+    assert not ours & theirs
+    for editor in (PromptEditor, ComponentsEditor):
+        assert "ctrl+end or alt+e" in editor.HELP and "ctrl+home or alt+a" in editor.HELP
+
+
+def test_the_terminal_sequences_arrive_as_these_keys():
+    """What a terminal sends for ctrl+end (xterm, and rxvt's form), ctrl+home and alt+e / alt+a
+    (Esc then the letter, as over SSH and tmux) reaches the bindings by these names. (Textual's
+    parser is private API; this pins the behaviour the bindings rely on.)"""
+    import time
+
+    from textual._xterm_parser import XTermParser
+
+    def keys(sequence: str) -> list[str]:
+        parser = XTermParser()
+        events = list(parser.feed(sequence))
+        time.sleep(0.15)  # past the escape delay: a lone Esc + letter is then alt+letter
+        return [event.key for event in [*events, *parser.tick()]]
+
+    assert keys("\x1b[1;5F") == ["ctrl+end"] and keys("\x1b[1;5H") == ["ctrl+home"]
+    assert keys("\x1be") == ["alt+e"] and keys("\x1ba") == ["alt+a"]
+
+
+async def test_focus_shows_on_the_border_and_the_label_and_goes_when_the_focus_leaves():
+    class Two(App):
+        def compose(self) -> ComposeResult:
+            yield PromptEditor("Positive", "a fox", id="positive")
+            yield PromptEditor("Negative", "blurry", id="negative")
+
+    app = Two()
+    async with app.run_test(size=(60, 20)) as pilot:
+        accent = Color.parse(app.get_css_variables()["accent"])
+        label = {e.id: e.query_one(".prompt-editor--label") for e in app.query(PromptEditor)}
+        border = {e.id: e.text_area for e in app.query(PromptEditor)}
+        for focused, other in (("positive", "negative"), ("negative", "positive")):
+            border[focused].focus()
+            await pilot.pause()
+            assert label[focused].styles.color.rgb == accent.rgb, focused
+            assert border[focused].styles.border_top[1].rgb == accent.rgb
+            assert label[other].styles.color.rgb != accent.rgb, other
+            assert border[other].styles.border_top[1].rgb != accent.rgb

@@ -59,6 +59,36 @@ class PaneFailed(App):
         self.bad.focus()
 
 
+class PaneStates(App):
+    """Four panes at 80x24: done and focused; failed, not focused; cancelled while answering
+    (its partial answer kept) and cancelled while waiting."""
+
+    def compose(self) -> ComposeResult:
+        clock = FakeClock()
+        with Vertical():
+            with Horizontal():
+                self.done = CandidatePane("tags", "candidate", "ollama:llama3.2:3b", clock=clock, id="done")
+                self.bad = CandidatePane("tags", "candidate", "together:flaky", clock=clock, id="bad")
+                yield self.done
+                yield self.bad
+            with Horizontal():
+                self.stopped = CandidatePane("tags", "candidate", "together:slow", clock=clock, id="stopped")
+                self.never = CandidatePane("tags", "aggregator", "together:merger", clock=clock, id="never")
+                yield self.stopped
+                yield self.never
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.done.finish("red fox, fresh snow, pine forest", None, 3.42)
+        self.bad.finish("", "HTTP 500 from together", 0.21)
+        self.stopped.start()
+        self.stopped.append("red fox, snow")
+        self.stopped.clock.advance(2.0)
+        self.stopped.cancel()
+        self.never.cancel()
+        self.done.focus()
+
+
 class EditorOverLimit(App):
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -95,6 +125,10 @@ def test_rail_mid_run(snap_compare):
 
 def test_pane_failed(snap_compare):
     assert snap_compare(PaneFailed(), terminal_size=SIZE)
+
+
+def test_pane_states(snap_compare):
+    assert snap_compare(PaneStates(), terminal_size=SIZE)
 
 
 def test_prompt_editor_over_the_limit(snap_compare):
