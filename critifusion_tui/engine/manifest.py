@@ -467,6 +467,14 @@ def upgrade(data: dict[str, Any], where: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- reading and checking
 
 
+def holds_manifest(folder: Path) -> bool:
+    """Whether `folder` holds a manifest, readable or not (an over-long name is "no")."""
+    try:
+        return (Path(folder) / MANIFEST).exists()
+    except OSError:
+        return False
+
+
 def read_manifest(folder: Path) -> RunManifest:
     """``folder/manifest.json``, read as untrusted input and validated; every problem is one
     StoreError naming the first bad field (see the module's docstring)."""
