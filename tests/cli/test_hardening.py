@@ -91,6 +91,9 @@ CRAFTED_CASES = {
     "prompts-wrong-shape": (dict(prompts={"positive": "x"}), "prompts.positive", "expected"),
     "escape-in-file-name": (dict(stages=base_stage(image="a\x1b]0;t\x07.png")), "stages.base.image", "control characters"),
     "schema-other": (dict(schema="evil/9"), "schema", "is not"),
+    "schema-newer": (dict(schema="critifusion.run/2"), "made by a newer critifusion-tui (schema critifusion.run/2)", "upgrade"),
+    "width-not-a-number": (dict(stages=base_stage(width="x")), "stages.base.width: expected a whole number, got 'x'", ""),
+    "ledger-call-not-an-object": (dict(ledger={"calls": ["x"]}), "ledger.calls[0]: expected an object", ""),
     "provider-url-with-escape": (dict(config={"criticore": {"vlms": ["ollama:x\x1b]52;c;ZXZpbA==\x07"]}}), "control characters", ""),
     "guidance-infinite": (dict(config={"diffusion": {"guidance": float("inf")}}), "diffusion.guidance", "finite"),
 }
