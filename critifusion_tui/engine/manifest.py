@@ -199,16 +199,21 @@ class CritiqueStage(TextStage):
     skipped: bool = False  # the person skipped the critique
 
 
-class BaseStage(StageRecord):
-    """Stage 3 (base, base_original): the base image and its latent."""
+class DiffusionStage(StageRecord):
+    """A diffusion pass (base, refine): what it was asked and the image it drew."""
 
     prompt: str | None = None
     negative: str | None = None
     image: FileName | None = None
-    latent: FileName | None = None
     seed: Count | None = None
     steps: Count | None = None
     guidance: float | None = None
+
+
+class BaseStage(DiffusionStage):
+    """Stage 3 (base, base_original): the base image and its latent."""
+
+    latent: FileName | None = None
     width: Count | None = None
     height: Count | None = None
 
@@ -222,19 +227,13 @@ class BaseStage(StageRecord):
         return self
 
 
-class RefineStage(StageRecord):
+class RefineStage(DiffusionStage):
     """Stage 6 (refine, refine_original): SpecFusion's parameters and the refined image."""
 
-    prompt: str | None = None
-    negative: str | None = None
-    image: FileName | None = None
     strength: float | None = None
-    guidance: float | None = None
-    steps: Count | None = None
     rho_t: float | None = None
     base_c: float | None = None
     noise_std: float | None = None
-    seed: Count | None = None
     mode: str | None = None  # fixed or adaptive
     alignment: float | None = None
     alignment_from: Alignment | None = None
