@@ -166,7 +166,7 @@ class Outcome:
         images = {}
         for name, stage in stages.items():
             image = getattr(stage, "image", None)
-            if image and stage.status == "done":
+            if image and stage.status == "done" and self.folder is not None:
                 try:
                     images[name] = str(confined(self.folder, image, f"stages.{name}.image"))
                 except StoreError:
@@ -340,6 +340,10 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
                 except (NotImplementedError, RuntimeError, ValueError):
                     pass  # not on this platform, or not the main thread
 
+    def refuse(folder: Path, error: str) -> None:
+        outcomes.append(Outcome(folder, "failed", error=error))
+        reporter(Notice("", "error", error))
+
     async def main() -> None:
         from critifusion_tui.engine.pipeline import Session
 
@@ -359,14 +363,10 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
                     try:
                         earlier = read_manifest(folder)
                     except StoreError as exc:
-                        outcome = Outcome(folder, "failed", error=f"cannot resume {folder}: {exc}")
-                        outcomes.append(outcome)
-                        reporter(Notice("", "error", outcome.error))
+                        refuse(folder, f"cannot resume {folder}: {exc}")
                         continue
                     if earlier.prompt != job["prompt"].strip():
-                        outcome = Outcome(folder, "failed", error=f"{folder} holds another prompt's run; move it away")
-                        outcomes.append(outcome)
-                        reporter(Notice("", "error", outcome.error))
+                        refuse(folder, f"{folder} holds another prompt's run; move it away")
                         continue
                     if earlier.status == "done":
                         reporter(Notice("", "info", f"skipping {job['prompt']!r}: already done in {folder}"))

@@ -117,6 +117,18 @@ def test_a_crafted_run_folder_is_refused_naming_the_field(env, tmp_path, case):
     no_traceback(proc)
 
 
+def test_out_naming_an_unreadable_or_another_prompts_run_is_refused(env, tmp_path):
+    folder = crafted(tmp_path, stages=base_stage(width="x"))
+    proc = run_cli("a fox", *OFFLINE, "--out", str(folder), env=env, cwd=tmp_path)
+    assert proc.returncode == 1 and f"cannot resume {folder}" in proc.stdout, proc.stdout + proc.stderr
+    assert "stages.base.width: expected a whole number, got 'x'" in proc.stdout
+    (tmp_path / "other").mkdir()
+    folder = crafted(tmp_path / "other", stages={})
+    proc = run_cli("a whale", *OFFLINE, "--out", str(folder), env=env, cwd=tmp_path)
+    assert proc.returncode == 1 and "holds another prompt's run" in proc.stdout, proc.stdout + proc.stderr
+    no_traceback(proc)
+
+
 @pytest.mark.parametrize("what", ["link-out", "directory", "device", "huge"])
 def test_files_that_are_links_out_directories_devices_or_huge_are_refused(env, tmp_path, what):
     folder = crafted(tmp_path, stages=base_stage())
