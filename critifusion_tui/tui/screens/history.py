@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from textual.widgets import DataTable, Footer, ProgressBar, Static
 from textual.worker import Worker, get_current_worker
 
 from critifusion_tui.engine.manifest import RunManifest, holds_manifest, read_manifest
-from critifusion_tui.engine.store_paths import MANIFEST, StoreError
+from critifusion_tui.engine.store_paths import MANIFEST, StoreError, confined
 from critifusion_tui.eval.runs import VARIANTS, scores_of
 from critifusion_tui.tui.widgets._safe import safe_str
 from critifusion_tui.tui.widgets.image_view import ImageView
@@ -159,8 +159,6 @@ class RunSummary:
         name = getattr(record, "image", None)
         if not isinstance(name, str):
             return None
-        from critifusion_tui.engine.store_paths import StoreError, confined
-
         try:  # a run folder from elsewhere: never show a file outside it
             path = confined(self.folder, name, f"stages.{stage}.image")
         except StoreError:
