@@ -12,9 +12,9 @@ import asyncio
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from critifusion_tui.engine.events import (
     CandidateFinished,
@@ -30,6 +30,9 @@ from critifusion_tui.engine.events import (
     StageSkipped,
     StageStarted,
 )
+
+if TYPE_CHECKING:
+    from critifusion_tui.engine.manifest import RunManifest
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Signals that end a run the way Ctrl+C does (status "cancelled", a resume hint); the exit
@@ -147,33 +150,39 @@ class Outcome:
     folder: Path | None = None
     status: str = "failed"
     error: str | None = None
-    manifest: dict[str, Any] = field(default_factory=dict)
+    record: RunManifest | None = None  # the run folder's manifest, as last written or read
+
+    def ledger_summary(self) -> dict[str, Any] | None:
+        """Tokens, seconds, retries and 429s per model and role (engine/ledger.py)."""
+        if self.record is None or "ledger" not in self.record.model_fields_set:
+            return None
+        return self.record.ledger.summary.to_data()
 
     def summary(self) -> dict[str, Any]:
         from critifusion_tui.engine.store_paths import StoreError, confined
 
-        stages = self.manifest.get("stages", {})
+        record = self.record
+        stages = record.stages.records() if record is not None else {}
         images = {}
-        for name, record in stages.items():
-            if isinstance(record, dict) and record.get("image") and record.get("status") == "done":
+        for name, stage in stages.items():
+            image = getattr(stage, "image", None)
+            if image and stage.status == "done" and self.folder is not None:
                 try:
-                    images[name] = str(confined(self.folder, record["image"], f"stages.{name}.image"))
+                    images[name] = str(confined(self.folder, image, f"stages.{name}.image"))
                 except StoreError:
                     continue  # never a path outside the run folder
-        prompts = self.manifest.get("prompts", {})
         return {
             "folder": str(self.folder) if self.folder else None,
             "status": self.status,
             "error": self.error,
-            "prompt": self.manifest.get("prompt"),
-            "seed": self.manifest.get("seed"),
-            "positive": (prompts.get("positive") or {}).get("value"),
-            "refinement": (prompts.get("refinement") or {}).get("value"),
+            "prompt": record.prompt if record is not None else None,
+            "seed": record.seed if record is not None else None,
+            "positive": record.prompt_value("positive") if record is not None else None,
+            "refinement": record.prompt_value("refinement") if record is not None else None,
             "images": images,
-            "seconds": {name: r.get("seconds") for name, r in stages.items() if isinstance(r, dict)},
-            "tiny_random": self.manifest.get("tiny_random", False),
-            # Tokens, seconds, retries and 429s per model and role (engine/ledger.py).
-            "ledger": (self.manifest.get("ledger") or {}).get("summary"),
+            "seconds": {name: stage.seconds for name, stage in stages.items()},
+            "tiny_random": record.tiny_random if record is not None else False,
+            "ledger": self.ledger_summary(),
         }
 
 
@@ -220,7 +229,7 @@ async def run_one(
         outcome.status = "cancelled"
         raise
     finally:
-        outcome.manifest = run.store.manifest  # whatever happened, the run folder says it
+        outcome.record = run.store.record  # whatever happened, the run folder says it
     return outcome
 
 
@@ -228,7 +237,7 @@ def report_ledger(outcome: Outcome, reporter) -> None:
     """The run's ledger summary, one line per model and role (the manifest has every call)."""
     from critifusion_tui.engine.ledger import summary_lines
 
-    summary = (outcome.manifest.get("ledger") or {}).get("summary")
+    summary = outcome.ledger_summary()
     if summary is not None:
         for line in summary_lines(summary):
             reporter(Notice("", "info", f"ledger: {line}"))
@@ -254,19 +263,10 @@ def read_prompts(path: Path, limit: int | None = None, category: str | None = No
     return read_prompt_file(path, limit=limit, category=category)
 
 
-def folder_holds_run(folder: Path) -> bool:
-    """Whether a batch's folder already has a manifest (an over-long name is "no")."""
-    from critifusion_tui.engine.store import MANIFEST
-
-    try:
-        return (folder / MANIFEST).exists()
-    except OSError:
-        return False
-
-
 def run_command(args, loaded, overrides: list[str] = ()) -> int:
     """The body of `critifusion run` once the configuration loaded."""
-    from critifusion_tui.engine.store import MANIFEST, RunStore, StoreError
+    from critifusion_tui.engine.manifest import holds_manifest, read_manifest
+    from critifusion_tui.engine.store import MANIFEST, StoreError
 
     out_stream = sys.stderr if args.json else sys.stdout
     settings = loaded.settings
@@ -282,7 +282,7 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
         # Checked before anything starts, so a bad folder is a usage error (exit 2). The run
         # itself is reopened by Session.resume, the same way the app reopens it.
         try:
-            manifest = RunStore.open(Path(args.resume)).manifest
+            manifest = read_manifest(Path(args.resume))
             resumed_settings(manifest, settings, overrides, f"{args.resume}/{MANIFEST}")
         except StoreError as exc:
             say(f"critifusion: {exc}")
@@ -304,12 +304,9 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
 
         # Only the prompt, seed, variants and answers are read: never the folder's settings.
         try:
-            replay = Replay(RunStore.open(Path(args.replay)).manifest, where=str(args.replay))
+            replay = Replay(read_manifest(Path(args.replay)), where=str(args.replay))
         except StoreError as exc:
             print(f"critifusion: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        if not replay.prompt.strip():
-            print(f"critifusion: {args.replay}: the manifest holds no prompt to replay", file=sys.stderr)
             return EXIT_USAGE
         jobs = [{"prompt": replay.prompt, "folder": Path(args.out) if args.out else None, "replay": replay}]
     else:
@@ -343,6 +340,10 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
                 except (NotImplementedError, RuntimeError, ValueError):
                     pass  # not on this platform, or not the main thread
 
+    def refuse(folder: Path, error: str) -> None:
+        outcomes.append(Outcome(folder, "failed", error=error))
+        reporter(Notice("", "error", error))
+
     async def main() -> None:
         from critifusion_tui.engine.pipeline import Session
 
@@ -358,22 +359,18 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
                 kwargs: dict[str, Any] = {"seed": args.seed, "variants": args.variants, "emit": reporter}
                 if "resume" in job:
                     kwargs["resume"] = job["resume"]
-                elif folder is not None and folder_holds_run(folder):
+                elif folder is not None and holds_manifest(folder):
                     try:
-                        earlier = RunStore.open(folder).manifest
+                        earlier = read_manifest(folder)
                     except StoreError as exc:
-                        outcome = Outcome(folder, "failed", error=f"cannot resume {folder}: {exc}")
-                        outcomes.append(outcome)
-                        reporter(Notice("", "error", outcome.error))
+                        refuse(folder, f"cannot resume {folder}: {exc}")
                         continue
-                    if earlier.get("prompt") != job["prompt"].strip():
-                        outcome = Outcome(folder, "failed", error=f"{folder} holds another prompt's run; move it away")
-                        outcomes.append(outcome)
-                        reporter(Notice("", "error", outcome.error))
+                    if earlier.prompt != job["prompt"].strip():
+                        refuse(folder, f"{folder} holds another prompt's run; move it away")
                         continue
-                    if earlier.get("status") == "done":
+                    if earlier.status == "done":
                         reporter(Notice("", "info", f"skipping {job['prompt']!r}: already done in {folder}"))
-                        outcomes.append(Outcome(folder, "done", manifest=earlier))
+                        outcomes.append(Outcome(folder, "done", record=earlier))
                         continue
                     kwargs["resume"] = folder
                 else:

@@ -61,20 +61,10 @@ def _prompt_text(item: Any) -> str:
     return str(getattr(item, "prompt", item))
 
 
-def _manifest(folder: Path) -> dict[str, Any] | None:
-    from critifusion_tui.engine.store import MANIFEST
-
-    try:
-        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def run_batch(args, settings, overrides=()) -> int:
     from critifusion_tui.batch import ranks
     from critifusion_tui.batch.progress import make_batch_reporter
-    from critifusion_tui.batch.summary import last_launch_of
+    from critifusion_tui.batch.summary import manifest_of
 
     from critifusion_tui.prompt_sets import PromptFileError
 
@@ -140,9 +130,9 @@ def run_batch(args, settings, overrides=()) -> int:
             # Only rank 0's bar needs the others' progress; a done manifest stays done.
             for job in jobs:
                 if job.name not in settled:
-                    manifest = _manifest(job.folder)
-                    if manifest and (manifest.get("status") == "done" or (
-                        manifest.get("status") == "failed" and last_launch_of(manifest) == place.launch
+                    record = manifest_of(job.folder)
+                    if record is not None and (record.status == "done" or (
+                        record.status == "failed" and record.last_launch == place.launch
                     )):
                         settled.add(job.name)
             counted = len(settled)
@@ -160,12 +150,12 @@ def run_batch(args, settings, overrides=()) -> int:
             run.store.write_manifest()
 
         async def run_job(job: Job, claim) -> None:
-            from critifusion_tui.engine.store import MANIFEST
+            from critifusion_tui.engine.manifest import holds_manifest
 
             if claim.took_over is not None:
                 reporter(Notice("", "warning", f"took over {job.name} from {claim.took_over.describe()}: it is gone"))
             kwargs: dict[str, Any] = {"seed": args.seed, "variants": args.variants, "emit": reporter}
-            if (job.folder / MANIFEST).exists():
+            if holds_manifest(job.folder):
                 kwargs["resume"] = job.folder
             else:
                 kwargs.update(prompt=job.prompt, out=job.folder)
@@ -178,16 +168,16 @@ def run_batch(args, settings, overrides=()) -> int:
 
         def skip_or_settle(job: Job) -> bool:
             """True when `job` needs no work from anyone now."""
-            manifest = _manifest(job.folder)
-            if manifest is None:
+            record = manifest_of(job.folder)
+            if record is None:
                 return False
-            if manifest.get("status") == "done":
-                if last_launch_of(manifest) != place.launch:
+            if record.status == "done":
+                if record.last_launch != place.launch:
                     if place.main:
                         reporter(Notice("", "info", f"skipping {job.prompt!r}: already done in {job.folder}"))
-                    outcomes.append(Outcome(job.folder, "done", manifest=manifest))
+                    outcomes.append(Outcome(job.folder, "done", record=record))
                 return True
-            return manifest.get("status") == "failed" and last_launch_of(manifest) == place.launch
+            return record.status == "failed" and record.last_launch == place.launch
 
         async def next_job() -> tuple[Job, Any] | None:
             for job in jobs:
@@ -258,7 +248,7 @@ def _finish(out, place, device, jobs, outcomes, started, providers, interrupted,
     """This process's report; on rank 0 (unless interrupted) the batch summary too."""
     from critifusion_tui.batch.summary import read_reports, render, summarize, write_report, write_summary
 
-    ran = [o for o in outcomes if o.folder is not None and (o.manifest.get("ran_by") or [{}])[-1].get("launch") == place.launch]
+    ran = [o for o in outcomes if o.folder is not None and o.record is not None and o.record.last_launch == place.launch]
     report = {
         "rank": place.rank, "world_size": place.world_size, "host": place.host, "device": device,
         "launch": place.launch, "started": started, "ended": time.time(), "interrupted": interrupted,

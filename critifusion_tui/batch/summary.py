@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from critifusion_tui.engine.store import MANIFEST, atomic_write, timestamp
+from critifusion_tui.engine.manifest import RunManifest, holds_manifest, read_manifest
+from critifusion_tui.engine.store import StoreError, atomic_write, timestamp
 
 REPORTS_DIR = ".batch"
 SUMMARY_FILE = "batch-summary.json"
@@ -53,25 +54,13 @@ def latest_launch(out: Path) -> str | None:
     return best
 
 
-def _manifest(folder: Path) -> dict[str, Any] | None:
+def manifest_of(folder: Path) -> RunManifest | None:
+    """A batch folder's manifest, or None where it has none or it cannot be read (resuming
+    the run then says why)."""
     try:
-        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_manifest(folder)
+    except StoreError:
         return None
-    return data if isinstance(data, dict) else None
-
-
-def last_launch_of(manifest: dict[str, Any]) -> str | None:
-    """The launch that last worked on a run (from the `ran_by` entries batches stamp)."""
-    ran_by = manifest.get("ran_by") or []
-    return ran_by[-1].get("launch") if ran_by and isinstance(ran_by[-1], dict) else None
-
-
-def failed_stage(manifest: dict[str, Any]) -> tuple[str | None, str | None]:
-    for name, record in (manifest.get("stages") or {}).items():
-        if isinstance(record, dict) and record.get("status") == "failed":
-            return name, record.get("error")
-    return None, None
 
 
 def summarize(out: Path, jobs: list[tuple[str, str]] | None = None, launch: str | None = None) -> dict[str, Any]:
@@ -83,31 +72,34 @@ def summarize(out: Path, jobs: list[tuple[str, str]] | None = None, launch: str 
     if jobs is None:
         jobs = next((r["jobs"] for r in reports if r.get("jobs")), None)
     if jobs is None:
-        jobs = [(p.name, "") for p in sorted(out.iterdir()) if p.is_dir() and (p / MANIFEST).exists()]
+        jobs = [(p.name, "") for p in sorted(out.iterdir()) if p.is_dir() and holds_manifest(p)]
 
     done, skipped, failed, not_done, images_now, done_now = 0, 0, [], [], 0, 0
     for name, prompt in jobs:
         folder = out / name
-        manifest = _manifest(folder)
-        prompt = (manifest or {}).get("prompt") or prompt
-        if manifest is None:
+        if not holds_manifest(folder):
             not_done.append({"prompt": prompt, "folder": str(folder), "status": "not started"})
             continue
-        status = manifest.get("status")
-        ran_now = launch is not None and last_launch_of(manifest) == launch
+        try:
+            record = read_manifest(folder)
+        except StoreError as exc:
+            not_done.append({"prompt": prompt, "folder": str(folder), "status": "unreadable", "error": str(exc)})
+            continue
+        prompt = record.prompt
+        status = record.status
+        ran_now = launch is not None and record.last_launch == launch
         if status == "done":
             done += 1
             if ran_now:
                 done_now += 1
-                stages = manifest.get("stages") or {}
-                images_now += sum(1 for s in FINAL_IMAGES if (stages.get(s) or {}).get("status") == "done")
+                images_now += sum(1 for s in FINAL_IMAGES if record.stage(s) is not None)
             else:
                 skipped += 1
         elif status == "failed":
-            stage, error = failed_stage(manifest)
+            stage, error = record.failed_stage()
             failed.append({"prompt": prompt, "folder": str(folder), "stage": stage, "error": error})
-        else:  # running (killed), cancelled
-            not_done.append({"prompt": prompt, "folder": str(folder), "status": status or "unknown"})
+        else:  # running (killed), cancelled, paused, abandoned
+            not_done.append({"prompt": prompt, "folder": str(folder), "status": status})
 
     started = min((r["started"] for r in reports if "started" in r), default=None)
     ended = max((r["ended"] for r in reports if "ended" in r), default=None)

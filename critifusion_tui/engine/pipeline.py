@@ -167,7 +167,7 @@ class Session:
         store = RunStore.open(folder)
         where = f"{folder}/{MANIFEST}"
         settings, differences = resumed_settings(
-            store.manifest, self.settings, self.overrides if overrides is None else overrides, where
+            store.record, self.settings, self.overrides if overrides is None else overrides, where
         )
         run = Run(self, store, emit=emit, settings=settings)
         run.differences = differences

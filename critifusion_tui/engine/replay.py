@@ -13,9 +13,8 @@ branch's critique (``critique_original``) gets its own answers after the full me
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Mapping
-from typing import Any
 
+from critifusion_tui.engine.manifest import AnswerRecord, RunManifest
 from critifusion_tui.providers.base import ProviderError
 
 # The manifest's text stages, in the order a run asks them, and CritiCore's name for each.
@@ -32,25 +31,27 @@ class ReplayError(ProviderError):
 class Replay:
     """The recorded answers of one run folder's manifest."""
 
-    def __init__(self, manifest: Mapping[str, Any], where: str = "the run folder") -> None:
+    def __init__(self, manifest: RunManifest, where: str = "the run folder") -> None:
         self.where = where
-        self.prompt = str(manifest.get("prompt") or "")
-        self.seed = manifest.get("seed")
-        self.variants = manifest.get("variants") if manifest.get("variants") in ("full", "all") else "full"
-        self._answers: dict[tuple[str, str, str], deque[Mapping[str, Any]]] = defaultdict(deque)
+        self.prompt = manifest.prompt
+        self.seed = manifest.seed
+        self.variants = manifest.variants
+        self._answers: dict[tuple[str, str, str], deque[AnswerRecord]] = defaultdict(deque)
         self.roles: dict[str, list[str]] = {"candidates": [], "aggregator": [], "vlms": []}
-        stages = manifest.get("stages") or {}
+        stages = manifest.stages
         for name, stage in TEXT_STAGES:
-            record = stages.get(name)
-            if not isinstance(record, Mapping):
+            record = getattr(stages, name)
+            if record is None:
                 continue
             role = "vlm" if stage == "critique" else "candidate"
-            for entry in _entries(record.get("candidates")):
-                self._answers[stage, role, entry["model"]].append(entry)
-                _add(self.roles["vlms" if role == "vlm" else "candidates"], entry["model"])
-            for entry in _entries(record.get("aggregator")):
-                self._answers[stage, "aggregator", entry["model"]].append(entry)
-                _add(self.roles["aggregator"], entry["model"])
+            for entry in record.candidates:
+                if entry.model:
+                    self._answers[stage, role, entry.model].append(entry)
+                    _add(self.roles["vlms" if role == "vlm" else "candidates"], entry.model)
+            for entry in record.aggregator:
+                if entry.model:
+                    self._answers[stage, "aggregator", entry.model].append(entry)
+                    _add(self.roles["aggregator"], entry.model)
 
     def answer(self, stage: str, role: str, model: str) -> tuple[str, str | None]:
         """(text, output) recorded for this call; a recorded failure is raised again."""
@@ -58,17 +59,10 @@ class Replay:
         if not queue:
             raise ReplayError(model, f"{self.where} holds no recorded {stage} answer of this {role}")
         entry = queue.popleft()
-        text = str(entry.get("text") or "")
-        if entry.get("error") and not entry.get("unusable"):
-            message = str(entry["error"]).removeprefix(f"{model}: ")
+        if entry.error and not entry.unusable:
+            message = entry.error.removeprefix(f"{model}: ")
             raise ReplayError(model, f"failed in the recorded run: {message}")
-        return text, entry.get("output")
-
-
-def _entries(value: Any) -> list[Mapping[str, Any]]:
-    if not isinstance(value, list):
-        return []
-    return [e for e in value if isinstance(e, Mapping) and isinstance(e.get("model"), str) and e["model"]]
+        return entry.text, entry.output
 
 
 def _add(labels: list[str], label: str) -> None:

@@ -9,7 +9,10 @@ and must never pick the server a request goes to or the variable a key is read f
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from critifusion_tui.engine.manifest import RunManifest
 
 # What decides which diffusion model is loaded, and how: a run whose values differ needs
 # another load; one whose values agree shares the loaded model.
@@ -21,13 +24,13 @@ def same_model(a: Any, b: Any) -> bool:
     return all(getattr(a, key, None) == getattr(b, key, None) for key in LOAD_KEYS)
 
 
-def resumed_settings(manifest: dict[str, Any], current, overrides=(), where: str = "manifest.json"):
+def resumed_settings(manifest: RunManifest, current, overrides=(), where: str = "manifest.json"):
     """The settings a reopened run goes on with, and what differs from `current` (a list of
     one-line notes for a person). Raises ``ConfigError`` when the recorded config is invalid."""
     from critifusion_tui.config import ConfigError, apply_override, settings_for_manifest, validate
 
     try:
-        data = json.loads(json.dumps(manifest.get("config", {})))
+        data = json.loads(json.dumps(manifest.config))
     except RecursionError:
         raise ConfigError(f"{where}: config: nested too deeply") from None
     recorded_providers = data.pop("providers", None)

@@ -19,15 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from critifusion_tui.engine.store_paths import (
-    FILE_FIELDS,
-    MANIFEST,
-    SCHEMA,
-    StoreError,
-    confined,
-    load_manifest,
-    read_confined,
-)
+from critifusion_tui.engine.manifest import SCHEMA, RunManifest, check_before_write, read_manifest_data
+from critifusion_tui.engine.store_paths import FILE_FIELDS, MANIFEST, StoreError, confined, read_confined
 
 SLUG_MAX = 40
 __all__ = ["MANIFEST", "SCHEMA", "RunStore", "StoreError", "atomic_write", "slugify", "timestamp"]
@@ -94,11 +87,15 @@ def atomic_write(
 
 
 class RunStore:
-    """One run's folder and its manifest."""
+    """One run's folder and its manifest.
+
+    `manifest` is the manifest as data, which the pipeline changes and :meth:`write_manifest`
+    persists (validated first: see engine/manifest.py); :attr:`record` is its typed view."""
 
     def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
         self.folder = folder
         self.manifest = manifest
+        self._record: RunManifest | None = None
 
     # ---------------------------------------------------------------- creating and opening
 
@@ -166,7 +163,18 @@ class RunStore:
         """An existing run, for resuming or viewing; its manifest is checked field by field
         (a run folder may come from someone else) and every path in it stays inside it."""
         folder = Path(folder)
-        return cls(folder, load_manifest(folder))
+        data, record = read_manifest_data(folder)
+        store = cls(folder, data)
+        store._record = record
+        return store
+
+    @property
+    def record(self) -> RunManifest:
+        """The manifest as last read or written, validated: its typed view. A change to
+        `manifest` shows here after the next :meth:`write_manifest`."""
+        if self._record is None:
+            self._record = check_before_write(json.loads(self._text()), str(self.folder / MANIFEST))
+        return self._record
 
     def remove_temp_files(self) -> list[str]:
         """Delete what an interrupted atomic write left behind (``.<name>.*.tmp``)."""
@@ -237,16 +245,23 @@ class RunStore:
     def write_manifest(self, *, exclusive: bool = False) -> None:
         """Persist the manifest atomically; `exclusive` (the first write of a new run) fails
         when another process wrote one first: of two runs racing for a folder, one wins."""
-        from critifusion_tui.redact import redact_data
-
-        # Redacted as it is written: no key or credential reaches the disk (see redact.py).
-        text = json.dumps(redact_data(self.manifest), indent=2, ensure_ascii=False) + "\n"
+        text = self._text()
+        # Checked as a reader will read it: a shape history could not read is never written.
+        record = check_before_write(json.loads(text), str(self.folder / MANIFEST))
         try:
             atomic_write(self.folder / MANIFEST, lambda f: f.write(text), mode="w", exclusive=exclusive)
         except FileExistsError:
             raise StoreError(
                 f"{self.folder} already holds a run; resume it with --resume {self.folder} or choose another --out"
             ) from None
+        self._record = record
+
+    def _text(self) -> str:
+        """The manifest as the JSON text written to disk."""
+        from critifusion_tui.redact import redact_data
+
+        # Redacted as it is written: no key or credential reaches the disk (see redact.py).
+        return json.dumps(redact_data(self.manifest), indent=2, ensure_ascii=False) + "\n"
 
     def write_png(self, name: str, image, text: dict[str, str]) -> str:
         """Save a PIL image with `text` in its PNG text chunks; returns the relative path."""

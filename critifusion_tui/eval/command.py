@@ -81,7 +81,7 @@ def run_eval(args, loaded, cache_dir: str | None = None) -> int:
         if isinstance(store, str):
             _say(f"critifusion eval: skipping {folder}: {store}")
             continue
-        if store.manifest.get("status") == "running":
+        if store.record.status == "running":
             # Its own process rewrites the manifest after every stage and would drop our scores.
             _say(f"critifusion eval: skipping {folder}: still running (or killed: resume it first)")
             continue
@@ -104,7 +104,7 @@ def run_eval(args, loaded, cache_dir: str | None = None) -> int:
         for metric, prep in prepared.items():
             todo = [(store, variant, path) for store in stores.values()
                     for variant, path in variant_images(store).items()
-                    if not is_scored(store.manifest, variant, metric, prep.fingerprint)]
+                    if not is_scored(store.record, variant, metric, prep.fingerprint)]
             if not todo:
                 continue
             if device is None:
@@ -125,7 +125,7 @@ def run_eval(args, loaded, cache_dir: str | None = None) -> int:
             size = settings.eval.batch_size
             for start in range(0, len(todo), size):
                 chunk = todo[start : start + size]
-                values = scorer.score([p for _, _, p in chunk], [s.manifest.get("prompt", "") for s, _, _ in chunk])
+                values = scorer.score([p for _, _, p in chunk], [s.record.prompt for s, _, _ in chunk])
                 by_run: dict[Any, dict[str, float]] = {}
                 for (store, variant, _), value in zip(chunk, values):
                     by_run.setdefault(store, {})[variant] = value
@@ -140,7 +140,7 @@ def run_eval(args, loaded, cache_dir: str | None = None) -> int:
     finally:
         progress.close()
 
-    runs = [{"folder": str(store.folder), "prompt": store.manifest.get("prompt", ""), "scores": scores_of(store.manifest)}
+    runs = [{"folder": str(store.folder), "prompt": store.record.prompt, "scores": scores_of(store.record)}
             for store in stores.values()]
     result = report.build(runs, metrics)
     if args.json:

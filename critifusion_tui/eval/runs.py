@@ -10,8 +10,8 @@ score written so far and never leaves half a manifest.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from critifusion_tui.engine.manifest import RunManifest, holds_manifest
 from critifusion_tui.engine.store import MANIFEST, RunStore, StoreError
 
 # The comparison variants of SPEC 7 in reading order, and the stage that draws each.
@@ -32,7 +32,7 @@ def find_runs(paths: list[str | Path]) -> tuple[list[Path], list[str]]:
     problems: list[str] = []
     for given in paths:
         path = Path(given).expanduser()
-        if (path / MANIFEST).is_file():
+        if holds_manifest(path):
             found.setdefault(path, None)
             continue
         if not path.is_dir():
@@ -49,39 +49,36 @@ def find_runs(paths: list[str | Path]) -> tuple[list[Path], list[str]]:
 def variant_images(store: RunStore) -> dict[str, Path]:
     """The variants this run has drawn, with their image files (inside the run folder only:
     a run folder from elsewhere is data, and its paths must not point out of it)."""
-    root = store.folder.resolve()
     images: dict[str, Path] = {}
     for variant, stage in VARIANT_STAGES.items():
-        record = store.stage(stage)
-        name = record.get("image") if record else None
-        if not isinstance(name, str) or not name:
+        name = getattr(store.record.stage(stage), "image", None)
+        if name is None:
             continue
-        path = (store.folder / name).resolve()
-        if root not in path.parents or not path.is_file():
+        try:
+            path = store.path(name, f"stages.{stage}.image").resolve()
+        except StoreError:
             continue
-        images[variant] = path
+        if path.is_file():
+            images[variant] = path
     return images
 
 
-def scores_of(manifest: dict[str, Any]) -> dict[str, dict[str, float]]:
+def scores_of(manifest: RunManifest) -> dict[str, dict[str, float]]:
     """{variant: {metric: value}} for the scores whose weights are recorded."""
-    record = manifest.get("eval")
-    if not isinstance(record, dict):
+    scores = manifest.eval
+    if scores is None:
         return {}
-    models = record.get("models") if isinstance(record.get("models"), dict) else {}
     out: dict[str, dict[str, float]] = {}
     for variant in VARIANTS:
-        values = record.get(variant)
-        if isinstance(values, dict):
-            kept = {m: float(v) for m, v in values.items() if m in models and isinstance(v, (int, float))}
-            if kept:
-                out[variant] = kept
+        kept = {m: v for m, v in scores.of(variant).items() if m in scores.models}
+        if kept:
+            out[variant] = kept
     return out
 
 
-def is_scored(manifest: dict[str, Any], variant: str, metric: str, fingerprint: str) -> bool:
-    record = manifest.get("eval") or {}
-    return (record.get("models") or {}).get(metric) == fingerprint and metric in (record.get(variant) or {})
+def is_scored(manifest: RunManifest, variant: str, metric: str, fingerprint: str) -> bool:
+    scores = manifest.eval
+    return scores is not None and scores.models.get(metric) == fingerprint and metric in scores.of(variant)
 
 
 def save_scores(store: RunStore, metric: str, fingerprint: str, scores: dict[str, float]) -> None:

@@ -40,7 +40,7 @@ def score_folders(
         store = open_run(Path(folder))
         if isinstance(store, str):
             report.problems.append(f"{Path(folder).name}: {store}")
-        elif store.manifest.get("status") == "running":
+        elif store.record.status == "running":
             report.problems.append(f"{store.folder.name}: still running; score it when it has finished")
         else:
             stores.append(store)
@@ -52,7 +52,7 @@ def score_folders(
             report.problems.append(str(exc))
             continue
         todo = [(store, variant, path) for store in stores for variant, path in variant_images(store).items()
-                if not is_scored(store.manifest, variant, metric, prepared.fingerprint)]
+                if not is_scored(store.record, variant, metric, prepared.fingerprint)]
         if not todo:
             continue
         if on_progress:
@@ -67,7 +67,7 @@ def score_folders(
                 report.cancelled = True
                 return report
             chunk = todo[start : start + size]
-            values = scorer.score([p for _, _, p in chunk], [s.manifest.get("prompt", "") for s, _, _ in chunk])
+            values = scorer.score([p for _, _, p in chunk], [s.record.prompt for s, _, _ in chunk])
             by_run: dict = {}
             for (store, variant, _), value in zip(chunk, values):
                 by_run.setdefault(store, {})[variant] = value

@@ -91,6 +91,9 @@ CRAFTED_CASES = {
     "prompts-wrong-shape": (dict(prompts={"positive": "x"}), "prompts.positive", "expected"),
     "escape-in-file-name": (dict(stages=base_stage(image="a\x1b]0;t\x07.png")), "stages.base.image", "control characters"),
     "schema-other": (dict(schema="evil/9"), "schema", "is not"),
+    "schema-newer": (dict(schema="critifusion.run/2"), "made by a newer critifusion-tui (schema critifusion.run/2)", "upgrade"),
+    "width-not-a-number": (dict(stages=base_stage(width="x")), "stages.base.width: expected a whole number, got 'x'", ""),
+    "ledger-call-not-an-object": (dict(ledger={"calls": ["x"]}), "ledger.calls[0]: expected an object", ""),
     "provider-url-with-escape": (dict(config={"criticore": {"vlms": ["ollama:x\x1b]52;c;ZXZpbA==\x07"]}}), "control characters", ""),
     "guidance-infinite": (dict(config={"diffusion": {"guidance": float("inf")}}), "diffusion.guidance", "finite"),
 }
@@ -111,6 +114,18 @@ def test_a_crafted_run_folder_is_refused_naming_the_field(env, tmp_path, case):
     assert "root:" not in proc.stdout + proc.stderr  # /etc/passwd never read
     assert "\x1b" not in proc.stdout + proc.stderr
     assert (folder / "manifest.json").read_bytes() == before  # nothing ran, nothing written
+    no_traceback(proc)
+
+
+def test_out_naming_an_unreadable_or_another_prompts_run_is_refused(env, tmp_path):
+    folder = crafted(tmp_path, stages=base_stage(width="x"))
+    proc = run_cli("a fox", *OFFLINE, "--out", str(folder), env=env, cwd=tmp_path)
+    assert proc.returncode == 1 and f"cannot resume {folder}" in proc.stdout, proc.stdout + proc.stderr
+    assert "stages.base.width: expected a whole number, got 'x'" in proc.stdout
+    (tmp_path / "other").mkdir()
+    folder = crafted(tmp_path / "other", stages={})
+    proc = run_cli("a whale", *OFFLINE, "--out", str(folder), env=env, cwd=tmp_path)
+    assert proc.returncode == 1 and "holds another prompt's run" in proc.stdout, proc.stdout + proc.stderr
     no_traceback(proc)
 
 

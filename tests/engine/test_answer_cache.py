@@ -7,6 +7,7 @@ import pytest
 from critifusion_tui.engine.answer_cache import AnswerCache
 from critifusion_tui.engine.criticore import CritiCore
 from critifusion_tui.engine.events import CandidateFinished
+from critifusion_tui.engine.manifest import RunManifest
 from critifusion_tui.engine.replay import Replay
 from critifusion_tui.providers.router import ProviderRouter
 
@@ -45,8 +46,9 @@ async def test_a_cached_answer_saves_the_request_and_a_retry_asks_again(server, 
 
 async def test_a_replay_answers_from_the_record_and_replays_failures(server, router):
     manifest = {
-        "prompt": PROMPT, "seed": 3,
+        "schema": "critifusion.run/1", "prompt": PROMPT, "seed": 3,
         "stages": {"tags": {
+            "status": "done",
             "candidates": [
                 {"model": "together:a", "text": "red fox, deep snow, 8k", "error": None},
                 {"model": "together:b", "text": "", "error": "together:b: cannot reach Together at x"},
@@ -55,7 +57,7 @@ async def test_a_replay_answers_from_the_record_and_replays_failures(server, rou
         }},
         "config": {"providers": {"together": {"base_url": "http://203.0.113.9", "api_key_env": "STOLEN"}}},
     }
-    replay = Replay(manifest)
+    replay = Replay(RunManifest.model_validate(manifest))
     assert replay.roles == {"candidates": ["together:a", "together:b"], "aggregator": [], "vlms": []}
     core = CritiCore(router, candidates=["together:a", "together:b"], aggregator=["together:agg"], vlms=["rules"])
     core.replay = replay

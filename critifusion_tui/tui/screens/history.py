@@ -1,9 +1,10 @@
 """History: the runs under the output folder, newest first; reopen, view or compare them.
 
 A run is a folder directly under the output folder that holds a ``manifest.json`` of schema
-``critifusion.run/1`` (see :mod:`critifusion_tui.engine.store`). A folder without a manifest is
-not a run and is passed over; one whose manifest cannot be read, or has another schema, is
-counted and named at the top ("2 folders could not be read"), never silently dropped.
+``critifusion.run/1``, read by the engine's one reader (:func:`~critifusion_tui.engine.manifest.read_manifest`:
+the same checks as a resume). A folder without a manifest is not a run and is passed over; one
+whose manifest cannot be read (a bad field, another or a newer schema) is counted and named at
+the top ("2 folders could not be read"), never silently dropped.
 
 Keys: enter reopens the highlighted run (posts :class:`HistoryScreen.Reopen` to the app and
 dismisses the screen with the folder), v shows its base and refined images side by side,
@@ -18,10 +19,10 @@ terminal control, never as markup.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,17 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Footer, ProgressBar, Static
 from textual.worker import Worker, get_current_worker
 
-from critifusion_tui.engine.store import MANIFEST, SCHEMA
+from critifusion_tui.engine.manifest import RunManifest, holds_manifest, read_manifest
+from critifusion_tui.engine.store_paths import MANIFEST, StoreError, confined
 from critifusion_tui.eval.runs import VARIANTS, scores_of
 from critifusion_tui.tui.widgets._safe import safe_str
 from critifusion_tui.tui.widgets.image_view import ImageView
 
 REFINEMENT_ROW = "refinement prompt"
-STATUS_STYLE = {"done": "green", "failed": "bold red", "cancelled": "yellow", "running": "cyan"}
+STATUS_STYLE = {
+    "done": "green", "failed": "bold red", "cancelled": "yellow", "running": "cyan",
+    "paused": "magenta", "abandoned": "dim yellow",
+}
 NOISE_LABEL = "tiny-random: noise"
 
 # What "key parameters" means when two runs are compared: (label, where in the manifest).
@@ -109,20 +114,26 @@ def format_seconds(seconds: float | None) -> str:
 
 @dataclass
 class RunSummary:
-    """What the history shows of one run folder."""
+    """What the history shows of one run folder: its manifest, read and checked by the
+    engine's one reader (engine/manifest.py)."""
 
     folder: Path
-    manifest: dict[str, Any]
+    record: RunManifest
     created: datetime | None
     sort_key: float = field(default=0.0)
 
+    @cached_property
+    def data(self) -> dict[str, Any]:
+        """The manifest as data, for the comparison's key parameters (paths into `config`)."""
+        return self.record.to_data()
+
     @property
     def prompt(self) -> str:
-        return str(self.manifest.get("prompt", ""))
+        return self.record.prompt
 
     @property
     def status(self) -> str:
-        return str(self.manifest.get("status", "unknown"))
+        return self.record.status
 
     @property
     def created_text(self) -> str:
@@ -133,45 +144,37 @@ class RunSummary:
     @property
     def seconds(self) -> float | None:
         """Time spent in the stages (their recorded seconds, summed)."""
-        stages = self.manifest.get("stages")
-        if not isinstance(stages, dict):
-            return None
-        values = [
-            float(record["seconds"])
-            for record in stages.values()
-            if isinstance(record, dict) and isinstance(record.get("seconds"), (int, float))
-        ]
+        values = [r.seconds for r in self.record.stages.records().values() if r.seconds is not None]
         return sum(values) if values else None
 
     @property
     def tiny_random(self) -> bool:
         return bool(
-            self.manifest.get("tiny_random")
-            or _dig(self.manifest, ("versions", "model")) == "tiny-random"
-            or _dig(self.manifest, ("config", "diffusion", "model")) == "tiny-random"
+            self.record.tiny_random
+            or self.record.versions.get("model") == "tiny-random"
+            or _dig(self.record.config, ("diffusion", "model")) == "tiny-random"
         )
 
     def image(self, stage: str) -> Path | None:
         """The image a completed stage ("base", "refine") saved, if it is on disk."""
-        record = _dig(self.manifest, ("stages", stage))
-        if not isinstance(record, dict) or not isinstance(record.get("image"), str):
+        record = self.record.stages.records().get(stage)
+        name = getattr(record, "image", None)
+        if not isinstance(name, str):
             return None
-        from critifusion_tui.engine.store_paths import StoreError, confined
-
         try:  # a run folder from elsewhere: never show a file outside it
-            path = confined(self.folder, record["image"], f"stages.{stage}.image")
+            path = confined(self.folder, name, f"stages.{stage}.image")
         except StoreError:
             return None
         return path if path.is_file() else None
 
     def parameter(self, label: str, path: tuple[str, ...]) -> str:
         if label == "size":
-            width = _dig(self.manifest, ("config", "diffusion", "width"))
-            height = _dig(self.manifest, ("config", "diffusion", "height"))
+            width = _dig(self.data, ("config", "diffusion", "width"))
+            height = _dig(self.data, ("config", "diffusion", "height"))
             return f"{width}x{height}" if width or height else "–"
-        value = _dig(self.manifest, path)
+        value = _dig(self.data, path)
         if value is None:
-            return "auto" if label == "SpecFusion guidance" and _dig(self.manifest, path[:-1]) else "–"
+            return "auto" if label == "SpecFusion guidance" and _dig(self.data, path[:-1]) else "–"
         if isinstance(value, list):
             return ", ".join(str(v) for v in value)
         return str(value)
@@ -179,40 +182,31 @@ class RunSummary:
     @property
     def scores(self) -> dict[str, dict[str, float]]:
         """{variant: {metric: value}} of the eval scores the manifest holds."""
-        return scores_of(self.manifest)
+        return scores_of(self.record)
 
     def refined_prompt(self) -> str:
-        refinement = _dig(self.manifest, ("prompts", "refinement", "value"))
+        refinement = self.record.prompt_value("refinement")
         if isinstance(refinement, str):
             return refinement
-        refine = _dig(self.manifest, ("stages", "refine", "prompt"))
-        return refine if isinstance(refine, str) else ""
+        refine = self.record.stages.refine
+        return (refine.prompt or "") if refine is not None else ""
 
 
 def read_run(folder: Path) -> RunSummary:
     """One run folder's summary; raises ValueError (with the reason) when it cannot be read."""
-    path = folder / MANIFEST
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read {MANIFEST}: {exc}") from None
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{MANIFEST} is not a JSON object")
-    if manifest.get("schema") != SCHEMA:
-        raise ValueError(f"schema {manifest.get('schema')!r} is not {SCHEMA!r}")
-    created: datetime | None = None
-    try:
-        created = datetime.fromisoformat(str(manifest.get("created")))
-        if created.tzinfo is None:
-            created = created.astimezone()  # a naive time is read as local time
+        record = read_manifest(folder)
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
+    created = record.created_at
+    if created is not None:
         sort_key = created.timestamp()
-    except (TypeError, ValueError):
-        created = None
+    else:
         try:
-            sort_key = path.stat().st_mtime
+            sort_key = (folder / MANIFEST).stat().st_mtime
         except OSError:
             sort_key = 0.0
-    return RunSummary(folder, manifest, created, sort_key)
+    return RunSummary(folder, record, created, sort_key)
 
 
 def scan_runs(output_dir: Path) -> tuple[list[RunSummary], list[tuple[Path, str]]]:
@@ -224,10 +218,7 @@ def scan_runs(output_dir: Path) -> tuple[list[RunSummary], list[tuple[Path, str]
     except OSError:
         return runs, unreadable
     for child in children:
-        try:
-            if not child.is_dir() or not (child / MANIFEST).exists():
-                continue
-        except OSError:
+        if not holds_manifest(child):
             continue
         try:
             runs.append(read_run(child))

@@ -59,6 +59,30 @@ async def test_lists_runs_newest_first_with_status_and_unreadable_count(tmp_path
         assert static_text(screen, "#run-detail").startswith("Prompt: a [bold]cat[/] on a mat")
 
 
+async def test_paused_and_abandoned_runs_are_listed_and_a_newer_schema_is_named(tmp_path):
+    import json
+
+    from tests.tui.screens.runs import make_run
+
+    outputs = tmp_path / "outputs"
+    paused = make_run(outputs, "a fox waiting at the gate", minutes=0, status="paused", refined=False)
+    abandoned = make_run(outputs, "a fox left behind", minutes=5, status="abandoned", refined=False)
+    newer = outputs / "20260301-120000-newer"
+    newer.mkdir()
+    (newer / "manifest.json").write_text(json.dumps({"schema": "critifusion.run/2", "prompt": "a fox", "seed": 1}))
+
+    found, unreadable = scan_runs(outputs)
+    assert [(r.folder, r.status) for r in found] == [(abandoned, "abandoned"), (paused, "paused")]
+    assert [(f, why.split(": ", 1)[1]) for f, why in unreadable] == [
+        (newer, "made by a newer critifusion-tui (schema critifusion.run/2); this version reads critifusion.run/1"
+                " — upgrade critifusion-tui to open it"),
+    ]
+    screen = history(tmp_path)
+    async with Host(screen).run_test(size=(80, 24)):
+        assert [r[2] for r in rows(screen)] == ["abandoned", "paused"]
+        assert static_text(screen, "#history-summary").startswith("2 runs · 1 folder could not be read (20260301-120000-newer)")
+
+
 async def test_long_prompt_is_truncated_to_the_column(tmp_path):
     from tests.tui.screens.runs import make_run
 
