@@ -84,30 +84,32 @@ class Section(BaseModel):
     # Typos must not fall back silently to a default: unknown keys are errors.
     # NaN and infinity are never a setting (guidance = inf draws a black image): refused.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # Subclasses give Field defaults as `default=`: type checkers read the constructor from it
+    # (dataclass_transform) and take a positional default for a required field.
 
 
 class TogetherConfig(Section):
-    api_key_env: str = Field("TOGETHER_API_KEY", min_length=1)
+    api_key_env: str = Field(default="TOGETHER_API_KEY", min_length=1)
     base_url: str = ""
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(2, ge=0)
-    max_concurrency: int = Field(16, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=2, ge=0)
+    max_concurrency: int = Field(default=16, ge=1)
 
 
 class OllamaConfig(Section):
     host: str = Field(default_factory=lambda: os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST)
-    timeout_s: float = Field(120.0, gt=0)
+    timeout_s: float = Field(default=120.0, gt=0)
     keep_alive: str = "5m"
-    max_concurrency: int = Field(4, ge=1)
+    max_concurrency: int = Field(default=4, ge=1)
 
 
 class OpenAIConfig(Section):
     # vLLM's default address; llama.cpp's server listens on :8080, LM Studio on :1234.
-    base_url: str = Field("http://127.0.0.1:8000/v1", min_length=1)
+    base_url: str = Field(default="http://127.0.0.1:8000/v1", min_length=1)
     # Empty: the server needs no key (local servers); else the variable that holds it.
     api_key_env: str = ""
-    timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(2, ge=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=2, ge=0)
 
 
 class ProvidersConfig(Section):
@@ -135,11 +137,14 @@ def _check_inline_template(value: Any, info) -> Any:
 
 
 # One key per message template (instructions.py), "" = the style's built-in text.
+# Typed as Any values: mypy checks a **dict's value type against every keyword create_model
+# takes (__base__, __config__, ...), not only the field definitions.
+_template_fields: dict[str, Any] = {name: (str, "") for name in _ins.NAMES}
 InstructionsConfig = create_model(
     "InstructionsConfig",
     __base__=_InstructionsBase,
     __validators__={"_placeholders": field_validator(*_ins.NAMES)(_check_inline_template)},
-    **{name: (str, "") for name in _ins.NAMES},
+    **_template_fields,
 )
 
 
@@ -195,16 +200,16 @@ Size = Annotated[Pixels | Literal["auto"], BeforeValidator(_size)]
 
 
 class DiffusionConfig(Section):
-    model: str = Field(DEFAULT_SDXL, min_length=1)
+    model: str = Field(default=DEFAULT_SDXL, min_length=1)
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     variant: Literal["auto", "fp16", "none"] = "auto"
     single_file_config: str = ""
     width: Size = "auto"
     height: Size = "auto"
-    steps: int = Field(50, ge=1, le=1000)
-    guidance: float = Field(4.5, ge=0)
-    seed: int = Field(2026, ge=0, lt=2**63)
+    steps: int = Field(default=50, ge=1, le=1000)
+    guidance: float = Field(default=4.5, ge=0)
+    seed: int = Field(default=2026, ge=0, lt=2**63)
     negative: str = DEFAULT_NEGATIVE
     cpu_offload: bool = False
     vae_tiling: bool = False
@@ -252,16 +257,16 @@ class SpecFusionConfig(Section):
     # Where adaptive mode (CADR) takes its 0-100 alignment score from: the VLM critics' own
     # <alignment> rating, or an eval metric scoring the base image against the user's prompt.
     alignment_from: Literal["critic", "pickscore", "hpsv2", "imagereward", "aesthetic"] = "critic"
-    total_steps: int = Field(50, ge=1, le=1000)
-    last_k: int = Field(37, ge=1, le=1000)
-    guidance: Annotated[float | None, BeforeValidator(_auto_is_none)] = Field(None, ge=0)
-    rho_t: float = Field(0.85, ge=0, le=1)
-    base_c: float = Field(0.5, gt=0, le=1)
-    noise_std: float = Field(0.001, ge=0)
+    total_steps: int = Field(default=50, ge=1, le=1000)
+    last_k: int = Field(default=37, ge=1, le=1000)
+    guidance: Annotated[float | None, BeforeValidator(_auto_is_none)] = Field(default=None, ge=0)
+    rho_t: float = Field(default=0.85, ge=0, le=1)
+    base_c: float = Field(default=0.5, gt=0, le=1)
+    noise_std: float = Field(default=0.001, ge=0)
 
 
 class OutputConfig(Section):
-    dir: str = Field("outputs", min_length=1)
+    dir: str = Field(default="outputs", min_length=1)
 
     def path(self) -> Path:
         return Path(self.dir).expanduser()
@@ -272,8 +277,8 @@ class TuiConfig(Section):
 
 
 # The four human-aligned metrics of SPEC 9, in the paper's column order.
-EVAL_METRICS = ("pickscore", "hpsv2", "imagereward", "aesthetic")
 MetricName = Literal["pickscore", "hpsv2", "imagereward", "aesthetic"]
+EVAL_METRICS: tuple[MetricName, ...] = ("pickscore", "hpsv2", "imagereward", "aesthetic")
 
 
 class EvalConfig(Section):
@@ -284,23 +289,23 @@ class EvalConfig(Section):
     """
 
     metrics: list[MetricName] = Field(default_factory=lambda: list(EVAL_METRICS), min_length=1)
-    batch_size: int = Field(8, ge=1, le=1024)
-    pickscore_model: str = Field("yuvalkirstain/PickScore_v1", min_length=1)
-    pickscore_processor: str = Field("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", min_length=1)
+    batch_size: int = Field(default=8, ge=1, le=1024)
+    pickscore_model: str = Field(default="yuvalkirstain/PickScore_v1", min_length=1)
+    pickscore_processor: str = Field(default="laion/CLIP-ViT-H-14-laion2B-s32B-b79K", min_length=1)
     hpsv2_version: Literal["v2.1", "v2.0"] = "v2.1"
     # "auto": the published file of hpsv2_version (xswu/HPSv2, HPS_v2.1_compressed.pt or
     # HPS_v2_compressed.pt).
-    hpsv2_checkpoint: str = Field("auto", min_length=1)
-    hpsv2_clip: str = Field("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", min_length=1)
-    imagereward_checkpoint: str = Field("THUDM/ImageReward/ImageReward.pt", min_length=1)
-    imagereward_med_config: str = Field("THUDM/ImageReward/med_config.json", min_length=1)
+    hpsv2_checkpoint: str = Field(default="auto", min_length=1)
+    hpsv2_clip: str = Field(default="laion/CLIP-ViT-H-14-laion2B-s32B-b79K", min_length=1)
+    imagereward_checkpoint: str = Field(default="THUDM/ImageReward/ImageReward.pt", min_length=1)
+    imagereward_med_config: str = Field(default="THUDM/ImageReward/med_config.json", min_length=1)
     # Not in the issue's list: ImageReward tokenizes with bert-base-uncased (plus two special
     # tokens it adds itself), which its checkpoint does not carry.
-    imagereward_tokenizer: str = Field("google-bert/bert-base-uncased", min_length=1)
+    imagereward_tokenizer: str = Field(default="google-bert/bert-base-uncased", min_length=1)
     aesthetic_checkpoint: str = Field(
-        "camenduru/improved-aesthetic-predictor/sac+logos+ava1-l14-linearMSE.pth", min_length=1
+        default="camenduru/improved-aesthetic-predictor/sac+logos+ava1-l14-linearMSE.pth", min_length=1
     )
-    aesthetic_clip: str = Field("openai/clip-vit-large-patch14", min_length=1)
+    aesthetic_clip: str = Field(default="openai/clip-vit-large-patch14", min_length=1)
 
     @field_validator("metrics")
     @classmethod

@@ -104,9 +104,10 @@ def redact_fields(obj: Any) -> Any:
 
     if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
         return obj
-    changes = {}
+    changes: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
+        clean: Any
         if isinstance(value, str):
             clean = redact(value)
         elif isinstance(value, (dict, list, tuple)):

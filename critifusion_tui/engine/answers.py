@@ -402,8 +402,8 @@ def read_critique(text: str, guard: EchoGuard = NO_GUARD, *, need_refined: bool 
         found = next((v for v in _json_values(text) if isinstance(v, dict) and "refined" in v), None)
         if found is None:
             return Reading(problem="it holds neither <issues> nor <refined>")
-        issues = found.get("issues")
-        issues_text = "\n".join(str(i) for i in issues) if isinstance(issues, list) else str(issues or "")
+        raw_issues = found.get("issues")
+        issues_text = "\n".join(str(i) for i in raw_issues) if isinstance(raw_issues, list) else str(raw_issues or "")
         refined_text = str(found.get("refined") or "")
     refined = clean_refined(refined_text or "")
     if is_placeholder(refined):

@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from critifusion_tui.engine.answers import (
     COMPONENTS_SCHEMA,
@@ -69,6 +69,10 @@ from critifusion_tui.providers.base import (
     system,
     user,
 )
+
+if TYPE_CHECKING:
+    from critifusion_tui.engine.answer_cache import AnswerCache
+    from critifusion_tui.engine.replay import Replay
 
 __all__ = [
     "Answer", "ComponentsResult", "CritiCore", "Critic", "CritiqueResult", "TagsResult",
@@ -128,7 +132,7 @@ class Answer:
     def record(self) -> dict[str, Any]:
         # A failed answer keeps only an excerpt: the manifest is rewritten after every stage.
         text = self.text if self.ok or len(self.text) <= FAILED_EXCERPT else self.text[:FAILED_EXCERPT] + " …[cut]"
-        record = {"model": self.model, "text": text, "error": self.error, "seconds": round(self.seconds, 3)}
+        record: dict[str, Any] = {"model": self.model, "text": text, "error": self.error, "seconds": round(self.seconds, 3)}
         if self.error_code == "unusable_answer":
             record["unusable"] = True
         if self.notes:
@@ -381,8 +385,8 @@ class CritiCore:
         self.ledger: list[dict[str, Any]] = []
         # Where answers may come from instead of a request: a past run's (engine/replay.py),
         # or the answer cache (engine/answer_cache.py). Neither is ever a provider.
-        self.replay = None
-        self.cache = None
+        self.replay: Replay | None = None
+        self.cache: AnswerCache | None = None
         self._fresh: set[tuple[str, str]] = set()  # (stage, slot) retried on purpose: not from the cache
 
     @classmethod
@@ -600,11 +604,14 @@ class CritiCore:
             # The reading follows the style asked for: sentences are the answer in prose.
             return read_prose(text, guard, prompt=prompt) if prose else read_tags(text, guard, prompt=prompt)
 
-        answers = await self._gather("tags", "candidate", self.candidates, make_ask, previous and previous.candidates, only, read)
+        previous_answers = previous.candidates if previous is not None else None
+        answers = await self._gather("tags", "candidate", self.candidates, make_ask, previous_answers, only, read)
         self._report_failures("tags", answers, "candidate")
         usable = [a for a in answers if a.ok]
         texts = [_tags_text(a) for a in usable]
-        if self._retry_changed_nothing("tags", only, previous, texts, lambda r: [_tags_text(a) for a in r.candidates if a.ok]):
+        if previous is not None and self._retry_changed_nothing(
+            "tags", only, previous, texts, lambda r: [_tags_text(a) for a in r.candidates if a.ok]
+        ):
             return replace(previous, candidates=answers)
         attempts: list[Answer] = []
         if not texts:
@@ -670,13 +677,15 @@ class CritiCore:
             )
 
         answers = await self._gather(
-            "components", "candidate", self.candidates, make_ask, previous and previous.candidates, only,
+            "components", "candidate", self.candidates, make_ask, previous.candidates if previous is not None else None, only,
             lambda text: read_components(text, guard),
         )
         self._report_failures("components", answers, "candidate")
         usable = [a for a in answers if a.ok]
         lists = [_items(a) for a in usable]
-        if self._retry_changed_nothing("components", only, previous, lists, lambda r: [_items(a) for a in r.candidates if a.ok]):
+        if previous is not None and self._retry_changed_nothing(
+            "components", only, previous, lists, lambda r: [_items(a) for a in r.candidates if a.ok]
+        ):
             return replace(previous, candidates=answers)
         attempts: list[Answer] = []
         components: list[str] = []
@@ -765,7 +774,9 @@ class CritiCore:
         self._report_failures("critique", [c.answer for c in critics], "critic")
         usable = [c for c in critics if c.answer.ok]
         said = [c.answer.text for c in usable]
-        if self._retry_changed_nothing("critique", only, previous, said, lambda r: [c.answer.text for c in r.critics if c.answer.ok]):
+        if previous is not None and self._retry_changed_nothing(
+            "critique", only, previous, said, lambda r: [c.answer.text for c in r.critics if c.answer.ok]
+        ):
             return replace(previous, critics=critics)
         alignments = [c.alignment for c in usable if c.alignment is not None]
         alignment = round(sum(alignments) / len(alignments), 1) if alignments else None
@@ -810,9 +821,9 @@ class CritiCore:
             "critique", make_agg, lambda text: read_critique(text, agg_guard, need_refined=True)
         )
         used += ["critic_agg_system", "critic_agg_user"]
-        won = attempts[-1] if attempts and attempts[-1].ok and attempts[-1].reading else None
+        won = attempts[-1].reading if attempts and attempts[-1].ok else None
         if won is not None:
-            issues, refined, source = list(won.reading.items), clip77_strict(won.reading.refined), "aggregator"
+            issues, refined, source = list(won.items), clip77_strict(won.refined), "aggregator"
         else:
             self.emit(Notice("critique", "warning", "no aggregator answered: using the first critic's report"))
             issues, refined, source = telling[0].issues, telling[0].refined, "critic"

@@ -31,7 +31,7 @@ def summarize(calls: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     ``counted`` says whether any of the row's tokens are estimates.
     """
     rows: dict[tuple[str, str], dict[str, Any]] = {}
-    total = {name: 0 for name in FIELDS}
+    total: dict[str, float] = {name: 0 for name in FIELDS}
     total["seconds"] = 0.0
     for call in calls:
         key = (str(call.get("model", "")), str(call.get("role", "")))

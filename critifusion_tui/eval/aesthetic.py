@@ -66,7 +66,9 @@ class Aesthetic(Scorer):
         # Only the image tower of the CLIPModel folder. Its projection size is the top-level
         # projection_dim (some configs do not repeat it inside vision_config).
         vision = config.vision_config
-        vision.projection_dim = config.projection_dim
+        # transformers annotates vision_config with what the constructor accepts (a dict or
+        # None too); its __post_init__ always leaves a CLIPVisionConfig there.
+        vision.projection_dim = config.projection_dim  # type: ignore[union-attr]
         clip = from_pretrained_checked(CLIPVisionModelWithProjection, clip_dir, self.metric, config=vision, dtype=self.dtype)
         self.clip = clip.to(self.device).eval()
 

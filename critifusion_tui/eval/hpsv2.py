@@ -52,8 +52,12 @@ class HPSv2(Scorer):
                     f"{self.metric}: {checkpoint} does not fit the architecture of eval.hpsv2_clip ({clip_dir}): it {detail}"
                 )
             model = CLIPModel.from_pretrained(None, config=config, state_dict=converted, dtype=self.dtype)
-        self.model = model.to(self.device).eval()
-        self.image_size = config.vision_config.image_size
+        # transformers wraps PreTrainedModel.to with functools.wraps, which typeshed types as an
+        # unbound callable: mypy takes the device for `self`.
+        self.model = model.to(self.device).eval()  # type: ignore[arg-type]
+        # transformers annotates vision_config with what the constructor accepts (a dict or
+        # None too); its __post_init__ always leaves a CLIPVisionConfig there.
+        self.image_size = config.vision_config.image_size  # type: ignore[union-attr]
         self.mean = tuple(self.processor.image_processor.image_mean)
         self.std = tuple(self.processor.image_processor.image_std)
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from critifusion_tui.eval.runs import BASELINE, VARIANTS
 from critifusion_tui.eval.stats import describe, paired
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 
 def build(runs: list[dict[str, Any]], metrics: list[str]) -> dict[str, Any]:
@@ -63,8 +66,11 @@ def tables(result: dict[str, Any], metrics: list[str]) -> list:
         f" the variant beats {BASELINE} (ties count half)",
         caption_justify="left",
     )
-    for name, justify in (("metric", "left"), ("variant", "left"), ("n", "right"), ("mean [95% CI]", "right"),
-                          (f"vs {BASELINE} [95% CI]", "right"), ("win", "right")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("metric", "left"), ("variant", "left"), ("n", "right"), ("mean [95% CI]", "right"),
+        (f"vs {BASELINE} [95% CI]", "right"), ("win", "right"),
+    )
+    for name, justify in columns:
         table.add_column(name, justify=justify)
     for metric in shown:
         digits = DIGITS.get(metric, 3)

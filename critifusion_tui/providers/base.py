@@ -254,7 +254,7 @@ class RateLimitedError(ProviderError):
 
     code = "rate_limited"
 
-    def __init__(self, *args, retry_after: float | None = None, **kwargs) -> None:
+    def __init__(self, *args: Any, retry_after: float | None = None, **kwargs: Any) -> None:
         self.retry_after = retry_after
         super().__init__(*args, **kwargs)
 

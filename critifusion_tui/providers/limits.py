@@ -17,10 +17,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from critifusion_tui.providers.base import ChatCall, ChatModel, ChatResult, RateLimitedError
 from critifusion_tui.providers.chat import ChatWrapper
 from critifusion_tui.providers.registry import HOSTED
+
+if TYPE_CHECKING:
+    from critifusion_tui.config import Settings
 
 
 @dataclass
@@ -45,7 +49,7 @@ class ProviderLimits:
     _slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(cls, settings) -> ProviderLimits:
+    def from_settings(cls, settings: Settings) -> ProviderLimits:
         """A cap for every hosted backend whose settings have ``max_concurrency``."""
         sections = {name: getattr(settings.providers, name) for name in HOSTED}
         return cls({name: s.max_concurrency for name, s in sections.items() if hasattr(s, "max_concurrency")})

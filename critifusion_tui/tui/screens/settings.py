@@ -349,6 +349,7 @@ class SettingsScreen(ModalScreen[dict | None]):
             return [line.strip() for line in widget.text.splitlines() if line.strip()]
         if isinstance(widget, Select):
             return widget.value
+        assert isinstance(widget, Input)  # the third kind, "input" (compose)
         text = widget.value.strip()
         if field.key == "specfusion.guidance" and text == "":
             return "auto"
