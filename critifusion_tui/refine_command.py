@@ -1,8 +1,8 @@
 """`critifusion refine`: SpecFusion on an image that no run drew, or on a past run's base.
 
 ``critifusion refine IMAGE --prompt "..."`` fits the image to the model's size (scaled to
-cover it, centre-cropped: ``engine/image_input.py``, docs/method.md SPEC 3.1), VAE-encodes it
-to the base latent and refines it; ``critifusion refine --from RUN_DIR`` takes a past run's
+cover it, centre-cropped: ``engine/image_input.py``; docs/method.md section 3, "A given
+base"), VAE-encodes it to the base latent and refines it; ``critifusion refine --from RUN_DIR`` takes a past run's
 base latent and image instead (its prompt and seed unless given). With ``--critique`` the VLMs
 first criticise the base against the prompt's components (stages 2, 4 and 5); without it the
 refinement prompt is the prompt merged with nothing, as a skipped critique does.

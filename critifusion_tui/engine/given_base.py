@@ -1,4 +1,6 @@
-"""Runs whose base image was given, not drawn: ``critifusion refine`` (docs/method.md, SPEC 3.1).
+"""Runs whose base image was given, not drawn: ``critifusion refine``.
+
+docs/method.md section 3, "A given base", states the method's side.
 
 A refine run is a normal run folder, so history, resume and eval read it like any other:
 

@@ -9,8 +9,8 @@ start as fast as `--help` plus the provider calls):
 - :func:`critique_png` is what CritiCore's critique takes: PNG bytes (the hosted backends
   send them as a ``data:image/png`` URL). A PNG file goes as it is; any other format is sent
   as the decoded, upright image re-encoded as PNG. The size is left alone;
-- :func:`fit` is the rule that brings an image to the size the model works at (SPEC 3.1 in
-  ``docs/method.md``): scale it (Lanczos) by ``max(W / w, H / h)``, so that it covers W x H
+- :func:`fit` is the rule that brings an image to the size the model works at
+  (``docs/method.md`` section 3, "A given base"): scale it (Lanczos) by ``max(W / w, H / h)``, so that it covers W x H
   and the side that is shorter relative to the target fits exactly, then crop the centre
   W x H (the left/top offsets are ``(scaled - target) // 2``). W and H are multiples of 8.
 """

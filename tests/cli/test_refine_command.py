@@ -90,7 +90,7 @@ def test_refine_from_a_past_run_reuses_its_base_and_a_run_reruns_to_the_same_byt
         assert (out / name).read_bytes() == (past / name).read_bytes()
     assert "[critique] started" in proc.stderr  # progress on stderr with --json
 
-    # SPEC 6.4: the past run itself re-runs its refinement to the same bytes.
+    # docs/method.md section 6, "Seeds": the past run itself re-runs its refinement to the same bytes.
     before = forget_refine(past)
     resumed = run_cli("--resume", str(past), env=env, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr

@@ -247,7 +247,7 @@ async def test_a_past_run_without_a_base_cannot_be_refined(tmp_path, engine):
     await session.aclose()
 
 
-# ---------------------------------------------------------------- seeds (docs/method.md, SPEC 6.4)
+# ---------------------------------------------------------------- seeds (docs/method.md section 6, "Seeds")
 
 
 @pytest.mark.parametrize("variants", ["full", "all"])
