@@ -1,4 +1,4 @@
-"""The diffusion room's running half: base latents, img2img latents, decode.
+"""The diffusion room's running half: base latents, img2img latents, decode, encode.
 
 :class:`DiffusionRunning` is the half of :class:`~critifusion_tui.engine.diffusion.Diffusion`
 that runs the pipelines its loading half built (``engine/diffusion.py``: ``load`` sets the

@@ -141,7 +141,7 @@ async def _encode(run: Run, given: GivenImage) -> dict[str, Any]:
     chunks = {"prompt": run.prompt, "source": f"given: {given.path.name}", "Software": f"critifusion-tui {__version__}"}
     image_name = await asyncio.to_thread(run.store.write_png, base.image, fitted, chunks)
     run._emit(ImageReady(Stage.BASE, path=run.store.path(image_name), label=f"given: {given.path.name}"))
-    record = {
+    record: dict[str, Any] = {
         "source": "given", "given": given.record(), "fit": plan.record(), "prompt": run.prompt, "negative": "",
         "image": image_name, "latent": base.latent, "width": width, "height": height,
     }
@@ -181,7 +181,7 @@ async def _copy(run: Run, past: RunStore) -> dict[str, Any]:
     await asyncio.to_thread(run.store.write_latent, base.latent, latent)
     await asyncio.to_thread(atomic_write, run.store.folder / base.image, lambda f: f.write(png))
     run._emit(ImageReady(Stage.BASE, path=run.store.path(base.image), label=f"the base of {past.folder.name}"))
-    record = {
+    record: dict[str, Any] = {
         "source": "run", "from_run": _past_summary(past),
         "prompt": old["prompt"], "negative": old["negative"], "image": base.image, "latent": base.latent,
         **{k: old[k] for k in ("width", "height", "steps", "guidance", "seed") if k in old},
