@@ -12,7 +12,7 @@ Every stage can be re-run alone with edited inputs, and `only=` re-asks some mod
 keeping the other answers of a previous result. A model listed twice in a role is asked twice
 and keeps both answers, the second under ``<ref>#2``.
 
-The messages are the templates of ``engine/instructions.py`` (our words for what SPEC.md asks);
+The messages are the templates of ``instructions.py`` (our words for what SPEC.md asks);
 the numbers (temperatures, token limits, counts) are the method's.
 """
 
@@ -46,8 +46,8 @@ from critifusion_tui.engine.events import (
     Notice,
     ignore,
 )
-from critifusion_tui.engine.instructions import DEFAULT_INSTRUCTIONS, Instructions
-from critifusion_tui.engine.instructions import DEFAULTS as DEFAULT_TEMPLATES
+from critifusion_tui.instructions import DEFAULT_INSTRUCTIONS, Instructions
+from critifusion_tui.instructions import DEFAULTS as DEFAULT_TEMPLATES
 from critifusion_tui.engine.prompts import (
     dedup_keep_order,
     negative_tags,
@@ -88,7 +88,7 @@ MAX_ISSUES = 5
 DIVIDER = "\n---\n"
 FAILED_EXCERPT = 2000  # characters of a failed answer kept in the manifest
 
-# --- What each call asks: the templates live in engine/instructions.py ---------------------
+# --- What each call asks: the templates live in instructions.py ---------------------
 # (kept here under their old names for code that imported them from this module)
 
 TAGS_SYSTEM = DEFAULT_TEMPLATES["tags_system"].text

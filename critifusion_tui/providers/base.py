@@ -16,46 +16,11 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from critifusion_tui.providers.registry import HOSTED
-
-# Every provider part a model reference may name: the hosted backends, and the offline
-# ``rules`` (the engine's, registered on the router by the engine).
-PROVIDERS = (*HOSTED, "rules")
-REF_FORMS = "'together:<model id>', 'ollama:<model name>', 'openai:<model id>' or 'rules'"
-
-
-class ModelRefError(ValueError):
-    """A model reference that names no known provider or no model."""
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    provider: str
-    name: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> ModelRef:
-        """Read ``provider:name``; ``rules`` stands alone."""
-        from critifusion_tui.providers.hygiene import has_control
-
-        if has_control(text):
-            # A terminal escape in a model name would reach the screen and every log.
-            raise ModelRefError(f"{ascii(text)} holds control characters; a model reference is plain text")
-        ref = text.strip()
-        if ref == "rules":
-            return cls("rules")
-        provider, sep, name = ref.partition(":")
-        if not sep:
-            raise ModelRefError(f"{text!r} names no provider; expected {REF_FORMS}")
-        if provider not in PROVIDERS or provider == "rules":
-            raise ModelRefError(f"unknown provider {provider!r} in {text!r}; expected {REF_FORMS}")
-        if not name.strip():
-            raise ModelRefError(f"{text!r} names no model; expected {REF_FORMS}")
-        return cls(provider, name.strip())
-
-    def __str__(self) -> str:
-        return self.provider if self.provider == "rules" else f"{self.provider}:{self.name}"
-
+# Model references live in a leaf (model_refs.py); re-exported here for the providers.
+from critifusion_tui.model_refs import PROVIDERS as PROVIDERS
+from critifusion_tui.model_refs import REF_FORMS as REF_FORMS
+from critifusion_tui.model_refs import ModelRef as ModelRef
+from critifusion_tui.model_refs import ModelRefError as ModelRefError
 
 # --- Messages and results -----------------------------------------------------------------
 

@@ -6,7 +6,7 @@ The name is the provider part of a model reference (``together:<model id>``) and
 router first needs it. Models that are not hosted (the engine's offline ``rules``) are
 registered on the router itself (``ProviderRouter.register``).
 
-This module imports nothing, so ``base.py`` can read the names without importing a backend.
+The list itself is ``critifusion_tui.model_refs.HOSTED`` (a leaf the configuration reads too).
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from critifusion_tui.model_refs import HOSTED  # the list itself lives with the references (a leaf)
+
 if TYPE_CHECKING:
     from critifusion_tui.providers.chat import HostedProvider
 
-HOSTED: dict[str, str] = {
-    "together": "critifusion_tui.providers.together:TogetherProvider",
-    "ollama": "critifusion_tui.providers.ollama:OllamaProvider",
-    "openai": "critifusion_tui.providers.openai:OpenAIProvider",
-}
+__all__ = ["HOSTED", "provider_class"]
+
 
 
 def provider_class(name: str) -> type[HostedProvider[Any]]:

@@ -45,7 +45,7 @@ from critifusion_tui.engine.events import (
     StageStarted,
 )
 from critifusion_tui.engine.flow import Phase
-from critifusion_tui.engine.stages import spec
+from critifusion_tui.engine.stages import ORIGINAL, TABLE, branch_of, spec
 from critifusion_tui.tui.widgets.candidate_pane import CandidatePane
 from critifusion_tui.tui.widgets.diffusion_progress import DiffusionProgress
 from critifusion_tui.tui.widgets.image_view import ImageView
@@ -66,7 +66,7 @@ TAGS_GATE, REFINE_GATE, DONE = Phase.TAGS_GATE.value, Phase.REFINE_GATE.value, P
 NEXT_HINT = {
     PROMPT: "Type a prompt, then ctrl+r to expand and decompose it.",
     Phase.TEXT.value: "The text stages did not finish: ctrl+r goes on with them.",
-    TAGS_GATE: "Edit tags, negative, components (ctrl+g); ctrl+r draws the base; ctrl+t: no critique",
+    TAGS_GATE: "Edit tags/negative (ctrl+g: components); ctrl+r draws; ctrl+t: no critique",
     REFINE_GATE: "Edit the refinement prompt, then ctrl+r to refine (SpecFusion).",
     Phase.COMPARISON.value: "The comparison on your own prompt did not finish: ctrl+r goes on.",
     DONE: "Done. ctrl+r: a new run from the prompt; ctrl+b: back to the refine gate.",
@@ -77,6 +77,8 @@ RUNNING_HINT = {
     "base": "Drawing the base image", "critique": "The critics are looking at the image",
     "refine": "Refining with SpecFusion",
 }
+# The stages that draw an image; each has an ImageView "#image-<stage>".
+IMAGE_STAGES = tuple(stage for stage, stage_spec in TABLE.items() if stage_spec.image)
 # Actions that act only in some places; the footer shows a key only where it acts.
 GATE_PHASES = (TAGS_GATE, REFINE_GATE)
 
@@ -211,7 +213,7 @@ class CritiFusionApp(App):
                 with Vertical(id="view-images"):
                     with Horizontal(id="images"):
                         yield ImageView("Base", mode=self.image_mode, image_class=self.image_class, id="image-base")
-                        yield ImageView("Refined", mode=self.image_mode, image_class=self.image_class, id="image-refined")
+                        yield ImageView("Refined", mode=self.image_mode, image_class=self.image_class, id="image-refine")
                     with Horizontal(id="images-original", classes="-hidden"):
                         yield ImageView("Base (your prompt)", mode=self.image_mode, image_class=self.image_class,
                                         id="image-base_original")
@@ -960,13 +962,11 @@ class CritiFusionApp(App):
                     pane.finish("", "the stage failed before this model answered", pane.seconds or 0.0, ())
 
     def _show_image(self, stage: str, path: Path, label: str) -> None:
-        selector = {"base": "#image-base", "refine": "#image-refined", "base_original": "#image-base_original",
-                    "refine_original": "#image-refine_original"}.get(str(stage))
-        if selector is None:
+        if stage not in IMAGE_STAGES:
             return
-        if "original" in str(stage):
+        if branch_of(stage) is ORIGINAL:
             self.query_one("#images-original").remove_class("-hidden")
-        self.query_one(selector, ImageView).show(path, label)
+        self.query_one(f"#image-{stage}", ImageView).show(path, label)
 
     def _report_failures(self, stage: str) -> None:
         """One line per stage with failures: how many, and the first reason with its fix."""
@@ -1021,7 +1021,7 @@ class CritiFusionApp(App):
         stages = self.active_run.stages if self.active_run is not None else ()
         rail.set_rows(rows_for(stages) if stages else rows_for(("tags", "components", "base", "critique", "refine")))
         rail.set_state("prompt", "done")
-        for view in ("#image-base", "#image-refined", "#image-base_original", "#image-refine_original", "#critique-image"):
+        for view in (*(f"#image-{stage}" for stage in IMAGE_STAGES), "#critique-image"):
             self.query_one(view, ImageView).clear()
         self.query_one("#images-original").add_class("-hidden")
         self.query_one("#critique-summary", Static).update("")

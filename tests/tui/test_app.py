@@ -87,7 +87,7 @@ async def test_every_stage_in_order_with_both_gates(tmp_path):
         await pilot.press("ctrl+r")
         await until(pilot, settled(app, DONE))
         assert rail.state("refine") == "done" and rail.state("done") == "done"
-        assert app.query_one("#image-refined", ImageView).path == app.active_run.folder / "refined.png"
+        assert app.query_one("#image-refine", ImageView).path == app.active_run.folder / "refined.png"
         assert app.query_one("#views").current == "view-images"
         manifest = json.loads((app.active_run.folder / "manifest.json").read_text())
         assert manifest["status"] == "done" and manifest["stages"]["refine"]["prompt"] == refinement

@@ -65,7 +65,7 @@ def test_demo_in_tmux_from_prompt_to_refined_image(tmux, tmp_path):
     tmux.wait_for("Refinement prompt")
 
     tmux("send-keys", "-t", "demo", "C-r")
-    done = tmux.wait_for("Done. ctrl+r starts a new run")
+    done = tmux.wait_for("Done. ctrl+r: a new run")
     assert "tiny-random: noise" in done and "Refined" in done
 
     tmux("send-keys", "-t", "demo", "C-q")
