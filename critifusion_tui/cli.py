@@ -1,4 +1,4 @@
-"""The `critifusion` command: the app (default), `run`, `eval`, `doctor`.
+"""The `critifusion` command: the app (default), `run`, `prompt`, `refine`, `eval`, `doctor`.
 
 Import cost is part of the interface: this module imports only the standard library at the
 top, so `critifusion --help` and configuration errors answer at once. Each subcommand
@@ -17,7 +17,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-SUBCOMMANDS = ("tui", "run", "eval", "doctor")
+SUBCOMMANDS = ("tui", "run", "prompt", "refine", "eval", "doctor")
 # The metrics `critifusion eval --metrics` accepts (config.EVAL_METRICS; repeated here so
 # that parsing the command line imports no pydantic).
 EVAL_METRICS = ("pickscore", "hpsv2", "imagereward", "aesthetic")
@@ -99,6 +99,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="run again with the model answers recorded in a past run's folder (no provider is called)",
     )
     run.add_argument(
+        "--force", action="store_true",
+        help="let --out name a non-empty folder that holds no run (its files may be overwritten)",
+    )
+
+    prompt = sub.add_parser(
+        "prompt", parents=[common], help="expand an idea into a prompt (text stages only, no image)",
+        description=(
+            "Run CritiCore's text stages on IDEA (tags and components, concurrently) and print the positive "
+            "prompt alone on standard output (progress and warnings go to standard error). With --critique IMAGE, "
+            "the vision models criticise that image and the refinement prompt is printed instead. No diffusion model "
+            "is loaded and no run folder is written."
+        ),
+    )
+    prompt.add_argument("idea", nargs="?", default="", help="what to draw, in your words")
+    prompt.add_argument(
+        "--json", action="store_true",
+        help="print positive, negative, components, every model's answer and the critique as JSON",
+    )
+    prompt.add_argument(
+        "--critique", metavar="IMAGE",
+        help="also criticise this image file against the idea and merge the critique into a refinement prompt",
+    )
+
+    refine = sub.add_parser(
+        "refine", parents=[common], help="refine an existing image (or a past run's base) with SpecFusion",
+        description=(
+            "SpecFusion on an image you have: it is scaled to cover the model's size (diffusion.width/height, or the "
+            "model's native size), centre-cropped to it, VAE-encoded and refined toward --prompt. With --from RUN_DIR, "
+            "a past run's base latent is refined instead (its prompt and seed unless given). With --critique, the "
+            "vision models criticise the image first and their critique shapes the refinement prompt. Writes a normal "
+            "run folder: resume, history and eval work on it."
+        ),
+    )
+    refine.add_argument("image", nargs="?", metavar="IMAGE", help="the image file to refine (PNG, JPEG, WebP ...)")
+    refine.add_argument("--prompt", "-p", metavar="TEXT", help="what the image should show (needed with IMAGE)")
+    refine.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="refine the base of this past run instead")
+    refine.add_argument("--critique", action="store_true", help="criticise the image first (stages 2, 4 and 5)")
+    refine.add_argument("--out", metavar="DIR", help="the run folder (default: a new folder under output.dir)")
+    refine.add_argument("--seed", type=int, help="the run's seed (default: diffusion.seed; with --from, the past run's)")
+    refine.add_argument("--json", action="store_true", help="print the run folder and a summary as JSON")
+    refine.add_argument(
         "--force", action="store_true",
         help="let --out name a non-empty folder that holds no run (its files may be overwritten)",
     )
@@ -223,6 +264,51 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_command(args, loaded, _overrides(args))
 
 
+def _seed_problem(command: str, seed: int | None) -> str | None:
+    if seed is None or 0 <= seed < 2**63:
+        return None
+    if seed < 0:
+        return f"critifusion {command}: --seed must be 0 or more"
+    return f"critifusion {command}: --seed must be below 2**63 (9223372036854775808)"
+
+
+def cmd_prompt(args: argparse.Namespace) -> int:
+    if not args.idea.strip():
+        print("critifusion prompt: give the idea to expand, e.g. critifusion prompt \"a red fox\"", file=sys.stderr)
+        return EXIT_USAGE
+    if args.critique is not None and not args.critique.strip():
+        print("critifusion prompt: --critique needs an image file", file=sys.stderr)
+        return EXIT_USAGE
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_USAGE
+    from critifusion_tui.prompt_command import prompt_command
+
+    return prompt_command(args, loaded)
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    if bool(args.image) == bool(args.from_run):
+        print("critifusion refine: give exactly one of IMAGE or --from RUN_DIR", file=sys.stderr)
+        return EXIT_USAGE
+    if args.prompt is not None and not args.prompt.strip():
+        print("critifusion refine: the prompt is empty (only white space)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.image and args.prompt is None:
+        print("critifusion refine: IMAGE needs --prompt TEXT (what the image should show)", file=sys.stderr)
+        return EXIT_USAGE
+    problem = _seed_problem("refine", args.seed)
+    if problem:
+        print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_USAGE
+    from critifusion_tui.refine_command import refine_command
+
+    return refine_command(args, loaded, _overrides(args))
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.metrics is not None:
         names = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -248,7 +334,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return run_doctor(args.config, _overrides(args), offline=args.offline)
 
 
-COMMANDS = {"tui": cmd_tui, "run": cmd_run, "eval": cmd_eval, "doctor": cmd_doctor}
+COMMANDS = {
+    "tui": cmd_tui, "run": cmd_run, "prompt": cmd_prompt, "refine": cmd_refine, "eval": cmd_eval, "doctor": cmd_doctor,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

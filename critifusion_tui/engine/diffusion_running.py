@@ -1,4 +1,4 @@
-"""The diffusion room's running half: base latents, img2img latents, decode.
+"""The diffusion room's running half: base latents, img2img latents, decode, encode.
 
 :class:`DiffusionRunning` is the half of :class:`~critifusion_tui.engine.diffusion.Diffusion`
 that runs the pipelines its loading half built (``engine/diffusion.py``: ``load`` sets the
@@ -307,6 +307,57 @@ class DiffusionRunning:
 
             try:
                 return self._run(pipe, "decode", call)
+            finally:
+                if self.cpu_offload:
+                    self._release_offload(pipe)
+
+    def encode(self, image: Image.Image) -> torch.Tensor:
+        """A PIL image to a latent in the scaled space: the inverse of :meth:`decode`, so the
+        result goes into :meth:`img2img_latent` like a base latent (``critifusion refine``).
+
+        The image must already have the size to work at (positive multiples of
+        :attr:`vae_scale_factor`; ``engine/image_input.fit`` brings it there). It is encoded
+        the way diffusers' img2img encodes a 3-channel image (its image processor, float32 when
+        an fp16 VAE asks for upcasting, ``(z - mean) * scaling_factor / std`` where the VAE has
+        latents mean/std, else ``z * scaling_factor``), but with the posterior's mean instead
+        of a sample: the same image always gives the same latent and no seed is drawn from.
+        Returns (1, C, H/8, W/8) in the UNet's dtype, on the execution device.
+        """
+        import torch
+        from diffusers.utils.torch_utils import get_module_execution_device
+
+        self.load()
+        width, height = self._check_size(*image.size)
+        with self._lock:
+            pipe = self._use(self._txt2img)
+            vae = pipe.vae
+
+            def call() -> Any:
+                needs_upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+                try:
+                    if needs_upcast:
+                        vae.to(dtype=torch.float32)
+                    with torch.no_grad():
+                        pixels = pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
+                        x = pixels.to(device=get_module_execution_device(vae), dtype=vae.dtype)
+                        z = vae.encode(x).latent_dist.mode()
+                        mean = getattr(vae.config, "latents_mean", None)
+                        std = getattr(vae.config, "latents_std", None)
+                        scale = float(vae.config.scaling_factor)
+                        if mean is not None and std is not None:
+                            shape = (1, z.shape[1], 1, 1)
+                            mean_t = torch.tensor(mean, device=z.device, dtype=z.dtype).view(shape)
+                            std_t = torch.tensor(std, device=z.device, dtype=z.dtype).view(shape)
+                            z = (z - mean_t) * scale / std_t
+                        else:
+                            z = z * scale
+                        return z.to(dtype=pipe.unet.dtype).contiguous()  # a view of the moments otherwise
+                finally:
+                    if needs_upcast:
+                        vae.to(dtype=torch.float16)
+
+            try:
+                return self._run(pipe, "encode", call)
             finally:
                 if self.cpu_offload:
                     self._release_offload(pipe)

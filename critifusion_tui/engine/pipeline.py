@@ -521,6 +521,10 @@ class Run(RunFlow):
 
     async def base_stage(self, *, original: bool = False) -> dict[str, Any]:
         """SPEC 3: the base latent (kept for the refinement) and its image."""
+        if not original and "given_base" in self.store.manifest:
+            from critifusion_tui.engine.given_base import given_base_stage
+
+            return await given_base_stage(self)  # `critifusion refine`: given, never drawn
         name = branch(original).base
         cfg = self.settings.diffusion
         if original:
