@@ -263,7 +263,7 @@ def read_prompts(path: Path, limit: int | None = None, category: str | None = No
     return read_prompt_file(path, limit=limit, category=category)
 
 
-def run_command(args, loaded, overrides: list[str] = ()) -> int:
+def run_command(args, loaded, overrides: list[str] | tuple[str, ...] = ()) -> int:
     """The body of `critifusion run` once the configuration loaded."""
     from critifusion_tui.engine.manifest import holds_manifest, read_manifest
     from critifusion_tui.engine.store import MANIFEST, StoreError

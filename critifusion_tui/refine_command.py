@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -50,6 +51,7 @@ def refine_command(args, loaded, overrides=()) -> int:
 
     reporter = make_reporter(sys.stderr if args.json else sys.stdout)
     outcome = Outcome()
+    written: dict[str, Any] = {}  # the manifest as the run last wrote it (for --json)
 
     async def main() -> None:
         from critifusion_tui.engine.events import Notice
@@ -84,7 +86,8 @@ def refine_command(args, loaded, overrides=()) -> int:
                 outcome.status = "cancelled"
                 raise
             finally:
-                outcome.manifest = run.store.manifest
+                outcome.record = run.store.record
+                written.update(run.store.manifest)
         finally:
             await session.aclose()
         report_ledger(outcome, reporter)
@@ -105,8 +108,8 @@ def refine_command(args, loaded, overrides=()) -> int:
         say(f"critifusion refine: interrupted{where}")
     if args.json:
         summary = outcome.summary()
-        given = {k: v for k, v in (outcome.manifest.get(GIVEN_KEY) or {}).items() if k != "record"}
-        base = (outcome.manifest.get("stages") or {}).get("base") or {}
+        given = {k: v for k, v in (written.get(GIVEN_KEY) or {}).items() if k != "record"}
+        base = (written.get("stages") or {}).get("base") or {}
         summary.update(given=given, fit=base.get("fit"))
         print(json.dumps(redact_data(summary), indent=2, ensure_ascii=False))
     if interrupted:

@@ -779,7 +779,10 @@ class Run(RunFlow):
             }
 
         self.forget(name)
-        detail = f"adaptive, alignment from {spec.alignment_from}" if from_metric else f"strength {params.strength:.2f}, {params.mode}"
+        if from_metric or params is None:
+            detail = f"adaptive, alignment from {spec.alignment_from}"
+        else:
+            detail = f"strength {params.strength:.2f}, {params.mode}"
         return await self._stage(name, work, detail=detail)
 
     # ---------------------------------------------------------------- the run's end
@@ -810,7 +813,7 @@ def _file_problem(exc: BaseException, folder: Path) -> str:
     if code == errno.ENOSPC:
         return f"the disk is full: cannot write {where}; free some space, then resume with --resume {folder}"
     if code in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return f"cannot write {where}: {exc.strerror} (a read-only or foreign folder?)"
+        return f"cannot write {where}: {getattr(exc, 'strerror', None) or exc} (a read-only or foreign folder?)"
     if code == errno.ENAMETOOLONG:
         return f"cannot write {where}: the path is too long"
     return f"cannot write {where}: {getattr(exc, 'strerror', None) or exc}"

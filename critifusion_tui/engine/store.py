@@ -72,7 +72,7 @@ def atomic_write(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = create_temp_sibling(path, private=private)
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -178,7 +178,7 @@ class RunStore:
 
     def remove_temp_files(self) -> list[str]:
         """Delete what an interrupted atomic write left behind (``.<name>.*.tmp``)."""
-        removed = []
+        removed: list[str] = []
         try:
             leftovers = [p for p in self.folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
         except OSError:

@@ -24,6 +24,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
+from textual.notifications import SeverityLevel
 from textual.widgets import ContentSwitcher, Footer, Header, Input, Static
 from textual.worker import Worker, WorkerState
 
@@ -586,7 +587,7 @@ class CritiFusionApp(App):
     # ---------------------------------------------------------------- other actions
 
     def action_cancel(self) -> None:
-        if self.busy:
+        if self.busy and self.worker is not None:
             self.worker.cancel()
 
     def _confirm(self, question: str, then, *, yes: str = "Yes", no: str = "No") -> None:
@@ -772,7 +773,7 @@ class CritiFusionApp(App):
     def action_help(self) -> None:
         from critifusion_tui.tui.screens.help import HelpScreen
 
-        widget = self.focused
+        widget: Any = self.focused
         title, text = "critifusion", (self.__doc__ or "").strip()
         while widget is not None:
             help_text = getattr(widget, "HELP", None)
@@ -787,7 +788,9 @@ class CritiFusionApp(App):
             if active.binding.description
         ]
         known = {k for k, _, _ in keys}
-        keys += [(b.key, b.description, b.id or "") for b in self.BINDINGS if b.key not in known]
+        keys += [
+            (b.key, b.description, b.id or "") for b in self.BINDINGS if isinstance(b, Binding) and b.key not in known
+        ]
         self.push_screen(HelpScreen(title, text, keys))
 
     def action_quit_app(self) -> None:
@@ -801,15 +804,16 @@ class CritiFusionApp(App):
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.worker.cancel()
+                if self.worker is not None:
+                    self.worker.cancel()
                 self.exit()
 
         self.push_screen(ConfirmScreen("A stage is running. Quit anyway? Completed stages are saved."), answered)
 
     # ---------------------------------------------------------------- notifications
 
-    def notify(self, message: str, *, title: str = "", severity: str = "information", timeout: float | None = None,
-               markup: bool = True) -> None:
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = True) -> None:
         """A toast, unless the person is typing in an editor: then the hint line says it (a
         toast there would cover what they type). Errors stay on the hint line until the next
         move; the log keeps everything."""
