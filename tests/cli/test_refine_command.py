@@ -58,7 +58,7 @@ def test_refine_an_image_of_another_size_into_a_run_folder_that_resumes_to_the_s
             assert saved.size == (64, 64)
 
     # History, eval and resume read it like any run folder.
-    assert read_run(out).manifest["stages"]["base"]["source"] == "given"
+    assert read_run(out).data["stages"]["base"]["source"] == "given"
     assert find_runs([out]) == ([out], [])
     assert set(variant_images(RunStore.open(out))) == {"base", "refined"}
     before = forget_refine(out)

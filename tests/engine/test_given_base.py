@@ -175,7 +175,7 @@ async def test_a_given_image_becomes_a_normal_run_folder(tmp_path, engine):
     assert any("100x60 scaled by 1.067 to 107x64 (Lanczos), centre-cropped to 64x64" in m for m in notices)
 
     # The history screen and eval read it like any run.
-    assert read_run(run.folder).manifest["prompt"] == PROMPT
+    assert read_run(run.folder).data["prompt"] == PROMPT
     assert find_runs([tmp_path / "runs"]) == ([run.folder], [])
     assert set(variant_images(RunStore.open(run.folder))) == {"base", "refined"}
     await session.aclose()
