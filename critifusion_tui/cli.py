@@ -223,9 +223,31 @@ def cmd_tui(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    from critifusion_tui.tui.app import run_app
+    # Which image protocol the terminal really draws, asked before Textual reads the terminal.
+    from critifusion_tui.graphics import MODE_NAMES, decide, probe_terminal
 
-    return run_app(loaded, prompt=args.prompt, image_mode=args.images, variants=getattr(args, "variants", "full"))
+    requested = args.images or loaded.settings.tui.images
+    graphics = decide(requested, probe_terminal())
+    refused = ""
+    if graphics.refused:
+        if args.images:  # typed for this terminal: say no rather than draw something else
+            print(
+                f"critifusion: --images {args.images}: {graphics.refused}.\n"
+                "  Use --images auto (what this terminal draws; 'critifusion doctor' says which) or --images halfblock.",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        # tui.images holds for every terminal the config is used from: fall back, and say so.
+        refused = f"tui.images = {requested}: {graphics.refused}; previews use half-blocks"
+    from critifusion_tui.tui.app import run_app
+    from critifusion_tui.tui.widgets.image_view import set_graphics_note
+
+    if refused:
+        set_graphics_note(f"{MODE_NAMES[requested]} not drawn here: half-blocks")
+    code = run_app(loaded, prompt=args.prompt, image_mode=graphics.mode, variants=getattr(args, "variants", "full"))
+    if refused:
+        print(f"critifusion: {refused}", file=sys.stderr)
+    return code
 
 
 def cmd_run(args: argparse.Namespace) -> int:

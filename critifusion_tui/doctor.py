@@ -444,30 +444,38 @@ def model_checks(settings) -> list[Check]:
     return checks
 
 
-def terminal_checks(settings) -> list[Check]:
-    """Which inline image protocol textual-image detects here (it asks the terminal)."""
-    forced = settings.tui.images
+def terminal_checks(settings, probe=None) -> list[Check]:
+    """Which inline image protocol the app will use here, and why: the terminal is asked the
+    questions the app asks before it starts (critifusion_tui.graphics); `probe` stands in for
+    its answers in tests."""
+    from critifusion_tui.graphics import decide, probe_terminal, with_environment
+
+    requested = settings.tui.images
+    setting = "" if requested == "auto" else f"tui.images = {requested}"
     checks = [Check("TERM", "info", f"{os.environ.get('TERM', '(unset)')}"
                     + (" inside tmux" if os.environ.get("TMUX") else ""))]
-    if forced != "auto":
-        checks.append(Check("images", "ok", f"{forced} (set by tui.images)"))
-        return checks
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        checks.append(Check("images", "info", "not run in a terminal: detection skipped"))
-        return checks
-    try:
-        from textual_image import renderable
-    except Exception as exc:
-        return checks + [Check("images", "warn", f"detection failed ({exc}); previews use half-blocks")]
-    names = {
-        "sixel": "sixel", "tgp": "kitty graphics",
-        "halfcell": "half-block characters", "unicode": "unicode blocks (no colour)",
-    }
-    # Every protocol's class is called Image; its module says which one was chosen.
-    module = renderable.Image.__module__.rsplit(".", 1)[-1]
-    found = names.get(module, module)
-    checks.append(Check("images", "ok", f"{found} detected"))
-    return checks
+    if probe is None:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            skipped = "not run in a terminal: detection skipped" + (f" ({setting})" if setting else "")
+            return checks + [Check("images", "info", skipped)]
+        probe = probe_terminal()
+    named = with_environment(probe, os.environ)
+    if named.terminal:
+        checks.append(Check("terminal", "info", f"{named.who} (named by {named.named_by})"))
+    if not probe.answered:
+        checks.append(Check("terminal", "warn", f"no answer to the graphics queries: {probe.error}"))
+    decision = decide(requested, probe)
+    if decision.refused:
+        return checks + [Check(
+            "images", "warn",
+            f"half-blocks: {setting}, but {decision.refused}; the app falls back to half-blocks "
+            f"(--images {requested} refuses to start)",
+        )]
+    detail = decision.reason if not setting else f"{decision.reason} ({setting})"
+    # A warning where the terminal could do better (an old kitty) or did not answer.
+    better = decision.mode == "halfblock" and probe.kitty_graphics
+    status = "warn" if better or not probe.answered else "ok"
+    return checks + [Check("images", status, f"{decision.label}: {detail}")]
 
 
 def output_checks(settings) -> list[Check]:

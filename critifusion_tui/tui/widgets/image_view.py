@@ -1,8 +1,11 @@
 """A titled box with one image, drawn in the terminal by textual-image, and a label under it.
 
-Modes: "auto" lets textual-image pick (Sixel, Kitty graphics, half-blocks or unicode, from what
-the terminal answers at import time), "kitty", "sixel" and "halfblock" force one, "none" shows
-no picture, only the file's path. Over SSH and tmux, half-blocks are what actually works.
+Modes: "kitty", "sixel" and "halfblock" draw with that protocol, "none" shows no picture, only
+the file's path, and "auto" lets textual-image pick from what the terminal answers at import
+time. The command line decides the mode before the app starts (`critifusion_tui.graphics`:
+textual-image's own pick trusts a kitty that answers its query but cannot draw its images) and
+passes a concrete one. Over SSH and tmux, half-blocks are what actually works. Where the
+configured protocol was refused, `set_graphics_note` puts a word about it under every box.
 
 The box's height is set in CSS on the ImageView itself (17 rows by default: a 14-row picture,
 the label and the border); the picture fits inside it, as large as the box allows, keeping its
@@ -31,9 +34,18 @@ from textual.widgets import Static
 
 from critifusion_tui.tui.widgets._safe import safe_str
 
-__all__ = ["IMAGE_MODES", "ImageView", "image_class_for_mode"]
+__all__ = ["IMAGE_MODES", "ImageView", "image_class_for_mode", "set_graphics_note"]
 
 IMAGE_MODES = ("auto", "kitty", "sixel", "halfblock", "none")
+# Said in each box's bottom border when the configured protocol could not be used here
+# ("Sixel not drawn here: half-blocks"); one terminal per process, so one note.
+_graphics_note = ""
+
+
+def set_graphics_note(note: str) -> None:
+    """What every ImageView made from now on says about the protocol ("" says nothing)."""
+    global _graphics_note
+    _graphics_note = note
 
 
 def image_class_for_mode(mode: str) -> type[Widget] | None:
@@ -65,6 +77,7 @@ Set images under [tui] in config.toml to auto, kitty, sixel, halfblock or none."
         height: 17;
         border: round $foreground 30%;
         border-title-color: $text;
+        border-subtitle-color: $warning;
         & > .image-view--frame { width: 1fr; height: 1fr; align: center middle; }
         & .image-view--image { width: auto; height: auto; }
         & .image-view--path { width: 1fr; height: auto; color: $text-muted; }
@@ -99,6 +112,8 @@ Set images under [tui] in config.toml to auto, kitty, sixel, halfblock or none."
         self._label = ""
         self._message = ""
         self.border_title = Text(safe_str(title))
+        if _graphics_note and mode != "none":
+            self.border_subtitle = Text(safe_str(_graphics_note))
         self.image_widget: Widget | None = (
             self.image_class(classes="image-view--image") if self.image_class else None
         )

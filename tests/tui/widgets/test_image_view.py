@@ -137,3 +137,22 @@ def test_modes_map_to_textual_image_classes():
     assert ImageView("x", mode="halfblock").image_class is HalfcellImage
     assert ImageView("x", mode="none", image_class=HalfcellImage).image_class is None
     assert ImageView.HELP
+
+
+async def test_a_refused_protocol_is_said_under_every_box(tmp_path: Path, monkeypatch):
+    from critifusion_tui.tui.widgets import image_view
+
+    monkeypatch.setattr(image_view, "_graphics_note", "")
+    image_view.set_graphics_note("Sixel not drawn here: half-blocks")
+    base = ImageView("Base", mode="halfblock", id="base")
+    refined = ImageView("Refined", mode="halfblock", id="refined")
+    nothing = ImageView("Path", mode="none", id="none")  # draws no picture: nothing to say
+    app = ViewApp(base, refined, nothing)
+    async with app.run_test(size=(120, 24)) as pilot:
+        base.show(write_png(tmp_path / "base.png"))
+        await pilot.pause()
+        bottom = screen_text(app).splitlines()[base.region.bottom - 1]
+        assert bottom.count("Sixel not drawn here: half-blocks") == 2  # base and refined, not "none"
+        assert not nothing.border_subtitle
+    image_view.set_graphics_note("")
+    assert not ImageView("Base", mode="halfblock").border_subtitle
