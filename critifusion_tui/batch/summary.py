@@ -16,13 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from critifusion_tui.engine.stages import BRANCHES
 from critifusion_tui.engine.manifest import RunManifest, holds_manifest, read_manifest
 from critifusion_tui.engine.store import StoreError, atomic_write, timestamp
 
 REPORTS_DIR = ".batch"
 SUMMARY_FILE = "batch-summary.json"
 SCHEMA = "critifusion.batch-summary/1"
-FINAL_IMAGES = ("refine", "refine_original")
+FINAL_IMAGES = tuple(line.refine for line in BRANCHES)  # the final image of each branch
 
 
 def report_path(out: Path, launch: str, rank: int) -> Path:

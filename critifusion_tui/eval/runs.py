@@ -12,14 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from critifusion_tui.engine.manifest import RunManifest, holds_manifest
+from critifusion_tui.engine.stages import FULL, ORIGINAL
 from critifusion_tui.engine.store import MANIFEST, RunStore, StoreError
 
-# The comparison variants of SPEC 7 in reading order, and the stage that draws each.
+# The comparison variants of SPEC 7 in reading order (the names eval reports), and the stage
+# of the stage table that draws each.
 VARIANT_STAGES = {
-    "base_original": "base_original",
-    "base": "base",
-    "refined_original": "refine_original",
-    "refined": "refine",
+    "base_original": ORIGINAL.base,
+    "base": FULL.base,
+    "refined_original": ORIGINAL.refine,
+    "refined": FULL.refine,
 }
 VARIANTS = tuple(VARIANT_STAGES)
 BASELINE = "base_original"
