@@ -155,7 +155,8 @@ class RunFlow:
         self.skip_critique_next = bool(skip)
 
     async def advance(self, edits: dict[str, Any] | None = None) -> Phase:
-        """Apply `edits` (at a gate) and run the next step; returns where the run stands then."""
+        """Apply `edits` (at a gate) and run the next step, and the steps after it that have no
+        gate; returns where the run stands then (a gate, or the end)."""
         step = self.current_step()
         if step is None:
             raise FlowError("the run is complete: nothing to continue")
@@ -169,6 +170,10 @@ class RunFlow:
             if step is None:  # pragma: no cover - an edit never completes a step
                 return self.phase
         await self._guarded(self._run_step(step))
+        # A step without a gate asks nobody: it follows at once (SPEC 7's comparison after
+        # the refinement), so one advance always ends at a gate or at the end.
+        while (after := self.current_step()) is not None and after.gate is None:
+            await self._guarded(self._run_step(after))
         return self.phase
 
     async def rerun(self, stage: str, *, only: list[str] | None = None) -> Phase:

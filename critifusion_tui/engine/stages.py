@@ -97,12 +97,12 @@ TABLE: dict[Stage, StageSpec] = {
                   writes=("refinement",), after=(Stage.BASE,), models=True),
         StageSpec(Stage.REFINE, "refine", "Refine", "SPEC 6", reads=("refinement",), after=(Stage.BASE,),
                   image="refined.png"),
-        StageSpec(Stage.BASE_ORIGINAL, "base", "Base (yours)", "SPEC 7",
+        StageSpec(Stage.BASE_ORIGINAL, "base", "Base (own)", "SPEC 7",
                   image="base_original.png", latent="base_original_latent.safetensors"),
-        StageSpec(Stage.CRITIQUE_ORIGINAL, "critique", "Critique (yours)", "SPEC 7",
+        StageSpec(Stage.CRITIQUE_ORIGINAL, "critique", "Critique (own)", "SPEC 7",
                   reads=("components", "positive"), writes=("refinement_original",),
                   after=(Stage.BASE_ORIGINAL,), models=True),
-        StageSpec(Stage.REFINE_ORIGINAL, "refine", "Refine (yours)", "SPEC 7", reads=("refinement_original",),
+        StageSpec(Stage.REFINE_ORIGINAL, "refine", "Refine (own)", "SPEC 7", reads=("refinement_original",),
                   after=(Stage.BASE_ORIGINAL,), image="refined_original.png"),
     )
 }

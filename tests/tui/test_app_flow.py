@@ -309,3 +309,17 @@ async def test_reopening_in_the_app_keeps_the_runs_own_settings_and_says_what_di
         await pilot.press("ctrl+r")
         await until(pilot, settled(app, REFINE_GATE))
         assert app.active_run.store.stage("base")["steps"] == 3
+
+
+async def test_the_app_runs_variants_all_with_the_comparison_on_the_rail(tmp_path):
+    app = make_app(app_settings(tmp_path))
+    app.variants = "all"
+    async with app.run_test(size=(120, 40)) as pilot:
+        for phase in (TAGS_GATE, REFINE_GATE, DONE):
+            await pilot.press("ctrl+r")
+            await until(pilot, settled(app, phase))
+        rail = app.query_one(StageRail)
+        assert rail.rows[-4:] == ("base_original", "critique_original", "refine_original", "done")
+        assert {rail.state(s) for s in rail.rows} == {"done"}
+        assert app.query_one("#image-refine_original", ImageView).path == app.active_run.folder / "refined_original.png"
+        assert not app.query_one("#images-original").has_class("-hidden")
