@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from critifusion_tui.config import DiffusionConfig
+from critifusion_tui.config import DiffusionConfig, Settings
 from critifusion_tui.engine.devices import SpeedSwitches, resolve_switches
 from critifusion_tui.engine.diffusion import Diffusion, DiffusionLoadError
 from critifusion_tui.engine.diffusion_loading import apply_speed_switches, compile_regions
@@ -277,3 +277,19 @@ def test_a_real_run_reads_no_tensor_inside_the_callback(engine, monkeypatch):
     engine.base_latent(PROMPT, NEG, width=64, height=64, steps=3, guidance=4.5, seed=1,
                        on_step=lambda d, t: steps.append((d, t)), cancel=lambda: False)
     assert steps == [(1, 3), (2, 3), (3, 3)]
+
+
+# ---------------------------------------------------------------- doctor
+
+
+def test_doctor_names_the_switches_and_why():
+    from critifusion_tui.doctor import model_checks
+
+    checks = {c.label: c.detail for c in model_checks(Settings(diffusion=DiffusionConfig(model="tiny-random")))}
+    line = checks["speed"]
+    assert line.startswith("channels_last off (auto: CUDA only, the device is cpu); fused QKV off (auto: CUDA only")
+    assert "compile off (diffusion.compile = false)" in line
+    assert "attention: torch SDPA" in line and "(cpu, float32)" in line
+    forced = {c.label: c.detail for c in model_checks(Settings(diffusion=DiffusionConfig(
+        model="tiny-random", channels_last=True, fuse_qkv=True)))}
+    assert forced["speed"].startswith("channels_last on (diffusion.channels_last = true); fused QKV on")
