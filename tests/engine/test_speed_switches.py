@@ -293,3 +293,38 @@ def test_doctor_names_the_switches_and_why():
     forced = {c.label: c.detail for c in model_checks(Settings(diffusion=DiffusionConfig(
         model="tiny-random", channels_last=True, fuse_qkv=True)))}
     assert forced["speed"].startswith("channels_last on (diffusion.channels_last = true); fused QKV on")
+
+
+# ---------------------------------------------------------------- the critic's PNG bytes
+
+
+async def test_the_critique_gets_the_png_bytes_without_reading_the_file(tmp_path, engine, monkeypatch):
+    from critifusion_tui.engine.criticore import CritiCore
+    from critifusion_tui.engine.pipeline import Session
+    from critifusion_tui.engine.store import RunStore
+
+    reads, sent = [], []
+    real_read, real_critique = RunStore.read_file, CritiCore.critique
+    monkeypatch.setattr(RunStore, "read_file", lambda self, rel, *a, **kw: reads.append(rel) or real_read(self, rel, *a, **kw))
+
+    async def critique(self, png, *args, **kwargs):
+        sent.append(png)
+        return await real_critique(self, png, *args, **kwargs)
+
+    monkeypatch.setattr(CritiCore, "critique", critique)
+    settings = Settings.model_validate({
+        "criticore": {"candidates": ["rules"], "aggregator": "rules", "vlms": ["rules"]},
+        "diffusion": {"model": str(engine.model), "device": "cpu", "width": 64, "height": 64, "steps": 4},
+        "specfusion": {"total_steps": 4, "last_k": 3},
+        "output": {"dir": str(tmp_path / "runs")},
+    })
+    session = Session(settings, diffusion=engine)
+
+    async def gate(name, fields):
+        return fields
+
+    run = session.new_run("a red fox in a forest", emit=lambda event: None)
+    manifest = await run.run_all(gate)
+    assert manifest["status"] == "done"
+    assert sent == [(run.folder / "base.png").read_bytes()]
+    assert "base.png" not in reads
