@@ -301,7 +301,8 @@ def sdpa_backend(device: str, dtype: Any, *, heads: int, head_dim: int, tokens: 
         choose = getattr(torch, "_fused_sdp_choice", None)
         if choose is None:
             return "unknown"
-        names = {int(member): name.lower() for name, member in SDPBackend.__members__.items()}
+        # SDPBackend is a pybind11 enum: its members convert with .value.
+        names = {int(member.value): name.lower() for name, member in SDPBackend.__members__.items()}
         q = torch.zeros(2, heads, tokens, head_dim, device=device, dtype=dtype)
         kv = torch.zeros(2, heads, context, head_dim, device=device, dtype=dtype)
         self_kernel = names.get(int(choose(q, q, q)), "unknown")

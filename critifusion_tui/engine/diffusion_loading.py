@@ -265,10 +265,11 @@ def _share_fused_weights(model: Any) -> None:
     for attn in model.modules():
         if not isinstance(attn, Attention) or not getattr(attn, "fused_projections", False):
             continue
+        parts: list[Any]
         if attn.is_cross_attention:
-            fused, parts = getattr(attn, "to_kv", None), (attn.to_k, attn.to_v)
+            fused, parts = getattr(attn, "to_kv", None), [attn.to_k, attn.to_v]
         else:
-            fused, parts = getattr(attn, "to_qkv", None), (attn.to_q, attn.to_k, attn.to_v)
+            fused, parts = getattr(attn, "to_qkv", None), [attn.to_q, attn.to_k, attn.to_v]
         if fused is None:  # pragma: no cover - diffusers always builds the fused layer
             continue
         start = 0
