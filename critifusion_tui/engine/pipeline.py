@@ -570,6 +570,7 @@ class Run(RunFlow):
         label = "tiny-random: noise" if self.diffusion.is_tiny_random else ""
         chunks = {"prompt": prompt, "negative": negative, "seed": str(seed), "Software": f"critifusion-tui {__version__}"}
         name = spec(stage).image
+        assert name is not None, f"the {stage} stage draws no image"  # the stage table names one for each drawing stage
         data = await asyncio.to_thread(self.store.save_png, name, image, chunks)
         self._pngs[stage] = (name, data)
         self._emit(ImageReady(stage, path=self.store.path(name), label=label))
