@@ -369,7 +369,7 @@ def bench_run_all(sides: Sides, folder: Path, size: int, steps: int, strength: f
         setattr(engine, n, timed(n, fn))
     real_fusion = specfusion.frequency_fusion
     specfusion.frequency_fusion = timed("fusion", real_fusion)
-    store_originals = {n: getattr(RunStore, n) for n in ("write_manifest", "write_png", "write_latent")}
+    store_originals = {n: getattr(RunStore, n) for n in ("write_manifest", "save_png", "write_latent")}
     for n, fn in store_originals.items():
         setattr(RunStore, n, timed(n, fn))
     samples = []

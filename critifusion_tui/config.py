@@ -199,6 +199,19 @@ def _size(value: Any) -> Any:
 Size = Annotated[Pixels | Literal["auto"], BeforeValidator(_size)]
 
 
+def _auto_switch(value: Any) -> Any:
+    # One message for a wrong value, not one per member of the union.
+    if isinstance(value, bool):
+        return value
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in ("auto", "true", "false"):
+        return {"auto": "auto", "true": True, "false": False}[word]
+    raise ValueError('expected "auto", true or false')
+
+
+AutoSwitch = Annotated[Literal["auto"] | bool, BeforeValidator(_auto_switch)]
+
+
 class DiffusionConfig(Section):
     model: str = Field(default=DEFAULT_SDXL, min_length=1)
     device: str = "auto"
@@ -213,7 +226,11 @@ class DiffusionConfig(Section):
     negative: str = DEFAULT_NEGATIVE
     cpu_offload: bool = False
     vae_tiling: bool = False
+    # Speed switches (engine/devices.py resolves them): "auto" is on for CUDA only.
+    channels_last: AutoSwitch = "auto"
+    fuse_qkv: AutoSwitch = "auto"
     compile: bool = False
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
 
     @field_validator("width", "height")
     @classmethod

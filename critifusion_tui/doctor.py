@@ -403,7 +403,8 @@ def model_checks(settings) -> list[Check]:
 
     cfg = settings.diffusion
     try:
-        plan = Diffusion.from_config(cfg).plan()
+        engine = Diffusion.from_config(cfg)
+        plan = engine.plan()
     except DiffusionError as exc:
         return [Check("diffusion model", "fail", str(exc))]
     except Exception as exc:  # torch missing or broken: the System section says more
@@ -431,6 +432,7 @@ def model_checks(settings) -> list[Check]:
     if plan.config_source:
         checks.append(Check("config", "info", f"{plan.config_source} ({plan.config_folder})"))
     checks.append(Check("device", "info", f"{plan.device}, {plan.dtype}"))
+    checks.append(Check("speed", "info", speed_line(engine, plan)))
     if plan.scheduler:
         checks.append(Check("scheduler", "info", scheduler_label(plan.scheduler)))
     width, height = cfg.size()
@@ -442,6 +444,17 @@ def model_checks(settings) -> list[Check]:
     checks.append(Check("image size", "info", size))
     checks.extend(Check("note", "info", note) for note in plan.notes)
     return checks
+
+
+def speed_line(engine, plan) -> str:
+    """The speed switches `run` will use on the plan's device and why, and the attention
+    kernel torch picks there (asked of torch without loading the model)."""
+    from critifusion_tui.engine.devices import resolve_dtype, sdpa_backend
+
+    line = engine.switches().line()
+    # SDXL's and SD 1.5's UNets use 64-wide attention heads (10 of them at the first level).
+    kernel = sdpa_backend(plan.device, resolve_dtype(plan.dtype, plan.device), heads=10, head_dim=64)
+    return f"{line}; attention: torch SDPA, {kernel.replace('_', ' ')} kernel ({plan.device}, {plan.dtype})"
 
 
 def terminal_checks(settings, probe=None) -> list[Check]:

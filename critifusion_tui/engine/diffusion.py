@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from critifusion_tui.engine.devices import is_oom, resolve_device, resolve_dtype
+from critifusion_tui.engine.devices import SpeedSwitches, is_oom, resolve_device, resolve_dtype, resolve_switches
 from critifusion_tui.engine.diffusion_errors import (
     OOM_HINT,
     DiffusionCancelled,
@@ -34,8 +34,14 @@ from critifusion_tui.engine.diffusion_errors import (
     DiffusionOutOfMemory,
 )
 from critifusion_tui.engine.diffusion_errors import first_line as _first_line
-from critifusion_tui.engine.diffusion_loading import QuietLibraries, build_pipeline, pipeline_classes
-from critifusion_tui.engine.diffusion_running import DiffusionRunning, StepCallback, img2img_step_count
+from critifusion_tui.engine.diffusion_loading import (
+    QuietLibraries,
+    apply_speed_switches,
+    attention_record,
+    build_pipeline,
+    pipeline_classes,
+)
+from critifusion_tui.engine.diffusion_running import DiffusionRunning, StepCallback, img2img_step_count, vae_decode_dtype
 from critifusion_tui.engine.load_output import CapturedOutput, capture_output
 from critifusion_tui.engine.model_source import LoadPlan, plan_load
 from critifusion_tui.engine.scheduler_plan import scheduler_overrides
@@ -71,8 +77,11 @@ class Diffusion(DiffusionRunning):
     ``device`` ``auto`` picks CUDA, then Apple MPS, then the CPU; ``dtype`` ``auto`` is float16
     on CUDA and MPS, float32 on the CPU (``bfloat16`` is selectable). ``variant`` ``auto``,
     ``fp16`` or ``none`` picks the weight files (see the plan). ``cpu_offload`` uses
-    ``enable_model_cpu_offload`` (accelerator only), ``vae_tiling`` the VAE's tiled decode,
-    ``compile`` ``torch.compile`` of the UNet (CUDA only; in place, so both pipelines share it).
+    ``enable_model_cpu_offload`` (accelerator only), ``vae_tiling`` the VAE's tiled decode.
+    The speed switches (``engine/devices.py``, :class:`SpeedSwitches`): ``channels_last`` and
+    ``fuse_qkv`` (``"auto"`` = on CUDA, ``True`` forces them anywhere), ``compile``
+    ``torch.compile`` of the UNet's repeated blocks with ``compile_mode`` (CUDA only); all in
+    place on the shared modules, so both pipelines run with them.
     ``capture_fds`` are the file descriptors pointed away from the terminal while loading
     (the app draws on fd 2, so it passes ``(1,)``); what was caught is in :attr:`load_messages`.
 
@@ -89,6 +98,9 @@ class Diffusion(DiffusionRunning):
         cpu_offload: bool = False,
         vae_tiling: bool = False,
         compile: bool = False,
+        channels_last: bool | str = "auto",
+        fuse_qkv: bool | str = "auto",
+        compile_mode: str = "default",
         variant: str | None = "auto",
         offline: bool = False,
         single_file_config: str | None = None,
@@ -101,6 +113,9 @@ class Diffusion(DiffusionRunning):
         self.cpu_offload = bool(cpu_offload)
         self.vae_tiling = bool(vae_tiling)
         self.compile = bool(compile)
+        self.channels_last = channels_last
+        self.fuse_qkv = fuse_qkv
+        self.compile_mode = compile_mode
         self.variant = variant or "auto"
         self.offline = bool(offline)
         self.single_file_config = single_file_config or None
@@ -115,17 +130,22 @@ class Diffusion(DiffusionRunning):
         self._plan: LoadPlan | None = None
         self._device: str | None = None
         self._dtype: Any = None
+        self._switches: SpeedSwitches | None = None
+        self._speed_done: dict[str, Any] = {}
+        self._attention: dict[str, Any] = {}
 
     @classmethod
     def from_config(cls, cfg: Any, **overrides: Any) -> Diffusion:
         """Build from a ``DiffusionConfig``-like object (duck-typed: ``model``, ``device``,
         ``dtype`` and, when present, ``variant``, ``single_file_config``, ``cpu_offload``,
-        ``vae_tiling``, ``compile``)."""
+        ``vae_tiling``, ``compile``, ``channels_last``, ``fuse_qkv``, ``compile_mode``)."""
         kwargs: dict[str, Any] = {
             "device": getattr(cfg, "device", "auto"),
             "dtype": getattr(cfg, "dtype", "auto"),
         }
-        for key in ("cpu_offload", "vae_tiling", "compile", "variant", "offline", "single_file_config"):
+        keys = ("cpu_offload", "vae_tiling", "compile", "channels_last", "fuse_qkv", "compile_mode", "variant",
+                "offline", "single_file_config")
+        for key in keys:
             if hasattr(cfg, key):
                 kwargs[key] = getattr(cfg, key)
         kwargs.update(overrides)
@@ -192,10 +212,17 @@ class Diffusion(DiffusionRunning):
     def describe(self) -> dict[str, Any]:
         """What was loaded, for the manifest and ``critifusion doctor`` (loads the model):
         the plan's record (source, variant, weight files with sizes, single-file config) with
-        the device, dtype and scheduler actually in use."""
+        the device, dtype and scheduler actually in use, the speed switches with the reason
+        for each (``speed``), the attention processors and SDPA kernel (``attention``) and the
+        dtype the VAE decodes in (float32 for a float16 VAE that asks for the upcast)."""
         self.load()
-        assert self._plan is not None
+        assert self._plan is not None and self._switches is not None
         record = self._plan.describe()
+        speed = self._switches.record()
+        if "fused" in self._speed_done:
+            speed["fuse_qkv"]["models"] = list(self._speed_done["fused"])
+        if "compiled_blocks" in self._speed_done:
+            speed["compile"]["blocks"] = self._speed_done["compiled_blocks"]
         record.update(
             pipeline=type(self._txt2img).__name__,
             device=self._device,
@@ -205,8 +232,24 @@ class Diffusion(DiffusionRunning):
             cpu_offload=self.cpu_offload,
             vae_tiling=self.vae_tiling,
             compile=self.compile,
+            speed=speed,
+            attention=dict(self._attention),
+            vae_decode_dtype=str(vae_decode_dtype(self._txt2img.vae)).removeprefix("torch."),
         )
         return record
+
+    def switches(self) -> SpeedSwitches:
+        """The speed switches a load applies on this device, each with its reason (resolves the
+        device; loads nothing). ``critifusion doctor`` prints :meth:`SpeedSwitches.line`."""
+        if self._switches is not None:
+            return self._switches
+        return self._resolve_switches(resolve_device(self.requested_device))
+
+    def _resolve_switches(self, device: str) -> SpeedSwitches:
+        return resolve_switches(
+            device, channels_last=self.channels_last, fuse_qkv=self.fuse_qkv, compile=self.compile,
+            compile_mode=self.compile_mode, cpu_offload=self.cpu_offload,
+        )
 
     def scheduler_summary(self) -> dict[str, Any]:
         """The scheduler that runs (read back from the built object, not from the plan)."""
@@ -235,12 +278,7 @@ class Diffusion(DiffusionRunning):
                 "diffusion.cpu_offload needs a GPU (it moves models between the CPU and the "
                 "GPU), but the device is the CPU. Fix: set diffusion.cpu_offload = false."
             )
-        if self.compile and not device.startswith("cuda"):
-            raise DiffusionLoadError(
-                f"diffusion.compile = true needs a CUDA GPU, but the device is {device}: "
-                "compiling the UNet there takes minutes and gains nothing. "
-                "Fix: set diffusion.compile = false."
-            )
+        self._resolve_switches(device)  # refuses compile off CUDA, unknown values
         return plan_load(
             self.model,
             device=device,
@@ -319,8 +357,12 @@ class Diffusion(DiffusionRunning):
             pipe.to(device)
         if self.vae_tiling:
             pipe.vae.enable_tiling()
-        if self.compile:
-            pipe.unet.compile()  # in place: the object both pipelines hold stays the same
+        # On the device now: the switches change the shared modules in place (fusing before a
+        # .to() would copy the fused weights apart from the layers that share them).
+        switches = self._resolve_switches(device)
+        self._speed_done = apply_speed_switches(pipe, switches)
+        self._switches = switches
+        self._attention = attention_record(pipe, device, dtype)
         for p in (pipe, img):
             p.set_progress_bar_config(disable=True)
         self._device, self._dtype = device, dtype

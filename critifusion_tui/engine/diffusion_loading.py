@@ -4,6 +4,11 @@ The plan has already decided everything (which folder or file, which variant per
 which configuration for a single file); this module only carries it out with diffusers, and
 turns the libraries' exceptions into messages with a fix. Local sources are always read with
 ``local_files_only=True``: a cached or local model never waits on the network.
+
+:func:`apply_speed_switches` then carries out the speed switches
+(:class:`~critifusion_tui.engine.devices.SpeedSwitches`) on the modules in place, once they sit
+on their device, and :func:`attention_record` says which attention processors and which SDPA
+kernel the loaded modules use.
 """
 
 from __future__ import annotations
@@ -14,10 +19,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from critifusion_tui.engine.devices import SpeedSwitches, sdpa_backend, sdpa_enabled
 from critifusion_tui.engine.diffusion_errors import DiffusionLoadError, first_line
 from critifusion_tui.engine.model_source import LoadPlan, hub_cache
 
-__all__ = ["QuietLibraries", "build_pipeline", "pipeline_classes"]
+__all__ = [
+    "QuietLibraries",
+    "apply_speed_switches",
+    "attention_record",
+    "build_pipeline",
+    "compile_regions",
+    "fuse_qkv",
+    "pipeline_classes",
+]
 
 
 class QuietLibraries:
@@ -182,3 +196,131 @@ def hub_error_text(model_id: str, exc: BaseException) -> str:
         f"{first_line(exc)}. Fix: check the network and the id, or set diffusion.model to a "
         "local folder or .safetensors file."
     )
+
+
+# ---------------------------------------------------------------------- speed switches
+
+
+def apply_speed_switches(pipe: Any, switches: SpeedSwitches) -> dict[str, Any]:
+    """Carry out ``switches`` on ``pipe``'s UNet and VAE, in place: the img2img pipeline holds
+    the same module objects, so both run with them. Call it once the modules sit on their
+    device (``.to()`` after fusing would copy the shared weights apart). Returns what was
+    done, for the manifest: the fused models and the number of compiled blocks."""
+    done: dict[str, Any] = {}
+    if switches.channels_last:
+        import torch
+
+        for name in ("unet", "vae"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                # Only 4-D tensors (convolution weights) change order; the modules' inputs
+                # follow their weights inside the convolutions.
+                module.to(memory_format=torch.channels_last)
+    if switches.fuse_qkv:
+        done["fused"] = fuse_qkv(pipe, skip_unsupported=switches.auto("fuse_qkv"))
+    if switches.compile:
+        done["compiled_blocks"] = compile_regions(pipe.unet, switches.compile_mode)
+    return done
+
+
+def fuse_qkv(pipe: Any, *, skip_unsupported: bool = False) -> list[str]:
+    """diffusers' fused QKV projections on the UNet and an ``AutoencoderKL`` VAE: one matrix
+    product for an attention's query, key and value (key and value in cross-attention), run by
+    ``FusedAttnProcessor2_0`` (SDPA). Returns the names of the models fused.
+
+    diffusers keeps the separate ``to_q``/``to_k``/``to_v`` layers beside the fused one (for
+    ``unfuse_qkv_projections``); on SDXL's UNet that is ~0.6 G parameters twice (about 1.2 GB in
+    float16). :func:`_share_fused_weights` makes the separate layers views of the fused
+    weights, so the fusion costs no memory. A model with added KV projections (not SDXL or
+    SD 1.5) cannot be fused: an error with the fix, or skipped when ``auto`` chose fusion.
+    """
+    from diffusers import AutoencoderKL
+
+    fused = []
+    for name in ("unet", "vae"):
+        model = getattr(pipe, name, None)
+        if model is None or not hasattr(model, "fuse_qkv_projections"):
+            continue
+        if name == "vae" and not isinstance(model, AutoencoderKL):
+            continue
+        try:
+            model.fuse_qkv_projections()
+        except ValueError as exc:
+            if skip_unsupported:
+                continue
+            raise DiffusionLoadError(
+                f"diffusion.fuse_qkv = true, but the {name} cannot fuse its attention projections "
+                f"({first_line(exc)}). Fix: set diffusion.fuse_qkv = \"auto\" or false."
+            ) from exc
+        _share_fused_weights(model)
+        fused.append(name)
+    return fused
+
+
+def _share_fused_weights(model: Any) -> None:
+    """Make each fused attention's separate projection weights slices of its fused weight."""
+    from diffusers.models.attention_processor import Attention
+    from torch import nn
+
+    for attn in model.modules():
+        if not isinstance(attn, Attention) or not getattr(attn, "fused_projections", False):
+            continue
+        parts: list[Any]
+        if attn.is_cross_attention:
+            fused, parts = getattr(attn, "to_kv", None), [attn.to_k, attn.to_v]
+        else:
+            fused, parts = getattr(attn, "to_qkv", None), [attn.to_q, attn.to_k, attn.to_v]
+        if fused is None:  # pragma: no cover - diffusers always builds the fused layer
+            continue
+        start = 0
+        for part in parts:
+            end = start + part.out_features
+            part.weight = nn.Parameter(fused.weight.detach()[start:end], requires_grad=part.weight.requires_grad)
+            if part.bias is not None and fused.bias is not None:
+                part.bias = nn.Parameter(fused.bias.detach()[start:end], requires_grad=part.bias.requires_grad)
+            start = end
+
+
+def compile_regions(unet: Any, mode: str = "default") -> int:
+    """``torch.compile`` of the UNet's repeated blocks only (regional compilation, diffusers'
+    ``compile_repeated_blocks``): each ``BasicTransformerBlock`` is compiled in place, and as
+    they share their code, one compiled graph per shape serves all of them. The first image
+    pays seconds of compiling instead of the minutes a whole-UNet compile takes. Returns the
+    number of blocks compiled."""
+    blocks = set(getattr(unet, "_repeated_blocks", None) or ())
+    count = sum(1 for module in unet.modules() if type(module).__name__ in blocks)
+    if not count:
+        raise DiffusionLoadError(
+            f"diffusion.compile = true, but the {type(unet).__name__} declares no repeated blocks to "
+            "compile (diffusers' _repeated_blocks). Fix: set diffusion.compile = false."
+        )
+    unet.compile_repeated_blocks(mode=mode)
+    return count
+
+
+def attention_record(pipe: Any, device: str, dtype: Any) -> dict[str, Any]:
+    """Which attention runs: the UNet's and the VAE's processor classes (diffusers uses torch
+    SDPA through ``AttnProcessor2_0``, or ``FusedAttnProcessor2_0`` when fused), the SDPA
+    kernel torch picks for the UNet's head size in ``dtype`` on ``device``, and on CUDA the
+    SDPA kernels torch is allowed to pick from."""
+    record: dict[str, Any] = {}
+    for name in ("unet", "vae"):
+        processors = getattr(getattr(pipe, name, None), "attn_processors", None) or {}
+        classes = sorted({type(p).__name__ for p in processors.values()})
+        record[name] = classes[0] if len(classes) == 1 else classes
+    heads, head_dim = _attention_shape(pipe.unet)
+    if heads:
+        record["sdpa_kernel"] = sdpa_backend(device, dtype, heads=heads, head_dim=head_dim)
+        record["head_dim"] = head_dim
+    if device.startswith("cuda"):
+        record["sdpa_enabled"] = sdpa_enabled()
+    return record
+
+
+def _attention_shape(unet: Any) -> tuple[int, int]:
+    from diffusers.models.attention_processor import Attention
+
+    for module in unet.modules():
+        if isinstance(module, Attention) and module.heads:
+            return int(module.heads), int(module.inner_dim) // int(module.heads)
+    return 0, 0

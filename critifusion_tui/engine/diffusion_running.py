@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
     from PIL import Image
 
-__all__ = ["DiffusionRunning", "StepCallback", "img2img_step_count"]
+__all__ = ["DiffusionRunning", "StepCallback", "img2img_step_count", "vae_decode_dtype"]
 
 StepCallback = Callable[[int, int], Any]
 """``on_step(done, total)``: called after each denoising step, ``done`` in 1..total."""
@@ -64,6 +64,18 @@ def img2img_step_count(steps: int, strength: float) -> int:
     step). Note the float product: strength 29/100 at 100 steps runs 28 steps (0.29 * 100 < 29).
     """
     return min(int(int(steps) * float(strength)), int(steps))
+
+
+def vae_decode_dtype(vae: Any) -> torch.dtype:
+    """The dtype :meth:`DiffusionRunning.decode` runs ``vae`` in: float32 for a float16 VAE whose
+    config asks for the upcast (``force_upcast``: SDXL's VAE overflows in float16 and decodes
+    black or NaN), else the VAE's own dtype. bfloat16 has float32's exponent range, so a
+    bfloat16 VAE decodes as it is (diffusers' own pipelines decide the same way)."""
+    import torch
+
+    if vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False)):
+        return torch.float32
+    return vae.dtype
 
 
 def _cancel_requested(cancel: Any) -> bool:
@@ -80,7 +92,13 @@ def _cancel_requested(cancel: Any) -> bool:
 
 
 def _step_callback(what: str, on_step: StepCallback | None, cancel: Any) -> Callable[..., Any]:
-    """diffusers' ``callback_on_step_end``: report the step, then stop if a cancel was asked."""
+    """diffusers' ``callback_on_step_end``: report the step, then stop if a cancel was asked.
+
+    It reads only Python numbers (the step index and the pipeline's step count), never the
+    timestep ``t`` or a latent in ``kwargs``: reading a GPU tensor (``.item()``, ``.cpu()``,
+    ``bool(t)``) would make the CPU wait for the GPU after every step, and the GPU would idle
+    while the next step is queued.
+    """
 
     def on_step_end(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         total = int(pipe.num_timesteps)
@@ -281,7 +299,7 @@ class DiffusionRunning:
             vae = pipe.vae
 
             def call() -> Any:
-                needs_upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+                needs_upcast = vae_decode_dtype(vae) != vae.dtype
                 try:
                     if needs_upcast:
                         vae.to(dtype=torch.float32)

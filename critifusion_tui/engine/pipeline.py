@@ -212,6 +212,9 @@ class Run(RunFlow):
         ledger = store.manifest.setdefault("ledger", {"calls": [], "summary": summarize([])})
         self.criticore.ledger = ledger.setdefault("calls", [])
         self._latents: dict[str, Any] = {}
+        # The PNG bytes this process wrote, by stage: (file name, bytes). The critique sends
+        # them as they were encoded, without reading the file back.
+        self._pngs: dict[str, tuple[str, bytes]] = {}
         # The typed results of this process's stages: a re-run of one model keeps the others.
         self._results: dict[str, Any] = {}
         self.reopened = False  # set by Session.resume: the first stage run notes the resume
@@ -325,6 +328,7 @@ class Run(RunFlow):
         for name in (stage, *downstream(stage)):
             self.store.forget_stage(name)
             self._latents.pop(name, None)
+            self._pngs.pop(name, None)
 
     def _note_resume(self) -> None:
         """A reopened run starts working again: say so, with the settings it goes on with."""
@@ -561,10 +565,14 @@ class Run(RunFlow):
         return await self._stage(name, work, detail=f"{size}, {cfg.steps} steps")
 
     async def _save_png(self, stage: str, image, prompt: str, negative: str, seed: int) -> str:
-        """Encode and write the PNG off the loop (a 1024 px PNG takes a noticeable moment)."""
+        """Encode and write the PNG off the loop (a 1024 px PNG takes a noticeable moment),
+        keeping the bytes for the critique (encoded once; no read of the file back)."""
         label = "tiny-random: noise" if self.diffusion.is_tiny_random else ""
         chunks = {"prompt": prompt, "negative": negative, "seed": str(seed), "Software": f"critifusion-tui {__version__}"}
-        name = await asyncio.to_thread(self.store.write_png, spec(stage).image, image, chunks)
+        name = spec(stage).image
+        assert name is not None, f"the {stage} stage draws no image"  # the stage table names one for each drawing stage
+        data = await asyncio.to_thread(self.store.save_png, name, image, chunks)
+        self._pngs[stage] = (name, data)
         self._emit(ImageReady(stage, path=self.store.path(name), label=label))
         return name
 
@@ -603,7 +611,11 @@ class Run(RunFlow):
         record = self.store.stage(base)
         if record is None:
             raise RunFailed(name, f"the {base} stage has not run")
-        png = self.store.read_file(record["image"], f"stages.{base}.image")
+        kept = self._pngs.get(base)
+        if kept is not None and kept[0] == record["image"]:
+            png = kept[1]  # the bytes this process just wrote
+        else:
+            png = self.store.read_file(record["image"], f"stages.{base}.image")
         components = self.text("components") or []
 
         async def work() -> dict[str, Any]:

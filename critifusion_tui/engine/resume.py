@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 
 # What decides which diffusion model is loaded, and how: a run whose values differ needs
 # another load; one whose values agree shares the loaded model.
-LOAD_KEYS = ("model", "device", "dtype", "variant", "single_file_config", "cpu_offload", "vae_tiling", "compile")
+LOAD_KEYS = (
+    "model", "device", "dtype", "variant", "single_file_config", "cpu_offload", "vae_tiling",
+    "channels_last", "fuse_qkv", "compile", "compile_mode",
+)
 
 
 def same_model(a: Any, b: Any) -> bool:

@@ -9,6 +9,7 @@ stage the manifest marks done.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -265,13 +266,22 @@ class RunStore:
 
     def write_png(self, name: str, image, text: dict[str, str]) -> str:
         """Save a PIL image with `text` in its PNG text chunks; returns the relative path."""
+        self.save_png(name, image, text)
+        return name
+
+    def save_png(self, name: str, image, text: dict[str, str]) -> bytes:
+        """:meth:`write_png`, returning the file's bytes: encoded once, in memory, so a caller
+        that sends the image on (the critics) needs no read of the file back."""
         from PIL.PngImagePlugin import PngInfo
 
         info = PngInfo()
         for key, value in text.items():
             info.add_itxt(key, str(value))
-        atomic_write(self.folder / name, lambda f: image.save(f, format="PNG", pnginfo=info))
-        return name
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", pnginfo=info)
+        data = buffer.getvalue()
+        atomic_write(self.folder / name, lambda f: f.write(data))
+        return data
 
     def write_latent(self, name: str, latent) -> str:
         """Save a latent tensor (safetensors) so a refinement can be redone without the base."""
