@@ -154,7 +154,7 @@ def test_run_files_follow_the_umask(tmp_path, umask):
     store = new_store(tmp_path)
     store.write_png("base.png", Image.new("RGB", (8, 8), "red"), {"prompt": "a fox"})
     store.write_latent("base_latent.safetensors", torch.zeros(1, 4, 8, 8))
-    store.save_stage("base", {"image": "base.png", "latent": "base_latent.safetensors"})
+    store.save_stage("base", {"image": "base.png", "latent": "base_latent.safetensors", "prompt": "a fox", "negative": ""})
     store.finish()
     file_mode, folder_mode = 0o666 & ~umask, 0o777 & ~umask
     assert modes(store.folder) == {
