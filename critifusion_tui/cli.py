@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", choices=("auto", "kitty", "sixel", "halfblock", "none"),
         help="inline image protocol (default: tui.images, auto-detected)",
     )
+    tui.add_argument(
+        "--variants", choices=("full", "all"), default="full",
+        help="full: the method; all: also refine the base made from your own prompt (SPEC 7)",
+    )
 
     run = sub.add_parser(
         "run", parents=[common], help="run the whole method headless",
@@ -199,7 +203,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
     if refused:
         set_graphics_note(f"{MODE_NAMES[requested]} not drawn here: half-blocks")
-    code = run_app(loaded, prompt=args.prompt, image_mode=graphics.mode)
+    code = run_app(loaded, prompt=args.prompt, image_mode=graphics.mode, variants=getattr(args, "variants", "full"))
     if refused:
         print(f"critifusion: {refused}", file=sys.stderr)
     return code

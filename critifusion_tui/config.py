@@ -31,9 +31,9 @@ from pydantic import (
     model_validator,
 )
 
-from critifusion_tui.engine import instructions as _ins
+from critifusion_tui import instructions as _ins
 from critifusion_tui.presets import DEFAULT_NEGATIVE, PRESETS
-from critifusion_tui.providers.base import ModelRef, ModelRefError
+from critifusion_tui.model_refs import ModelRef, ModelRefError
 
 ENV_CONFIG = "CRITIFUSION_CONFIG"
 CONFIG_NAME = "config.toml"
@@ -134,7 +134,7 @@ def _check_inline_template(value: Any, info) -> Any:
     return value
 
 
-# One key per message template (engine/instructions.py), "" = the style's built-in text.
+# One key per message template (instructions.py), "" = the style's built-in text.
 InstructionsConfig = create_model(
     "InstructionsConfig",
     __base__=_InstructionsBase,

@@ -101,7 +101,7 @@ def config_checks(config_path, overrides):
 
 def instructions_check(settings) -> Check:
     """The instructions' style and the templates the config overrides (files already read)."""
-    from critifusion_tui.engine.instructions import InstructionError, Instructions
+    from critifusion_tui.instructions import InstructionError, Instructions
 
     try:
         instructions = Instructions.from_config(settings.criticore.instructions)

@@ -22,7 +22,9 @@ from critifusion_tui.engine.events import (
     Event,
     ImageReady,
     ModelLoaded,
+    ModelLoading,
     Notice,
+    StageCancelled,
     StageFailed,
     StageFinished,
     StageSkipped,
@@ -51,6 +53,8 @@ def describe(event: Event) -> str | None:
         return f"{tag} done in {event.seconds:.1f} s"
     if isinstance(event, StageFailed):
         return f"{tag} FAILED: {event.error}"
+    if isinstance(event, StageCancelled):
+        return f"{tag} cancelled after {event.seconds:.1f} s"
     if isinstance(event, StageSkipped):
         return f"{tag} skipped: {event.reason}"
     if isinstance(event, CandidateFinished):
@@ -60,6 +64,8 @@ def describe(event: Event) -> str | None:
         return f"{tag} {event.role} {event.model} answered{where} in {event.seconds:.1f} s"
     if isinstance(event, Notice):
         return f"{tag} {event.level}: {event.message}"
+    if isinstance(event, ModelLoading):
+        return f"{tag} loading {event.model}"
     if isinstance(event, ModelLoaded):
         return f"{tag} model: {event.summary}"
     if isinstance(event, ImageReady):
@@ -248,37 +254,6 @@ def read_prompts(path: Path, limit: int | None = None, category: str | None = No
     return read_prompt_file(path, limit=limit, category=category)
 
 
-def resumed_settings(manifest: dict[str, Any], current, overrides, where: str):
-    """The settings a resumed run goes on with: the run's own (plus any --set given now),
-    except the providers' connection settings (URLs, hosts, key variables), which always come
-    from the current configuration: a run folder may come from someone else. Returns the
-    settings and the provider keys whose recorded values differ (for a notice)."""
-    from critifusion_tui.config import apply_override, settings_for_manifest, validate
-
-    try:
-        data = json.loads(json.dumps(manifest.get("config", {})))
-    except RecursionError:
-        from critifusion_tui.config import ConfigError
-
-        raise ConfigError(f"{where}: config: nested too deeply") from None
-    recorded = data.pop("providers", None)
-    ours = settings_for_manifest(current)["providers"]
-    data["providers"] = current.model_dump(mode="json")["providers"]
-    for item in overrides:
-        apply_override(data, item)
-    settings = validate(data, where, "", overrides)
-    differ = []
-    if isinstance(recorded, dict):
-        for section, fields in ours.items():
-            theirs = recorded.get(section)
-            for key, value in fields.items():
-                if isinstance(theirs, dict) and key in theirs and theirs[key] != value:
-                    differ.append(f"providers.{section}.{key}")
-    elif recorded is not None:
-        differ.append("providers")
-    return settings, differ
-
-
 def folder_holds_run(folder: Path) -> bool:
     """Whether a batch's folder already has a manifest (an over-long name is "no")."""
     from critifusion_tui.engine.store import MANIFEST
@@ -301,32 +276,27 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
     remember_secrets(settings)
     notices: list[str] = []
     if args.resume:
+        from critifusion_tui.config import ConfigError
+        from critifusion_tui.engine.resume import resumed_settings
+
+        # Checked before anything starts, so a bad folder is a usage error (exit 2). The run
+        # itself is reopened by Session.resume, the same way the app reopens it.
         try:
             manifest = RunStore.open(Path(args.resume)).manifest
+            resumed_settings(manifest, settings, overrides, f"{args.resume}/{MANIFEST}")
         except StoreError as exc:
             say(f"critifusion: {exc}")
             return EXIT_USAGE
-        from critifusion_tui.config import ConfigError
-
-        # A resumed run goes on with its own settings (plus any --set given now), but with
-        # this configuration's providers: a folder never picks a server or a key variable.
-        try:
-            settings, differ = resumed_settings(manifest, settings, overrides, f"{args.resume}/{MANIFEST}")
         except ConfigError as exc:
             say(f"critifusion: configuration error\n{exc}")
             return EXIT_USAGE
-        if differ:
-            notices.append(
-                f"the run folder recorded other provider settings ({', '.join(differ)}); "
-                "this run uses the current configuration's"
-            )
 
     jobs: list[dict[str, Any]]
     if args.prompts:
         # Batches claim their prompts so several processes can share one (batch/runner.py).
         from critifusion_tui.batch.runner import run_batch
 
-        return run_batch(args, settings)
+        return run_batch(args, settings, overrides)
     if args.resume:
         jobs = [{"resume": Path(args.resume)}]
     elif args.replay:
@@ -377,7 +347,7 @@ def run_command(args, loaded, overrides: list[str] = ()) -> int:
         from critifusion_tui.engine.pipeline import Session
 
         catch_stop_signals(asyncio.get_running_loop(), asyncio.current_task())
-        session = Session(settings)
+        session = Session(settings, overrides=overrides)
         for text in notices:
             reporter(Notice("", "warning", text))
         if session.diffusion.is_tiny_random:

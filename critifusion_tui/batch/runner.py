@@ -71,7 +71,7 @@ def _manifest(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def run_batch(args, settings) -> int:
+def run_batch(args, settings, overrides=()) -> int:
     from critifusion_tui.batch import ranks
     from critifusion_tui.batch.progress import make_batch_reporter
     from critifusion_tui.batch.summary import last_launch_of
@@ -128,7 +128,7 @@ def run_batch(args, settings) -> int:
         with suppress(NotImplementedError, RuntimeError):
             if task is not None:
                 loop.add_signal_handler(signal.SIGTERM, task.cancel)
-        session = Session(settings)
+        session = Session(settings, overrides=overrides)
         if session.diffusion.is_tiny_random and place.main:
             reporter(Notice("", "warning", "diffusion.model is tiny-random: the images are noise"))
         board = ClaimBoard(out, rank=place.rank, launch=place.launch).start()

@@ -12,7 +12,7 @@ Every stage can be re-run alone with edited inputs, and `only=` re-asks some mod
 keeping the other answers of a previous result. A model listed twice in a role is asked twice
 and keeps both answers, the second under ``<ref>#2``.
 
-The messages are the templates of ``engine/instructions.py`` (our words for what SPEC.md asks);
+The messages are the templates of ``instructions.py`` (our words for what SPEC.md asks);
 the numbers (temperatures, token limits, counts) are the method's.
 """
 
@@ -46,8 +46,8 @@ from critifusion_tui.engine.events import (
     Notice,
     ignore,
 )
-from critifusion_tui.engine.instructions import DEFAULT_INSTRUCTIONS, Instructions
-from critifusion_tui.engine.instructions import DEFAULTS as DEFAULT_TEMPLATES
+from critifusion_tui.instructions import DEFAULT_INSTRUCTIONS, Instructions
+from critifusion_tui.instructions import DEFAULTS as DEFAULT_TEMPLATES
 from critifusion_tui.engine.prompts import (
     dedup_keep_order,
     negative_tags,
@@ -58,6 +58,7 @@ from critifusion_tui.engine.prompts import (
 )
 from critifusion_tui.engine.tokens import clip77_strict
 from critifusion_tui.engine.ledger import estimate_tokens
+from critifusion_tui.engine.offline import rules_components, rules_critique, rules_tags
 from critifusion_tui.providers.base import (
     ChatResult,
     ModelRef,
@@ -68,7 +69,6 @@ from critifusion_tui.providers.base import (
     system,
     user,
 )
-from critifusion_tui.providers.rules import rules_components, rules_critique, rules_tags
 
 __all__ = [
     "Answer", "ComponentsResult", "CritiCore", "Critic", "CritiqueResult", "TagsResult",
@@ -88,7 +88,7 @@ MAX_ISSUES = 5
 DIVIDER = "\n---\n"
 FAILED_EXCERPT = 2000  # characters of a failed answer kept in the manifest
 
-# --- What each call asks: the templates live in engine/instructions.py ---------------------
+# --- What each call asks: the templates live in instructions.py ---------------------
 # (kept here under their old names for code that imported them from this module)
 
 TAGS_SYSTEM = DEFAULT_TEMPLATES["tags_system"].text
@@ -568,6 +568,14 @@ class CritiCore:
                 Notice(stage, "warning", f"{len(failed)} of {len(answers)} {role}s failed: {who}; going on with the others")
             )
 
+    def _retry_changed_nothing(self, stage: str, only, previous, now: list, before: Callable[[Any], list]) -> bool:
+        """A retry of some models (`only`) that left the usable answers as they were: the
+        merge stands, so the aggregator is not asked again (and nothing downstream changes)."""
+        if only is None or previous is None or now != before(previous):
+            return False
+        self.emit(Notice(stage, "info", "the retry changed no usable answer: the merged result stands (no aggregator asked)"))
+        return True
+
     def _nothing_to_merge(self, stage: str, answer: Answer) -> None:
         self.emit(Notice(stage, "info", f"only {answer.model} answered usably: nothing to merge, no aggregator asked"))
 
@@ -596,6 +604,8 @@ class CritiCore:
         self._report_failures("tags", answers, "candidate")
         usable = [a for a in answers if a.ok]
         texts = [_tags_text(a) for a in usable]
+        if self._retry_changed_nothing("tags", only, previous, texts, lambda r: [_tags_text(a) for a in r.candidates if a.ok]):
+            return replace(previous, candidates=answers)
         attempts: list[Answer] = []
         if not texts:
             # SPEC 1.5: nobody answered, so the prompt and the seed tags are the positive.
@@ -666,6 +676,8 @@ class CritiCore:
         self._report_failures("components", answers, "candidate")
         usable = [a for a in answers if a.ok]
         lists = [_items(a) for a in usable]
+        if self._retry_changed_nothing("components", only, previous, lists, lambda r: [_items(a) for a in r.candidates if a.ok]):
+            return replace(previous, candidates=answers)
         attempts: list[Answer] = []
         components: list[str] = []
         source = "fallback"
@@ -752,6 +764,9 @@ class CritiCore:
         critics = [parse_critic(a, image_prompt, alignment=ask_alignment) if a.ok else Critic(a) for a in answers]
         self._report_failures("critique", [c.answer for c in critics], "critic")
         usable = [c for c in critics if c.answer.ok]
+        said = [c.answer.text for c in usable]
+        if self._retry_changed_nothing("critique", only, previous, said, lambda r: [c.answer.text for c in r.critics if c.answer.ok]):
+            return replace(previous, critics=critics)
         alignments = [c.alignment for c in usable if c.alignment is not None]
         alignment = round(sum(alignments) / len(alignments), 1) if alignments else None
         attempts: list[Answer] = []

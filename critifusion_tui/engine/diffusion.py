@@ -11,44 +11,23 @@ SDXL twice; we don't. Each pipeline gets its own scheduler object (schedulers ar
 cheap, and hold no weights), both DPM-Solver++ multistep with Karras sigmas, built from the
 loaded scheduler's config (SPEC 3).
 
-Latents (diffusers 0.42.1, checked in its source):
-
-* ``StableDiffusionXLPipeline(..., output_type="latent").images`` returns the denoised latents
-  exactly as the UNet works on them, i.e. in the *scaled* latent space
-  ``z = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor``; with
-  output_type="pil" diffusers divides by ``scaling_factor`` before ``vae.decode``. No scaling is
-  applied on the way out. So the returned latent is SPEC 0's latent: "already multiplied by
-  the VAE scaling factor" (0.13025 for SDXL, 0.18215 for SD 1.x).
-* ``StableDiffusionXLImg2ImgPipeline(image=<tensor with 4 channels>)`` treats the tensor as
-  latents: ``VaeImageProcessor.preprocess`` passes a tensor whose channel count equals
-  ``vae_latent_channels`` (4) through unchanged, and ``prepare_latents`` takes
-  ``init_latents = image`` without encoding and without multiplying by ``scaling_factor``
-  (only a 3-channel image is encoded and then multiplied). It then adds noise for the first
-  kept timestep. So the base latent goes back in as-is, in the same scaled space.
-  The SD 1.5 pipelines behave the same (``image.shape[1] == 4``).
-* VAEs whose config has ``latents_mean``/``latents_std`` (not SDXL base's) are normalised as
-  ``(z - mean) * scaling_factor / std`` on the way in; :meth:`Diffusion.decode` inverts that
-  the way diffusers does (``z * std / scaling_factor + mean``), else ``z / scaling_factor``.
-* img2img runs ``int(steps * strength)`` of the ``steps`` scheduler steps (diffusers'
-  ``get_timesteps``): 50 steps at strength 0.74 run 37. :meth:`Diffusion.planned_steps`
-  computes that count from the scheduler, and ``on_step`` reports it as the total.
-
-Progress and cancellation go through ``callback_on_step_end``: after every denoising step the
-engine calls ``on_step(done, total)`` (``done`` = steps finished so far, 1..total) and then
-checks ``cancel``; a cancel raises :class:`DiffusionCancelled` inside the callback, which
-diffusers lets propagate at once (no further step, no decode).
+The running (base latents, img2img latents, decode; progress, cancel, out of memory) is
+:class:`~critifusion_tui.engine.diffusion_running.DiffusionRunning`, mixed in below; device and
+dtype resolution is ``engine/devices.py``, the load plan ``engine/model_source.py``, building
+the pipeline ``engine/diffusion_loading.py``, the errors ``engine/diffusion_errors.py``. The
+names other code imports from here (``Diffusion``, the errors, ``StepCallback``,
+``img2img_step_count``, ``resolve_device``, ``resolve_dtype``) stay importable from here.
 """
 
 from __future__ import annotations
 
-import gc
-import re
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from critifusion_tui.engine.devices import is_oom, resolve_device, resolve_dtype
 from critifusion_tui.engine.diffusion_errors import (
+    OOM_HINT,
     DiffusionCancelled,
     DiffusionError,
     DiffusionLoadError,
@@ -56,6 +35,7 @@ from critifusion_tui.engine.diffusion_errors import (
 )
 from critifusion_tui.engine.diffusion_errors import first_line as _first_line
 from critifusion_tui.engine.diffusion_loading import QuietLibraries, build_pipeline, pipeline_classes
+from critifusion_tui.engine.diffusion_running import DiffusionRunning, StepCallback, img2img_step_count
 from critifusion_tui.engine.load_output import CapturedOutput, capture_output
 from critifusion_tui.engine.model_source import LoadPlan, plan_load
 from critifusion_tui.engine.scheduler_plan import scheduler_overrides
@@ -63,7 +43,6 @@ from critifusion_tui.engine.tiny_sdxl import is_tiny_folder, is_tiny_name
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
-    from PIL import Image
 
 __all__ = [
     "Diffusion",
@@ -77,131 +56,8 @@ __all__ = [
     "resolve_dtype",
 ]
 
-StepCallback = Callable[[int, int], Any]
-"""``on_step(done, total)``: called after each denoising step, ``done`` in 1..total."""
 
-_DTYPE_NAMES = {
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-}
-# Config keys (proposed) that the out-of-memory message points at.
-OOM_HINT = (
-    "Settings that help: diffusion.cpu_offload = true (keeps only the running model on the GPU), "
-    "diffusion.vae_tiling = true (decodes the image in tiles), a smaller diffusion.width/height, "
-    'or diffusion.dtype = "float16".'
-)
-
-
-def img2img_step_count(steps: int, strength: float) -> int:
-    """Steps an img2img call really runs: diffusers' ``min(int(steps * strength), steps)``.
-
-    Pure arithmetic (no torch), for front ends that size a progress bar before the model is
-    loaded; equals :meth:`Diffusion.planned_steps` for DPM-Solver (one timestep per step).
-    Note the float product: strength 29/100 at 100 steps runs 28 steps (0.29 * 100 < 29).
-    """
-    return min(int(int(steps) * float(strength)), int(steps))
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when available, else ``mps``, else ``cpu``; an explicit device is checked."""
-    import torch
-
-    name = (device or "auto").strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return "mps"
-        return "cpu"
-    if name == "cpu":
-        return "cpu"
-    if re.fullmatch(r"cuda(:\d+)?", name):
-        if not torch.cuda.is_available():
-            raise DiffusionLoadError(
-                f'diffusion.device is "{device}" but this torch build sees no CUDA GPU '
-                f"(torch {torch.__version__}). Fix: set diffusion.device = \"auto\" or \"cpu\", "
-                "or install a CUDA build of torch."
-            )
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise DiffusionLoadError(
-                f'diffusion.device is "{device}" but only {torch.cuda.device_count()} CUDA '
-                'device(s) exist. Fix: use "cuda" or "cuda:0".'
-            )
-        return name
-    if name == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise DiffusionLoadError(
-                'diffusion.device is "mps" but Apple Metal is not available here. '
-                'Fix: set diffusion.device = "auto" or "cpu".'
-            )
-        return "mps"
-    raise DiffusionLoadError(
-        f"unknown diffusion.device {device!r}: expected auto, cpu, mps, cuda or cuda:N"
-    )
-
-
-def resolve_dtype(dtype: Any = "auto", device: str = "cpu") -> torch.dtype:
-    """``auto`` -> float16 on CUDA and MPS, float32 on the CPU; float16 on the CPU is refused."""
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        resolved = dtype
-    else:
-        name = str(dtype or "auto").strip().lower().removeprefix("torch.")
-        if name == "auto":
-            return torch.float32 if device == "cpu" else torch.float16
-        if name not in _DTYPE_NAMES:
-            raise DiffusionLoadError(
-                f"unknown diffusion.dtype {dtype!r}: expected auto, float16, bfloat16 or float32"
-            )
-        resolved = getattr(torch, _DTYPE_NAMES[name])
-    if resolved not in (torch.float16, torch.bfloat16, torch.float32):
-        raise DiffusionLoadError(f"diffusion.dtype {resolved} is not supported")
-    if device == "cpu" and resolved == torch.float16:
-        raise DiffusionLoadError(
-            "float16 is not supported for diffusion on the CPU (slow or missing kernels). "
-            'Fix: set diffusion.dtype = "auto" (float32) or "bfloat16".'
-        )
-    return resolved
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    kinds = tuple(
-        t
-        for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
-        if isinstance(t, type)
-    )
-    if kinds and isinstance(exc, kinds):
-        return True
-    # MPS and some allocators raise a plain RuntimeError ("MPS backend out of memory").
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def _cancel_requested(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    is_set = getattr(cancel, "is_set", None)  # threading.Event, asyncio.Event
-    if callable(is_set):
-        return bool(is_set())
-    if callable(cancel):
-        return bool(cancel())
-    raise TypeError(
-        f"cancel must be a callable returning bool or an object with is_set(), got {type(cancel).__name__}"
-    )
-
-
-class Diffusion:
+class Diffusion(DiffusionRunning):
     """SDXL / SD 1.5 diffusion for one session: load once, base latent, img2img latent, decode.
 
     ``model`` is a Hugging Face hub id (read from the cache's snapshot folder with no request;
@@ -416,7 +272,7 @@ class Diffusion:
             try:
                 self._assemble(pipe, plan.kind, plan.device, dtype)
             except Exception as exc:
-                if not _is_oom(exc):
+                if not is_oom(exc):
                     raise
                 detail = _first_line(exc)
             if detail is not None:  # outside the except block: the frames are released
@@ -488,254 +344,3 @@ class Diffusion:
             limit = getattr(enc.config, "max_position_embeddings", None)
             if limit and (tok.model_max_length is None or tok.model_max_length > limit):
                 tok.model_max_length = int(limit)
-
-    # ------------------------------------------------------------------ running
-
-    def generator(self, seed: int) -> torch.Generator:
-        """A ``torch.Generator`` on the execution device, seeded (also for the fusion noise)."""
-        import torch
-
-        device = self.device
-        return torch.Generator(device=device).manual_seed(int(seed))
-
-    def planned_steps(self, steps: int, strength: float | None = None) -> int:
-        """Denoising steps a call will run: ``steps`` for a base image, and for img2img the
-        scheduler's last ``int(steps * strength)`` steps (what diffusers' get_timesteps keeps)."""
-        steps = int(steps)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        self.load()
-        with self._lock:
-            planner = self._planner
-            planner.set_timesteps(steps)
-            timesteps = planner.timesteps
-        if strength is None:
-            return len(timesteps)
-        strength = float(strength)
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
-        init = min(int(steps * strength), steps)
-        t_start = max(steps - init, 0)
-        return len(timesteps[t_start * planner.order :])
-
-    def _check_size(self, width: int | None, height: int | None) -> tuple[int, int]:
-        default_w, default_h = self.default_size
-        width = default_w if width is None else int(width)
-        height = default_h if height is None else int(height)
-        factor = self.vae_scale_factor
-        if width < factor or height < factor or width % factor or height % factor:
-            raise ValueError(f"width and height must be positive multiples of {factor}, got {width}x{height}")
-        return width, height
-
-    def _use(self, pipe: Any) -> Any:
-        # With model offload both pipelines would fight over the hooks of the shared modules:
-        # only the pipeline about to run holds them.
-        if self.cpu_offload and self._offload_owner is not pipe:
-            pipe.enable_model_cpu_offload(device=self._device)
-            self._offload_owner = pipe
-        return pipe
-
-    def _callback(self, what: str, on_step: StepCallback | None, cancel: Any) -> Callable[..., Any]:
-        def on_step_end(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            total = int(pipe.num_timesteps)
-            if on_step is not None:
-                on_step(i + 1, total)
-            if _cancel_requested(cancel):
-                raise DiffusionCancelled(i + 1, total, what)
-            return kwargs
-
-        return on_step_end
-
-    def _run(self, pipe: Any, what: str, call: Callable[[], Any]) -> Any:
-        """Run ``call``; an out-of-memory error becomes :class:`DiffusionOutOfMemory`.
-
-        The original exception (whose traceback holds the run's tensors) is dropped before the
-        cache is emptied, so the memory really comes back and the engine stays usable.
-        """
-        detail: str | None = None
-        try:
-            return call()
-        except BaseException as exc:
-            if not _is_oom(exc):
-                self._release_offload(pipe)
-                raise
-            detail = _first_line(exc)
-        # Outside the except block: the exception and its frames are gone.
-        self._release_offload(pipe)
-        self._free_memory()
-        raise DiffusionOutOfMemory(
-            f"Out of GPU memory during the {what} on {self._device} ({self._dtype}). {OOM_HINT} "
-            f"The engine is still usable. ({detail})"
-        )
-
-    def _release_offload(self, pipe: Any) -> None:
-        # A pipeline stopped by an exception never reached maybe_free_model_hooks().
-        if self.cpu_offload and pipe is not None:
-            try:
-                pipe.maybe_free_model_hooks()
-            except Exception:  # pragma: no cover - best effort on an error path
-                pass
-
-    def _free_memory(self) -> None:
-        gc.collect()
-        try:
-            import torch
-        except ImportError:  # pragma: no cover
-            return
-        device = self._device or ""
-        if device.startswith("cuda") and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        elif device == "mps" and hasattr(torch, "mps"):
-            torch.mps.empty_cache()
-
-    def base_latent(
-        self,
-        prompt: str,
-        negative: str | None = None,
-        *,
-        width: int | None = None,
-        height: int | None = None,
-        steps: int = 50,
-        guidance: float = 4.5,
-        seed: int,
-        on_step: StepCallback | None = None,
-        cancel: Any = None,
-    ) -> torch.Tensor:
-        """Text to latent (SPEC 3): a (1, 4, height/8, width/8) latent in the scaled space.
-
-        ``width``/``height`` default to the model's own size (1024 for SDXL). The seed goes
-        through a ``torch.Generator`` on the execution device.
-        """
-        import torch
-
-        self.load()
-        width, height = self._check_size(width, height)
-        if int(steps) < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        with self._lock:
-            if _cancel_requested(cancel):
-                raise DiffusionCancelled(0, 0, "base image")
-            pipe = self._use(self._txt2img)
-
-            def call() -> Any:
-                # no_grad, not inference_mode: inference tensors refuse later in-place updates.
-                with torch.no_grad():
-                    return pipe(
-                        prompt=prompt,
-                        negative_prompt=negative,
-                        width=width,
-                        height=height,
-                        num_inference_steps=int(steps),
-                        guidance_scale=float(guidance),
-                        generator=self.generator(seed),
-                        output_type="latent",
-                        callback_on_step_end=self._callback("base image", on_step, cancel),
-                    ).images
-
-            return self._run(pipe, "base image", call)
-
-    def img2img_latent(
-        self,
-        latent: torch.Tensor,
-        prompt: str,
-        negative: str | None = None,
-        *,
-        strength: float,
-        guidance: float,
-        steps: int,
-        seed: int,
-        on_step: StepCallback | None = None,
-        cancel: Any = None,
-    ) -> torch.Tensor:
-        """Latent to latent (SPEC 6.1): noise ``latent`` to ``strength`` and denoise it again.
-
-        ``latent`` is a base latent as :meth:`base_latent` returns it (scaled space); diffusers
-        takes a 4-channel tensor as latents and does not re-encode or re-scale it. Runs
-        :meth:`planned_steps` ``(steps, strength)`` steps; fewer than one is a ``ValueError``.
-        """
-        import torch
-
-        self.load()
-        if not isinstance(latent, torch.Tensor) or latent.ndim != 4:
-            raise ValueError("latent must be a (B, C, H, W) tensor")
-        channels = int(self._txt2img.unet.config.in_channels)
-        if latent.shape[1] != channels:
-            raise ValueError(f"latent must have {channels} channels, got shape {tuple(latent.shape)}")
-        planned = self.planned_steps(steps, strength)
-        if planned < 1:
-            raise ValueError(
-                f"img2img at strength {strength} with {steps} steps would run int(steps * strength)"
-                " = 0 steps: raise the strength or the steps"
-            )
-        with self._lock:
-            if _cancel_requested(cancel):
-                raise DiffusionCancelled(0, 0, "refinement")
-            pipe = self._use(self._img2img)
-
-            def call() -> Any:
-                with torch.no_grad():
-                    return pipe(
-                        prompt=prompt,
-                        negative_prompt=negative,
-                        image=latent,
-                        strength=float(strength),
-                        num_inference_steps=int(steps),
-                        guidance_scale=float(guidance),
-                        generator=self.generator(seed),
-                        output_type="latent",
-                        callback_on_step_end=self._callback("refinement", on_step, cancel),
-                    ).images
-
-            return self._run(pipe, "refinement", call)
-
-    def decode(self, latent: torch.Tensor) -> Image.Image:
-        """Latent (scaled space, batch of one) to a PIL image (SPEC 6.3).
-
-        Divides by ``vae.config.scaling_factor`` (or undoes latents_mean/std normalisation),
-        decodes in float32 when the VAE is float16 and its config asks for upcasting
-        (``force_upcast``), then casts the VAE back.
-        """
-        import torch
-        from diffusers.utils.torch_utils import get_module_execution_device
-
-        self.load()
-        if not isinstance(latent, torch.Tensor):
-            raise TypeError("decode takes a latent tensor")
-        if latent.ndim == 3:
-            latent = latent.unsqueeze(0)
-        if latent.ndim != 4 or latent.shape[0] != 1:
-            raise ValueError(f"decode takes one latent of shape (1, C, H, W), got {tuple(latent.shape)}")
-        with self._lock:
-            pipe = self._use(self._txt2img)
-            vae = pipe.vae
-
-            def call() -> Any:
-                needs_upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-                try:
-                    if needs_upcast:
-                        vae.to(dtype=torch.float32)
-                    with torch.no_grad():
-                        z = latent.to(device=get_module_execution_device(vae), dtype=vae.dtype)
-                        mean = getattr(vae.config, "latents_mean", None)
-                        std = getattr(vae.config, "latents_std", None)
-                        scale = float(vae.config.scaling_factor)
-                        if mean is not None and std is not None:
-                            shape = (1, z.shape[1], 1, 1)
-                            mean_t = torch.tensor(mean, device=z.device, dtype=z.dtype).view(shape)
-                            std_t = torch.tensor(std, device=z.device, dtype=z.dtype).view(shape)
-                            z = z * std_t / scale + mean_t
-                        else:
-                            z = z / scale
-                        image = vae.decode(z, return_dict=False)[0]
-                        if getattr(pipe, "watermark", None) is not None:
-                            image = pipe.watermark.apply_watermark(image)
-                        return pipe.image_processor.postprocess(image.float(), output_type="pil")[0]
-                finally:
-                    if needs_upcast:
-                        vae.to(dtype=torch.float16)
-
-            try:
-                return self._run(pipe, "decode", call)
-            finally:
-                if self.cpu_offload:
-                    self._release_offload(pipe)

@@ -5,7 +5,21 @@ Every message is meant for the user as it is: what went wrong, where, and the fi
 
 from __future__ import annotations
 
-__all__ = ["DiffusionCancelled", "DiffusionError", "DiffusionLoadError", "DiffusionOutOfMemory", "first_line"]
+__all__ = [
+    "OOM_HINT",
+    "DiffusionCancelled",
+    "DiffusionError",
+    "DiffusionLoadError",
+    "DiffusionOutOfMemory",
+    "first_line",
+]
+
+# The settings an out-of-memory message points at (loading and running both say it).
+OOM_HINT = (
+    "Settings that help: diffusion.cpu_offload = true (keeps only the running model on the GPU), "
+    "diffusion.vae_tiling = true (decodes the image in tiles), a smaller diffusion.width/height, "
+    'or diffusion.dtype = "float16".'
+)
 
 
 def first_line(exc: BaseException) -> str:

@@ -12,13 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The stages of one run, in order (SPEC 1, 2, 3, 4, 6).
-STAGES = ("tags", "components", "base", "critique", "refine")
-
 
 @dataclass(frozen=True)
 class Event:
-    """Base of all events; `stage` is one of STAGES, or "" for run-wide events."""
+    """Base of all events; `stage` is a stage of the table (engine/stages.py), or "" for run-wide events."""
 
     stage: str
 
@@ -37,6 +34,13 @@ class StageFinished(Event):
 @dataclass(frozen=True)
 class StageFailed(Event):
     error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class StageCancelled(Event):
+    """A person (or a signal) stopped the stage before it completed; not a failure."""
+
     seconds: float = 0.0
 
 
@@ -96,6 +100,13 @@ class GateOpened(Event):
     """The run waits for a person: `fields` holds what they may edit before it goes on."""
 
     fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelLoading(Event):
+    """The diffusion model started loading (seconds, for a real one): `model` as configured."""
+
+    model: str = ""
 
 
 @dataclass(frozen=True)

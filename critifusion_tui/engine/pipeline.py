@@ -30,48 +30,29 @@ from critifusion_tui import __version__
 from critifusion_tui.engine.criticore import CritiCore, CritiqueResult
 from critifusion_tui.engine.events import (
     DiffusionStep,
-    ModelLoaded,
     Emit,
     Event,
-    GateOpened,
     ImageReady,
+    ModelLoaded,
+    ModelLoading,
     Notice,
+    StageCancelled,
     StageFailed,
     StageFinished,
     StageSkipped,
     StageStarted,
     ignore,
 )
+from critifusion_tui.engine.flow import RunFlow
 from critifusion_tui.engine.ledger import summarize
 from critifusion_tui.engine.model_source import load_summary
 from critifusion_tui.engine.output_checks import black_image, latent_problem, likely_cause, shape_problem
+from critifusion_tui.engine.stages import Stage, branch, downstream, readers_of, spec, writer_of
 from critifusion_tui.engine.store import RunStore, StoreError, timestamp
 from critifusion_tui.redact import configure as remember_secrets
 from critifusion_tui.redact import redact_fields
 
 VARIANTS = ("full", "all")
-# The stages of the full method, and of the comparison branch that refines the base made
-# from the user's own prompt (SPEC 7, "criticore_on_original__specfusion").
-FULL_STAGES = ("tags", "components", "base", "critique", "refine")
-ORIGINAL_STAGES = ("base_original", "critique_original", "refine_original")
-# A stage's outputs feed the stages after it: re-running one forgets these.
-DOWNSTREAM = {
-    "tags": ("base", "critique", "refine"),
-    "components": ("critique", "refine", "critique_original", "refine_original"),
-    "base": ("critique", "refine"),
-    "critique": ("refine",),
-    "refine": (),
-    "base_original": ("critique_original", "refine_original"),
-    "critique_original": ("refine_original",),
-    "refine_original": (),
-}
-LATENT_FILE = {"base": "base_latent.safetensors", "base_original": "base_original_latent.safetensors"}
-IMAGE_FILE = {
-    "base": "base.png",
-    "refine": "refined.png",
-    "base_original": "base_original.png",
-    "refine_original": "refined_original.png",
-}
 
 
 class RunFailed(Exception):
@@ -85,7 +66,7 @@ class RunFailed(Exception):
 
 # A gate shows `fields` to a person and returns them, edited or not. It may also return
 # {"skip_critique": True} at the "tags" gate.
-Gate = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+GateCallback = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 async def pass_through(name: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -105,15 +86,31 @@ def versions(model: str) -> dict[str, str]:
 class Session:
     """What outlives one run: settings, the provider clients, the loaded diffusion model."""
 
-    def __init__(self, settings, *, router=None, diffusion=None) -> None:
+    def __init__(self, settings, *, router=None, diffusion=None, make_diffusion=None, overrides=()) -> None:
         from critifusion_tui.engine.diffusion import Diffusion
+        from critifusion_tui.engine.offline import with_rules
         from critifusion_tui.providers.router import ProviderRouter
 
         self.settings = settings
+        # The --set overrides of this process: a reopened run applies them on its own settings.
+        self.overrides = list(overrides)
         remember_secrets(settings)
-        self.router = router or ProviderRouter(settings)
-        self.diffusion = diffusion or Diffusion.from_config(settings.diffusion)
+        self.router = router or with_rules(ProviderRouter(settings))  # `rules` is the engine's own
+        # How a diffusion model is made (the app captures only fd 1 while loading).
+        self._make_diffusion = make_diffusion or Diffusion.from_config
+        self.diffusion = diffusion or self._make_diffusion(settings.diffusion)
+        self._diffusion_config = settings.diffusion
         self._scorers = None
+
+    def diffusion_for(self, cfg) -> Any:
+        """The diffusion model for a run's `cfg`: the loaded one when it loads the same model
+        the same way, else a new one that replaces it (one model in memory at a time)."""
+        from critifusion_tui.engine.resume import same_model
+
+        if not same_model(cfg, self._diffusion_config):
+            self.diffusion = self._make_diffusion(cfg)
+            self._diffusion_config = cfg
+        return self.diffusion
 
     @property
     def scorers(self):
@@ -152,14 +149,28 @@ class Session:
         )
         return Run(self, store, emit=emit)
 
-    def resume(self, folder: Path, *, emit: Emit = ignore) -> Run:
-        """Reopen a run folder; the stages it completed are not run again.
+    def resume(self, folder: Path, *, emit: Emit = ignore, overrides=None) -> Run:
+        """Reopen a run folder the same way for every front end; the stages it completed are
+        not run again.
 
-        Opening changes nothing on disk (the app reopens runs just to look at them). When a
-        stage of the reopened run starts, the manifest's config becomes this session's
-        settings (the run's own, plus any override given now) and the resume is noted.
+        The run goes on with its own method settings (sizes, steps, seeds, models), plus this
+        session's ``--set`` overrides (or `overrides`), and with the current configuration's
+        provider connections, never the folder's recorded URLs or key variables
+        (engine/resume.py). What differs from the current configuration is in
+        ``run.differences`` and said as notices when the run starts working again. Opening
+        changes nothing on disk (the app reopens runs just to look at them). Raises
+        StoreError for a folder that is no readable run, ConfigError for its settings.
         """
-        run = Run(self, RunStore.open(folder), emit=emit)
+        from critifusion_tui.engine.resume import resumed_settings
+        from critifusion_tui.engine.store_paths import MANIFEST
+
+        store = RunStore.open(folder)
+        where = f"{folder}/{MANIFEST}"
+        settings, differences = resumed_settings(
+            store.manifest, self.settings, self.overrides if overrides is None else overrides, where
+        )
+        run = Run(self, store, emit=emit, settings=settings)
+        run.differences = differences
         run.reopened = True
         return run
 
@@ -179,14 +190,24 @@ class RefineParams:
     alignment: float | None = None
 
 
-class Run:
+class Run(RunFlow):
     """One prompt through the method, stage by stage, saved as it goes."""
 
-    def __init__(self, session: Session, store: RunStore, *, emit: Emit = ignore) -> None:
+    def __init__(self, session: Session, store: RunStore, *, emit: Emit = ignore, settings=None) -> None:
         self.session = session
         self.store = store
         self.emit = emit
-        self.criticore = CritiCore.from_settings(session.router, session.settings, emit=self._emit)
+        # A new run uses the session's settings; a reopened one its own (Session.resume).
+        self.settings = settings or session.settings
+        self.differences: list[str] = []
+        self.criticore = CritiCore.from_settings(session.router, self.settings, emit=self._emit)
+        # New values the models wrote for prompts the person had edited (see _set_prompt),
+        # and what the models last wrote per prompt.
+        self.proposals: dict[str, dict[str, Any]] = {}
+        self._written: dict[str, Any] = {}
+        # What the flow needs (engine/flow.py): the person's skip choice, the step in flight.
+        self.skip_critique_next = False
+        self._step_task = None
         # The ledger's calls live in the manifest (a resumed run goes on adding to them).
         ledger = store.manifest.setdefault("ledger", {"calls": [], "summary": summarize([])})
         self.criticore.ledger = ledger.setdefault("calls", [])
@@ -223,8 +244,9 @@ class Run:
     # ---------------------------------------------------------------- plumbing
 
     @property
-    def settings(self):
-        return self.session.settings
+    def diffusion(self):
+        """The diffusion model this run's settings ask for (loaded once per session)."""
+        return self.session.diffusion_for(self.settings.diffusion)
 
     @property
     def prompt(self) -> str:
@@ -242,16 +264,50 @@ class Run:
         # Every front end hears events from here: one redaction step for all of them.
         self.emit(redact_fields(event))
 
-    def done(self, stage: str) -> bool:
-        return self.store.stage(stage) is not None
-
     def text(self, name: str) -> Any:
         """The current value of a steerable prompt (positive, negative, components, refinement)."""
         entry = self.prompts.get(name)
         return entry["value"] if entry else None
 
     def _set_prompt(self, name: str, value: Any, by: str) -> None:
+        """A model (or a rule) wrote `name`. A value the person edited is never replaced
+        silently: when the models now say something new, it waits in :attr:`proposals`
+        for the person to take (:meth:`take_proposal`) or leave. A changed value makes the
+        stages that read it stale."""
+        entry = self.prompts.get(name)
+        before_model = self._model_value(name)
+        self._written[name] = value
+        if entry is not None and entry.get("by") == "user":
+            if _as_text(value) != _as_text(before_model) and _as_text(value) != _as_text(entry.get("value")):
+                self.proposals[name] = {"value": value, "by": by}
+                self._emit(Notice(
+                    writer_of(name), "warning",
+                    f"{by} wrote a new {name} prompt; your edit is kept until you choose between them",
+                ))
+            return
         self.prompts[name] = {"value": value, "by": by}
+        if entry is not None and entry.get("value") != value:
+            for stage in readers_of(name):
+                self.forget(stage)
+
+    def _model_value(self, name: str) -> Any:
+        """What the models last wrote for `name` (before any edit of the person)."""
+        if name in self._written:
+            return self._written[name]
+        entry = self.prompts.get(name)
+        if entry is not None and entry.get("by") != "user":
+            return entry.get("value")
+        first_edit = next((e for e in self.store.manifest.get("edits", []) if e.get("field") == name), None)
+        return first_edit.get("before") if first_edit else None
+
+    def take_proposal(self, name: str) -> None:
+        """Use the models' new value of `name` instead of the person's edit (recorded as an edit)."""
+        proposal = self.proposals.pop(name)
+        self.edit(name, proposal["value"], by=proposal["by"])
+
+    def drop_proposal(self, name: str) -> None:
+        """Keep the person's edit of `name`; the models' new value is left."""
+        self.proposals.pop(name, None)
 
     def edit(self, name: str, value: Any, by: str = "user") -> None:
         """A person (or a picked model) changed a prompt: keep it, record the edit, and forget
@@ -259,14 +315,14 @@ class Run:
         before = self.text(name)
         if before == value:
             return
-        self._set_prompt(name, value, by)
-        self.store.record_edit(_EDIT_STAGE.get(name, name), name, _as_text(before), _as_text(value), by=by)
-        for stage in _USED_BY.get(name, ()):
+        self.prompts[name] = {"value": value, "by": by}
+        self.store.record_edit(writer_of(name), name, _as_text(before), _as_text(value), by=by)
+        for stage in readers_of(name):
             self.forget(stage)
 
     def forget(self, stage: str) -> None:
         """Mark `stage` and everything that depends on it as not done."""
-        for name in (stage, *DOWNSTREAM.get(stage, ())):
+        for name in (stage, *downstream(stage)):
             self.store.forget_stage(name)
             self._latents.pop(name, None)
 
@@ -280,6 +336,8 @@ class Run:
         manifest["status"] = "running"
         manifest.setdefault("resumed", []).append(timestamp())
         self.store.write_manifest()
+        for text in self.differences:
+            self._emit(Notice("", "warning", text))
         removed = self.store.remove_temp_files()
         if removed:
             self._emit(Notice("", "info", f"removed {len(removed)} unfinished temporary file(s) of an interrupted write"))
@@ -313,7 +371,11 @@ class Run:
             self._update_ledger()
             self.store.save_stage(name, record)
         except asyncio.CancelledError:
-            self._emit(StageFailed(name, "cancelled", time.perf_counter() - started))
+            seconds = time.perf_counter() - started
+            self._update_ledger()
+            with suppress(OSError, StoreError):  # the cancel is said even if the disk refuses it
+                self.store.cancel_stage(name, seconds=round(seconds, 3))
+            self._emit(StageCancelled(name, seconds))
             raise
         except (RunFailed, StoreError, OSError) as exc:
             failure = exc if isinstance(exc, RunFailed) else RunFailed(name, _file_problem(exc, self.folder))
@@ -360,11 +422,6 @@ class Run:
 
     # ---------------------------------------------------------------- stages 1 and 2
 
-    async def text_stages(self) -> None:
-        """Tags and components, concurrently (SPEC 1 and 2 are independent)."""
-        todo = [s for s in ("tags", "components") if not self.done(s)]
-        await asyncio.gather(*(getattr(self, f"{s}_stage")() for s in todo))
-
     async def tags_stage(self, *, only=None) -> dict[str, Any]:
         async def work() -> dict[str, Any]:
             result = await self.criticore.tags(self.prompt, only=only, previous=self._previous("tags"))
@@ -381,7 +438,8 @@ class Run:
             self._set_prompt("negative", result.negative, f"preset:{result.preset}")
             return result.record()
 
-        self.forget("tags")
+        # Only this stage is forgotten: what used its prompts is forgotten when they change.
+        self.store.forget_stage("tags")
         return await self._stage("tags", work)
 
     async def components_stage(self, *, only=None) -> dict[str, Any]:
@@ -391,7 +449,7 @@ class Run:
             self._set_prompt("components", result.components, result.source)
             return result.record()
 
-        self.forget("components")
+        self.store.forget_stage("components")
         return await self._stage("components", work)
 
     def _previous(self, stage: str):
@@ -418,11 +476,11 @@ class Run:
                 raise ValueError(f"{model} has no usable answer in the components stage{why}")
             items = list(answer.reading.items) if answer.reading else parse_components(answer.text)
             self.edit("components", items, by=model)
-        elif stage in ("critique", "critique_original"):
+        elif stage in (Stage.CRITIQUE, Stage.CRITIQUE_ORIGINAL):
             critic = next((c for c in result.critics if c.answer.model == model and c.answer.ok), None)
             if critic is None:
                 raise ValueError(f"{model} has no usable critique")
-            name = "refinement_original" if stage == "critique_original" else "refinement"
+            name = branch(stage == Stage.CRITIQUE_ORIGINAL).refinement
             positive = self.text("positive") or self.prompt
             self.edit(name, self.criticore.refinement_prompt(critic.refined, positive, self.prompt, style=self.criticore.style), by=model)
         else:
@@ -437,9 +495,9 @@ class Run:
         and what was really loaded (device, dtype, variant, files, scheduler) is recorded in
         the manifest's ``diffusion`` field, not just the configured ``auto``s.
         """
-        diffusion = self.session.diffusion
+        diffusion = self.diffusion
         if not diffusion.loaded:
-            self._emit(Notice("base", "info", f"loading {self.settings.diffusion.model}"))
+            self._emit(ModelLoading("base", model=self.settings.diffusion.model))
             try:
                 await self._blocking("base", diffusion.load)
             finally:
@@ -457,13 +515,13 @@ class Run:
         width, height = self.settings.diffusion.size()
         if width is None or height is None:
             await self.load_model()
-            native_w, native_h = self.session.diffusion.default_size
+            native_w, native_h = self.diffusion.default_size
             width, height = width or native_w, height or native_h
         return width, height
 
     async def base_stage(self, *, original: bool = False) -> dict[str, Any]:
         """SPEC 3: the base latent (kept for the refinement) and its image."""
-        name = "base_original" if original else "base"
+        name = branch(original).base
         cfg = self.settings.diffusion
         if original:
             prompt, negative = self.prompt, cfg.negative  # the comparison base: the user's words
@@ -477,19 +535,19 @@ class Run:
             width, height = await self.image_size()
             if "auto" in (cfg.width, cfg.height):
                 self._emit(Notice(name, "info", f"image size {width}x{height} (the model's native size)"))
-            diffusion = self.session.diffusion
+            diffusion = self.diffusion
             latent = await self._in_thread(
                 name, diffusion.base_latent, prompt=prompt, negative=negative, width=width,
                 height=height, steps=cfg.steps, guidance=cfg.guidance, seed=self.seed,
             )
             self._check_output(name, latent, guidance=cfg.guidance)
             self._latents[name] = latent
-            await asyncio.to_thread(self.store.write_latent, LATENT_FILE[name], latent)
+            await asyncio.to_thread(self.store.write_latent, spec(name).latent, latent)
             image = await self._blocking(name, diffusion.decode, latent)
             self._check_output(name, None, image, guidance=cfg.guidance)
             png = await self._save_png(name, image, prompt, negative, self.seed)
             return {
-                "prompt": prompt, "negative": negative, "image": png, "latent": LATENT_FILE[name],
+                "prompt": prompt, "negative": negative, "image": png, "latent": spec(name).latent,
                 "seed": self.seed, "steps": cfg.steps, "guidance": cfg.guidance,
                 "width": width, "height": height,
             }
@@ -500,9 +558,9 @@ class Run:
 
     async def _save_png(self, stage: str, image, prompt: str, negative: str, seed: int) -> str:
         """Encode and write the PNG off the loop (a 1024 px PNG takes a noticeable moment)."""
-        label = "tiny-random: noise" if self.session.diffusion.is_tiny_random else ""
+        label = "tiny-random: noise" if self.diffusion.is_tiny_random else ""
         chunks = {"prompt": prompt, "negative": negative, "seed": str(seed), "Software": f"critifusion-tui {__version__}"}
-        name = await asyncio.to_thread(self.store.write_png, IMAGE_FILE[stage], image, chunks)
+        name = await asyncio.to_thread(self.store.write_png, spec(stage).image, image, chunks)
         self._emit(ImageReady(stage, path=self.store.path(name), label=label))
         return name
 
@@ -524,7 +582,7 @@ class Run:
             latent = self.store.read_latent(record["latent"], f"stages.{stage}.latent")
             problem = latent_problem(latent)
             if problem is None and record.get("width") and record.get("height"):
-                diffusion = self.session.diffusion
+                diffusion = self.diffusion
                 factor = diffusion.vae_scale_factor if getattr(diffusion, "loaded", False) else 8
                 problem = shape_problem(latent, record["width"], record["height"], factor)
             if problem:
@@ -536,8 +594,8 @@ class Run:
 
     async def critique_stage(self, *, original: bool = False, only=None) -> dict[str, Any]:
         """SPEC 4: the VLMs criticise the base image against the components."""
-        name = "critique_original" if original else "critique"
-        base = "base_original" if original else "base"
+        line = branch(original)
+        name, base = line.critique, line.base
         record = self.store.stage(base)
         if record is None:
             raise RunFailed(name, f"the {base} stage has not run")
@@ -553,7 +611,7 @@ class Run:
             self._results[name] = result
             tags_positive = self.text("positive") or self.prompt
             refinement = self.criticore.refinement_prompt(result, tags_positive, self.prompt, style=self.criticore.style)
-            self._set_prompt("refinement_original" if original else "refinement", refinement, f"critique:{result.source}")
+            self._set_prompt(line.refinement, refinement, f"critique:{result.source}")
             return {**result.record(), "refinement_prompt": refinement}
 
         self.forget(name)
@@ -561,11 +619,12 @@ class Run:
 
     def skip_critique(self, *, original: bool = False) -> None:
         """No critique: the refinement prompt is the stage-1 tags merged with nothing."""
-        name = "critique_original" if original else "critique"
+        line = branch(original)
+        name = line.critique
         self.forget(name)
         tags_positive = self.text("positive") or self.prompt
         prompt = self.criticore.refinement_prompt("", tags_positive, self.prompt, style=self.criticore.style)
-        self._set_prompt("refinement_original" if original else "refinement", prompt, "tags (critique skipped)")
+        self._set_prompt(line.refinement, prompt, "tags (critique skipped)")
         self.store.save_stage(name, {"skipped": True, "refinement_prompt": prompt, "seconds": 0})
         self._emit(StageSkipped(name, "skipped by the user"))
 
@@ -578,7 +637,7 @@ class Run:
 
     def critic_alignment(self, *, original: bool = False) -> dict[str, Any] | None:
         """The critics' mean <alignment> rating of the base, as an alignment record, or None."""
-        critique = self.store.stage("critique_original" if original else "critique") or {}
+        critique = self.store.stage(branch(original).critique) or {}
         value = critique.get("alignment")
         return None if value is None else {"source": "critic", "alignment": float(value)}
 
@@ -593,8 +652,8 @@ class Run:
         from critifusion_tui.eval.base import ScorerError
         from critifusion_tui.eval.weights import WeightsMissing
 
-        name = "refine_original" if original else "refine"
-        base = "base_original" if original else "base"
+        line = branch(original)
+        name, base = line.refine, line.base
         record = self.store.stage(base)
         if record is None:
             raise RunFailed(name, f"the {base} stage has not run")
@@ -667,9 +726,9 @@ class Run:
         ))
 
     async def refine_stage(self, *, original: bool = False) -> dict[str, Any]:
-        name = "refine_original" if original else "refine"
-        base = "base_original" if original else "base"
-        prompt = self.text("refinement_original" if original else "refinement")
+        line = branch(original)
+        name, base = line.refine, line.base
+        prompt = self.text(line.refinement)
         if prompt is None:
             raise RunFailed(name, "the critique stage has not run (or been skipped)")
         negative = self.settings.diffusion.negative
@@ -688,7 +747,7 @@ class Run:
             assert params is not None
             self._say_alignment(name, alignment, params)
             await self.load_model()
-            diffusion = self.session.diffusion
+            diffusion = self.diffusion
             x_lo = self.latent(base)
             x_hi = await self._in_thread(
                 name, diffusion.img2img_latent, latent=x_lo, prompt=prompt, negative=negative,
@@ -719,45 +778,7 @@ class Run:
         detail = f"adaptive, alignment from {spec.alignment_from}" if from_metric else f"strength {params.strength:.2f}, {params.mode}"
         return await self._stage(name, work, detail=detail)
 
-    # ---------------------------------------------------------------- the whole method
-
-    async def run_all(self, gate: Gate = pass_through) -> dict[str, Any]:
-        """Every stage not yet done, in order, with the two gates; returns the manifest."""
-        try:
-            await self.text_stages()
-            skip_critique = False
-            if not self.done("base"):
-                answer = await self._gate(
-                    gate, "tags",
-                    {"positive": self.text("positive"), "negative": self.text("negative"),
-                     "components": self.text("components")},
-                )
-                skip_critique = bool(answer.get("skip_critique"))
-                await self.base_stage()
-            if not self.done("critique"):
-                if skip_critique:
-                    self.skip_critique()
-                else:
-                    await self.critique_stage()
-            if not self.done("refine"):
-                await self._gate(gate, "refine", {"refinement": self.text("refinement")})
-                await self.refine_stage()
-            if self.store.manifest.get("variants") == "all":
-                await self._original_branch()
-        except asyncio.CancelledError:
-            self._finish("cancelled")
-            raise
-        except RunFailed:
-            self._finish("failed")
-            raise
-        except (StoreError, OSError) as exc:  # a write between stages (an edit, the status)
-            self._finish("failed")
-            raise RunFailed("run", _file_problem(exc, self.folder)) from None
-        try:
-            self.store.finish("done")
-        except OSError as exc:
-            raise RunFailed("run", _file_problem(exc, self.folder)) from None
-        return self.store.manifest
+    # ---------------------------------------------------------------- the run's end
 
     def _finish(self, status: str) -> None:
         """Record how the run ended; a disk that refuses even this leaves the last stage's word."""
@@ -766,23 +787,6 @@ class Run:
         except OSError as exc:
             self.store.manifest["status"] = status
             self._emit(Notice("", "error", f"could not record status {status!r}: {_file_problem(exc, self.folder)}"))
-
-    async def _original_branch(self) -> None:
-        """SPEC 7's comparison variants: the user's prompt as base, criticised and refined."""
-        if not self.done("base_original"):
-            await self.base_stage(original=True)
-        if not self.done("critique_original"):
-            await self.critique_stage(original=True)
-        if not self.done("refine_original"):
-            await self.refine_stage(original=True)
-
-    async def _gate(self, gate: Gate, name: str, fields: dict[str, Any]) -> dict[str, Any]:
-        self._emit(GateOpened(name, dict(fields)))
-        answer = await gate(name, dict(fields))
-        for key, value in answer.items():
-            if key in fields and value != fields[key]:
-                self.edit(key, value)
-        return answer
 
     def png_bytes(self, stage: str) -> bytes:
         record = self.store.stage(stage)
@@ -806,20 +810,6 @@ def _file_problem(exc: BaseException, folder: Path) -> str:
     if code == errno.ENAMETOOLONG:
         return f"cannot write {where}: the path is too long"
     return f"cannot write {where}: {getattr(exc, 'strerror', None) or exc}"
-
-
-# Which stage's record an edit belongs to, and which stages used the edited value.
-_EDIT_STAGE = {
-    "positive": "tags", "negative": "tags", "components": "components",
-    "refinement": "critique", "refinement_original": "critique_original",
-}
-_USED_BY = {
-    "positive": ("base",),
-    "negative": ("base",),
-    "components": ("critique", "critique_original"),
-    "refinement": ("refine",),
-    "refinement_original": ("refine_original",),
-}
 
 
 def _as_text(value: Any) -> str:

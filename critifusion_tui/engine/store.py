@@ -204,6 +204,11 @@ class RunStore:
         self.stages[name] = {**fields, "status": "failed", "error": error}
         self.write_manifest()
 
+    def cancel_stage(self, name: str, **fields: Any) -> None:
+        """A stage stopped by a person (or a signal) before it completed: not a failure."""
+        self.stages[name] = {**fields, "status": "cancelled"}
+        self.write_manifest()
+
     def forget_stage(self, name: str) -> None:
         """Drop a stage so it runs again (a re-run with edited inputs)."""
         if self.stages.pop(name, None) is not None:

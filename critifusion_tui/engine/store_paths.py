@@ -33,8 +33,8 @@ SEED_MAX = 2**63 - 1
 MAX_MANIFEST_BYTES = 16 * 2**20
 MAX_IMAGE_BYTES = 128 * 2**20
 MAX_LATENT_BYTES = 64 * 2**20
-STATUSES = ("running", "done", "failed", "cancelled")
-STAGE_STATUSES = ("done", "failed")
+STATUSES = ("running", "paused", "done", "failed", "cancelled", "abandoned")
+STAGE_STATUSES = ("done", "failed", "cancelled")
 FILE_FIELDS = {"image": MAX_IMAGE_BYTES, "latent": MAX_LATENT_BYTES}
 
 

@@ -1,9 +1,11 @@
-"""Chat backends (Together, Ollama, offline rules) behind one protocol.
+"""Chat backends (Together, Ollama, any OpenAI-compatible server) behind one interface.
 
 The engine needs only what is re-exported here: a :class:`ProviderRouter` to turn model
 references into :class:`ChatModel` objects, the messages and result types, the typed errors,
 and the text hygiene every answer passes through. The client libraries themselves load on
-first use (see ``together.py`` and ``ollama.py``), so importing this package stays cheap.
+first use (see ``together.py``, ``ollama.py`` and ``openai.py``), so importing this package
+stays cheap. The offline ``rules`` model is the engine's (``engine/offline.py``), registered
+on the router by the engine.
 """
 
 from critifusion_tui.providers.base import (
@@ -25,7 +27,6 @@ from critifusion_tui.providers.base import (
 )
 from critifusion_tui.providers.hygiene import StreamCleaner, clean_model_text
 from critifusion_tui.providers.router import ProviderRouter
-from critifusion_tui.providers.rules import RulesCritique, RulesModel
 
 __all__ = [
     "AuthenticationError",
@@ -40,8 +41,6 @@ __all__ = [
     "ProviderRouter",
     "ProviderTimeoutError",
     "RateLimitedError",
-    "RulesCritique",
-    "RulesModel",
     "StreamCleaner",
     "UnusableAnswerError",
     "clean_model_text",

@@ -1,4 +1,4 @@
-"""What every chat backend shares: model references, the chat protocol, typed errors.
+"""What every chat backend shares: model references, the chat interface, typed errors.
 
 A model reference names a backend and a model in one string, the form the config file and
 the command line use: ``together:<model id>``, ``ollama:<model name>``, ``openai:<model id>``
@@ -8,49 +8,19 @@ model at all).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import contextvars
 import difflib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
-PROVIDERS = ("together", "ollama", "openai", "rules")
-REF_FORMS = "'together:<model id>', 'ollama:<model name>', 'openai:<model id>' or 'rules'"
-
-
-class ModelRefError(ValueError):
-    """A model reference that names no known provider or no model."""
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    provider: str
-    name: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> ModelRef:
-        """Read ``provider:name``; ``rules`` stands alone."""
-        from critifusion_tui.providers.hygiene import has_control
-
-        if has_control(text):
-            # A terminal escape in a model name would reach the screen and every log.
-            raise ModelRefError(f"{ascii(text)} holds control characters; a model reference is plain text")
-        ref = text.strip()
-        if ref == "rules":
-            return cls("rules")
-        provider, sep, name = ref.partition(":")
-        if not sep:
-            raise ModelRefError(f"{text!r} names no provider; expected {REF_FORMS}")
-        if provider not in PROVIDERS or provider == "rules":
-            raise ModelRefError(f"unknown provider {provider!r} in {text!r}; expected {REF_FORMS}")
-        if not name.strip():
-            raise ModelRefError(f"{text!r} names no model; expected {REF_FORMS}")
-        return cls(provider, name.strip())
-
-    def __str__(self) -> str:
-        return self.provider if self.provider == "rules" else f"{self.provider}:{self.name}"
-
+# Model references live in a leaf (model_refs.py); re-exported here for the providers.
+from critifusion_tui.model_refs import PROVIDERS as PROVIDERS
+from critifusion_tui.model_refs import REF_FORMS as REF_FORMS
+from critifusion_tui.model_refs import ModelRef as ModelRef
+from critifusion_tui.model_refs import ModelRefError as ModelRefError
 
 # --- Messages and results -----------------------------------------------------------------
 
@@ -169,8 +139,32 @@ class StreamCollector:
                 raise
 
 
-@runtime_checkable
-class ChatModel(Protocol):
+@dataclass(frozen=True)
+class ChatCall:
+    """One chat call's arguments, as :meth:`ChatModel.chat` takes them: what a model answers
+    and what a wrapper passes on (``send``), so the signature is written once."""
+
+    messages: Sequence[MessageLike]
+    temperature: float
+    max_tokens: int
+    image: bytes | None = None
+    on_delta: DeltaCallback | None = None
+    schema: Mapping[str, object] | None = None
+
+    async def send(self, model: ChatModel, *, on_delta: DeltaCallback | None = None) -> ChatResult:
+        """Ask ``model`` the same, with ``on_delta`` in place of the call's own where given.
+
+        The schema is passed only when there is one, so a model written without the
+        parameter (a test double) can still be wrapped.
+        """
+        extra: dict[str, Any] = {"schema": self.schema} if self.schema is not None else {}
+        return await model.chat(
+            self.messages, temperature=self.temperature, max_tokens=self.max_tokens, image=self.image,
+            on_delta=on_delta or self.on_delta, **extra,
+        )
+
+
+class ChatModel(abc.ABC):
     """One model behind one backend; the only interface the engine talks to.
 
     ``chat`` sends the messages (the image, PNG bytes, rides on the last user message) and
@@ -179,6 +173,11 @@ class ChatModel(Protocol):
     piece of text as it arrives; the pieces concatenate to ``ChatResult.text``. Failures raise
     a :class:`ProviderError` subclass; an answer that is empty after cleaning raises
     :class:`UnusableAnswerError`. Cancelling the awaiting task closes the request.
+
+    Every model the router hands out derives from this class, and ``chat`` is the one place
+    its signature is written: it packs the arguments into a :class:`ChatCall` for ``answer``,
+    which a backend (``chat.HostedChat``), a wrapper (``chat.ChatWrapper``) or the engine's
+    offline model writes. Callers, and test doubles, need only ``ref`` and ``chat``.
     """
 
     ref: ModelRef
@@ -192,7 +191,12 @@ class ChatModel(Protocol):
         image: bytes | None = None,
         on_delta: DeltaCallback | None = None,
         schema: Mapping[str, object] | None = None,
-    ) -> ChatResult: ...
+    ) -> ChatResult:
+        return await self.answer(ChatCall(messages, temperature, max_tokens, image, on_delta, schema))
+
+    @abc.abstractmethod
+    async def answer(self, call: ChatCall) -> ChatResult:
+        """The answer to one call (``chat``'s arguments, packed)."""
 
 
 # --- Errors -------------------------------------------------------------------------------
@@ -377,7 +381,12 @@ async def _on_response(response: object) -> None:
 
 # httpx event hooks for a backend's client: every request and every 429 counted on the meter
 # of the call that sent it.
-METER_HOOKS = {"request": [_on_request], "response": [_on_response]}
+METER_HOOKS: dict[str, list[Callable[[Any], Awaitable[None]]]] = {"request": [_on_request], "response": [_on_response]}
+
+
+def meter_hooks() -> dict[str, list[Callable[[Any], Awaitable[None]]]]:
+    """:data:`METER_HOOKS` for one client, in lists of its own (a client may add to them)."""
+    return {k: list(v) for k, v in METER_HOOKS.items()}
 
 
 def note_send() -> None:

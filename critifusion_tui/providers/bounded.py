@@ -16,18 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
 
-from critifusion_tui.providers.base import (
-    ChatModel,
-    ChatResult,
-    DeltaCallback,
-    MessageLike,
-    ModelRef,
-    ProviderTimeoutError,
-)
+from critifusion_tui.providers.base import ChatCall, ChatModel, ChatResult, ProviderTimeoutError
+from critifusion_tui.providers.chat import ChatWrapper
 
 # A token is 3 to 4 characters of English on average; 16 leaves room for odd tokenisers,
 # long words and JSON punctuation, and the floor for tiny max_tokens.
@@ -44,32 +36,16 @@ class _Cut(Exception):
     """Raised from the delta callback to end a stream that passed the cap."""
 
 
-class BoundedChat:
+class BoundedChat(ChatWrapper):
     """A :class:`ChatModel` with a deadline on the whole answer and a cap on its size."""
 
     def __init__(self, inner: ChatModel, timeout_s: float, setting: str) -> None:
-        self.inner = inner
+        super().__init__(inner)  # the backend's own extras (refuses_schema, ...) read through
         self.timeout_s = float(timeout_s)
         self.setting = setting  # e.g. "providers.together.timeout_s", for the fix
 
-    @property
-    def ref(self) -> ModelRef:
-        return self.inner.ref
-
-    def __getattr__(self, name: str) -> Any:  # the backend's own extras (refuses_schema, ...)
-        return getattr(self.inner, name)
-
-    async def chat(
-        self,
-        messages: Sequence[MessageLike],
-        *,
-        temperature: float,
-        max_tokens: int,
-        image: bytes | None = None,
-        on_delta: DeltaCallback | None = None,
-        schema: Mapping[str, object] | None = None,
-    ) -> ChatResult:
-        cap = answer_cap(max_tokens)
+    async def answer(self, call: ChatCall) -> ChatResult:
+        cap = answer_cap(call.max_tokens)
         parts: list[str] = []
         size = 0
         cut = False
@@ -81,19 +57,15 @@ class BoundedChat:
                 piece, cut = piece[:room], True
             size += len(piece)
             parts.append(piece)
-            if piece and on_delta is not None:
-                on_delta(piece)
+            if piece and call.on_delta is not None:
+                call.on_delta(piece)
             if cut:
                 raise _Cut
 
-        extra: dict[str, Any] = {"schema": schema} if schema is not None else {}
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout_s):
-                result = await self.inner.chat(
-                    messages, temperature=temperature, max_tokens=max_tokens, image=image,
-                    on_delta=counted, **extra,
-                )
+                result = await call.send(self.inner, on_delta=counted)
         except _Cut:
             text = "".join(parts).strip()
             return ChatResult(text, self.ref, time.perf_counter() - started, truncated=True)

@@ -8,18 +8,19 @@ service and being answered 429. Back-off after a 429 stays the client's job (Tog
 retries ``max_retries`` times honouring ``retry-after``); what reaches us after that is counted,
 so a batch summary can say that the account was the bottleneck.
 
-The wrapper is the only change a backend sees: it keeps ``ref`` and ``chat``'s signature, so
-the engine cannot tell a limited model from a bare one.
+The wrapper is the only change a backend sees: it keeps ``ref`` and passes the call on as it
+came (``chat.ChatWrapper``), so the engine cannot tell a limited model from a bare one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from critifusion_tui.providers.base import ChatModel, ChatResult, DeltaCallback, MessageLike, RateLimitedError
+from critifusion_tui.providers.base import ChatCall, ChatModel, ChatResult, RateLimitedError
+from critifusion_tui.providers.chat import ChatWrapper
+from critifusion_tui.providers.registry import HOSTED
 
 
 @dataclass
@@ -45,8 +46,9 @@ class ProviderLimits:
 
     @classmethod
     def from_settings(cls, settings) -> ProviderLimits:
-        providers = settings.providers
-        return cls({"together": providers.together.max_concurrency, "ollama": providers.ollama.max_concurrency})
+        """A cap for every hosted backend whose settings have ``max_concurrency``."""
+        sections = {name: getattr(settings.providers, name) for name in HOSTED}
+        return cls({name: s.max_concurrency for name, s in sections.items() if hasattr(s, "max_concurrency")})
 
     def slots(self, backend: str) -> asyncio.Semaphore:
         # Made on first use: a semaphore binds to the running loop the first time it waits.
@@ -64,39 +66,22 @@ class ProviderLimits:
         return model if backend not in self.caps else LimitedChat(model, backend, self)
 
 
-class LimitedChat:
+class LimitedChat(ChatWrapper):
     """A chat model whose calls take a slot of their backend first."""
 
     def __init__(self, inner: ChatModel, backend: str, limits: ProviderLimits) -> None:
-        self.inner = inner
-        self.ref = inner.ref
+        super().__init__(inner)
         self._backend = backend
         self._limits = limits
 
-    async def chat(
-        self,
-        messages: Sequence[MessageLike],
-        *,
-        temperature: float,
-        max_tokens: int,
-        image: bytes | None = None,
-        on_delta: DeltaCallback | None = None,
-        schema: Mapping[str, object] | None = None,
-    ) -> ChatResult:
+    async def answer(self, call: ChatCall) -> ChatResult:
         usage = self._limits.record(self._backend)
         asked = time.perf_counter()
         async with self._limits.slots(self._backend):
             usage.queued_s += time.perf_counter() - asked
             usage.requests += 1
             try:
-                return await self.inner.chat(
-                    messages, temperature=temperature, max_tokens=max_tokens, image=image,
-                    on_delta=on_delta, schema=schema,
-                )
+                return await call.send(self.inner)
             except RateLimitedError:
                 usage.throttled += 1
                 raise
-
-    def __getattr__(self, name: str):
-        # Anything else a caller reads (a backend's own helpers) is the wrapped model's.
-        return getattr(self.inner, name)

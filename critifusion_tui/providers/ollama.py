@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from critifusion_tui.providers.base import (
-    METER_HOOKS,
     AuthenticationError,
-    ChatResult,
-    DeltaCallback,
+    ChatCall,
     MessageLike,
     ModelNotFoundError,
     ModelRef,
@@ -26,16 +23,14 @@ from critifusion_tui.providers.base import (
     ProviderError,
     ProviderTimeoutError,
     RateLimitedError,
-    StreamCollector,
     UnusableAnswerError,
     as_messages,
-    empty_answer,
     last_user_index,
-    note_send,
+    meter_hooks,
     note_usage,
     short_detail,
 )
-from critifusion_tui.providers.hygiene import clean_model_text
+from critifusion_tui.providers.chat import Feed, HostedChat, HostedProvider, Request
 
 if TYPE_CHECKING:
     from ollama import AsyncClient
@@ -53,8 +48,7 @@ def make_client(settings: OllamaSettings) -> AsyncClient:
     from ollama import AsyncClient
 
     # Every request and 429 is counted on the calling model's meter (the run's ledger).
-    hooks = {k: list(v) for k, v in METER_HOOKS.items()}
-    return AsyncClient(host=settings.host, timeout=settings.timeout_s, event_hooks=hooks)
+    return AsyncClient(host=settings.host, timeout=settings.timeout_s, event_hooks=meter_hooks())
 
 
 def keep_alive_value(text: str) -> float | str | None:
@@ -83,119 +77,60 @@ def to_payload(messages: Sequence[MessageLike], image: bytes | None) -> list[dic
     return payload
 
 
-class OllamaChat:
+class OllamaChat(HostedChat):
     """A :class:`~critifusion_tui.providers.base.ChatModel` for one Ollama model."""
 
-    def __init__(self, ref: ModelRef, provider: OllamaProvider) -> None:
-        self.ref = ref
-        self._provider = provider
+    # Ollama's ``format`` takes a JSON schema (0.5+) and makes small models answer in shape.
+    # An older server refuses it (400): free text then, and not asked again.
+    schema_refusals = (400,)
 
-    async def chat(
-        self,
-        messages: Sequence[MessageLike],
-        *,
-        temperature: float,
-        max_tokens: int,
-        image: bytes | None = None,
-        on_delta: DeltaCallback | None = None,
-        schema: Mapping[str, Any] | None = None,
-    ) -> ChatResult:
-        request = dict(
+    def request(self, call: ChatCall) -> Request:
+        return dict(
             model=self.ref.name,
-            messages=to_payload(messages, image),
-            options={"temperature": temperature, "num_predict": max_tokens},
+            messages=to_payload(call.messages, call.image),
+            options={"temperature": call.temperature, "num_predict": call.max_tokens},
             keep_alive=keep_alive_value(self._provider.settings.keep_alive),
         )
-        started = time.perf_counter()
-        output = "free"
-        if schema is not None and self.ref.name not in self._provider.refuses_schema:
-            # Ollama's ``format`` takes a JSON schema (0.5+) and makes small models answer in
-            # shape. An older server refuses it (400): free text then, and not asked again.
-            try:
-                text, raw = await self._send({**request, "format": dict(schema)}, on_delta)
-                output = "json_schema"
-            except ProviderError as exc:
-                if exc.status != 400:
-                    raise
-                self._provider.refuses_schema.add(self.ref.name)
-                text, raw = await self._send(request, on_delta)
-                output = "free (json_schema refused)"
-        else:
-            text, raw = await self._send(request, on_delta)
-        if not text:
-            raise empty_answer(self.ref, raw)
-        return ChatResult(text, self.ref, time.perf_counter() - started, output=output)
 
-    async def _send(self, request: dict, on_delta: DeltaCallback | None) -> tuple[str, str]:
-        client = self._provider.client()
-        note_send()
-        if on_delta is None:
-            try:
-                response = await client.chat(**request)
-            except Exception as exc:
-                raise self._provider.map_error(exc, self.ref) from exc
-            raw = response.message.content or ""
-            note_usage(getattr(response, "prompt_eval_count", None), getattr(response, "eval_count", None))
-            return clean_model_text(raw), raw
-        return await self._stream(client, request, on_delta)
+    def with_schema(self, request: Request, schema: Mapping[str, object]) -> Request:
+        return {**request, "format": dict(schema)}
 
-    async def _stream(
-        self, client: AsyncClient, request: dict, on_delta: DeltaCallback
-    ) -> tuple[str, str]:
-        """Stream the answer through ``on_delta``; return the cleaned and the raw text."""
-        collector = StreamCollector(on_delta)
-        try:
-            stream = await client.chat(**request, stream=True)
-            async for part in stream:
-                # ``message.thinking`` (reasoning models) is deliberately not shown.
-                if part.message and part.message.content:
-                    collector.feed(part.message.content)
-                if part.done:  # the last part carries the token counts
-                    note_usage(getattr(part, "prompt_eval_count", None), getattr(part, "eval_count", None))
-        except Exception as exc:
-            if collector.owns(exc):
-                raise
-            raise self._provider.map_error(exc, self.ref) from exc
-        return collector.finish()
+    async def complete(self, client: AsyncClient, request: Request) -> Any:
+        return await client.chat(**request)
+
+    def read_answer(self, response: Any) -> str:
+        raw = response.message.content or ""
+        note_usage(getattr(response, "prompt_eval_count", None), getattr(response, "eval_count", None))
+        return raw
+
+    async def stream_into(self, client: AsyncClient, request: Request, feed: Feed) -> None:
+        stream = await client.chat(**request, stream=True)
+        async for part in stream:
+            # ``message.thinking`` (reasoning models) is deliberately not shown.
+            if part.message and part.message.content:
+                feed(part.message.content)
+            if part.done:  # the last part carries the token counts
+                note_usage(getattr(part, "prompt_eval_count", None), getattr(part, "eval_count", None))
 
 
-class OllamaProvider:
+class OllamaProvider(HostedProvider["AsyncClient"]):
     """Owns the one ``ollama.AsyncClient`` (made on first use) and its models."""
 
     name = "ollama"
+    chat_class = OllamaChat
+    settings: OllamaSettings
 
-    def __init__(self, settings: OllamaSettings) -> None:
-        self.settings = settings
-        self._client: AsyncClient | None = None
-        self.refuses_schema: set[str] = set()  # models whose server refused ``format``
-
-    def client(self) -> AsyncClient:
-        if self._client is None:
-            self._client = make_client(self.settings)
-        return self._client
-
-    def model(self, name: str) -> OllamaChat:
-        return OllamaChat(ModelRef("ollama", name), self)
-
-    async def list_models(self) -> list[str]:
-        try:
-            return await list_models(self.client())
-        except Exception as exc:
-            raise self.map_error(exc, "ollama") from exc
-
-    async def has_vision(self, name: str) -> bool:
-        try:
-            return await has_vision(self.client(), name)
-        except Exception as exc:
-            raise self.map_error(exc, ModelRef("ollama", name)) from exc
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
+    def make_client(self, ref: ModelRef | str) -> AsyncClient:
+        return make_client(self.settings)
 
     def map_error(self, exc: BaseException, ref: ModelRef | str) -> ProviderError:
         return map_error(exc, ref, self.settings)
+
+    async def list_models(self) -> list[str]:
+        return await self.ask("ollama", list_models)
+
+    async def has_vision(self, name: str) -> bool:
+        return await self.ask(ModelRef("ollama", name), lambda client: has_vision(client, name))
 
 
 async def list_models(client: AsyncClient) -> list[str]:

@@ -18,30 +18,24 @@ The ``openai`` package is imported on first use, off the ``--help`` path.
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from critifusion_tui.providers.base import (
-    METER_HOOKS,
     AuthenticationError,
-    ChatResult,
     DeltaCallback,
-    MessageLike,
     ModelNotFoundError,
     ModelRef,
     ProviderConnectionError,
     ProviderError,
     ProviderTimeoutError,
     RateLimitedError,
-    StreamCollector,
     UnusableAnswerError,
-    empty_answer,
-    note_send,
+    meter_hooks,
     short_detail,
 )
-from critifusion_tui.providers.hygiene import clean_model_text
-from critifusion_tui.providers.together import read_usage, to_payload
+from critifusion_tui.providers.chat import HostedProvider, Request
+from critifusion_tui.providers.completions import CompletionsChat
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -81,7 +75,7 @@ def make_client(settings: OpenAISettings, ref: ModelRef | str = "openai") -> Asy
         timeout=settings.timeout_s,
         max_retries=settings.max_retries,
         # Every request and 429 is counted on the calling model's meter (the run's ledger).
-        http_client=DefaultAsyncHttpxClient(event_hooks={k: list(v) for k, v in METER_HOOKS.items()}),
+        http_client=DefaultAsyncHttpxClient(event_hooks=meter_hooks()),
     )
 
 
@@ -90,132 +84,58 @@ def response_format(schema: Mapping[str, Any], name: str = "answer") -> dict[str
     return {"type": "json_schema", "json_schema": {"name": name, "schema": dict(schema)}}
 
 
-class OpenAIChat:
+class OpenAIChat(CompletionsChat):
     """A :class:`~critifusion_tui.providers.base.ChatModel` for one model on the server."""
 
-    def __init__(self, ref: ModelRef, provider: OpenAIProvider) -> None:
-        self.ref = ref
-        self._provider = provider
+    schema_refusals = _REFUSALS
+    _provider: OpenAIProvider
 
-    async def chat(
-        self,
-        messages: Sequence[MessageLike],
-        *,
-        temperature: float,
-        max_tokens: int,
-        image: bytes | None = None,
-        on_delta: DeltaCallback | None = None,
-        schema: Mapping[str, Any] | None = None,
-    ) -> ChatResult:
-        request: dict[str, Any] = dict(
-            model=self.ref.name, messages=to_payload(messages, image), temperature=temperature,
-            max_tokens=max_tokens,
-        )
-        started = time.perf_counter()
-        output = "free"
-        if schema is not None and self.ref.name not in self._provider.refuses_schema:
-            try:
-                text, raw = await self._send({**request, "response_format": response_format(schema)}, on_delta)
-                output = "json_schema"
-            except ProviderError as exc:
-                if exc.status not in _REFUSALS:
-                    raise
-                # The server does not take json_schema here: free text, and not asked again.
-                self._provider.refuses_schema.add(self.ref.name)
-                text, raw = await self._send(request, on_delta)
-                output = "free (json_schema refused)"
-        else:
-            text, raw = await self._send(request, on_delta)
-        if not text:
-            raise empty_answer(self.ref, raw)
-        return ChatResult(text, self.ref, time.perf_counter() - started, output=output)
+    def with_schema(self, request: Request, schema: Mapping[str, object]) -> Request:
+        return {**request, "response_format": response_format(schema)}
 
-    async def _send(self, request: dict, on_delta: DeltaCallback | None) -> tuple[str, str]:
-        client = self._provider.client(self.ref)
-        if on_delta is None:
-            note_send()
-            try:
-                response = await client.chat.completions.create(**request)
-            except Exception as exc:
-                raise self._provider.map_error(exc, self.ref) from exc
-            choices = response.choices or []
-            content = choices[0].message.content if choices and choices[0].message else None
-            raw = content if isinstance(content, str) else str(content or "")
-            read_usage(response)
-            return clean_model_text(raw), raw
-        if self.ref.name not in self._provider.refuses_stream_usage:
-            # Ask for the usage in the stream's last chunk (the run's ledger wants it); a
-            # server that refuses the option is asked again without it, and not again after.
-            # With a schema in the request the refusal goes to ``chat`` first, which drops
-            # the schema (a server that takes the option is far commoner than one that
-            # takes json_schema but not the option).
-            try:
-                return await self._stream(client, {**request, "stream_options": {"include_usage": True}}, on_delta)
-            except ProviderError as exc:
-                if exc.status not in _REFUSALS or exc.partial or "response_format" in request:
-                    raise
-            result = await self._stream(client, request, on_delta)
-            self._provider.refuses_stream_usage.add(self.ref.name)
-            return result
-        return await self._stream(client, request, on_delta)
-
-    async def _stream(self, client: AsyncOpenAI, request: dict, on_delta: DeltaCallback) -> tuple[str, str]:
-        note_send()
-        collector = StreamCollector(on_delta)
+    async def stream(self, client: AsyncOpenAI, request: Request, on_delta: DeltaCallback) -> tuple[str, str]:
+        if self.ref.name in self._provider.refuses_stream_usage:
+            return await super().stream(client, request, on_delta)
+        # Ask for the usage in the stream's last chunk (the run's ledger wants it); a server
+        # that refuses the option is asked again without it, and not again after. With a
+        # schema in the request the refusal goes to ``answer`` first, which drops the schema
+        # (a server that takes the option is far commoner than one that takes json_schema but
+        # not the option).
         try:
-            stream = await client.chat.completions.create(**request, stream=True)
-            async with stream:
-                async for chunk in stream:
-                    read_usage(chunk)
-                    for choice in chunk.choices or []:
-                        # Only content: ``reasoning_content`` deltas are hidden thoughts.
-                        if choice.index == 0 and choice.delta and choice.delta.content:
-                            collector.feed(choice.delta.content)
-        except Exception as exc:
-            if collector.owns(exc):
+            return await super().stream(client, {**request, "stream_options": {"include_usage": True}}, on_delta)
+        except ProviderError as exc:
+            if exc.status not in _REFUSALS or exc.partial or "response_format" in request:
                 raise
-            error = self._provider.map_error(exc, self.ref)
-            error.partial = collector.started
-            raise error from exc
-        return collector.finish()
+        result = await super().stream(client, request, on_delta)
+        self._provider.refuses_stream_usage.add(self.ref.name)
+        return result
 
 
-class OpenAIProvider:
+class OpenAIProvider(HostedProvider["AsyncOpenAI"]):
     """Owns the one ``AsyncOpenAI`` client (made on first use) and its models."""
 
     name = "openai"
+    chat_class = OpenAIChat
+    settings: OpenAISettings
 
     def __init__(self, settings: OpenAISettings) -> None:
-        self.settings = settings
-        self._client: AsyncOpenAI | None = None
-        self.refuses_schema: set[str] = set()  # models whose server refused json_schema
+        super().__init__(settings)
         self.refuses_stream_usage: set[str] = set()  # models whose server refused stream_options
 
-    def client(self, ref: ModelRef | str = "openai") -> AsyncOpenAI:
-        if self._client is None:
-            self._client = make_client(self.settings, ref)
-        return self._client
-
-    def model(self, name: str) -> OpenAIChat:
-        return OpenAIChat(ModelRef("openai", name), self)
-
-    async def list_models(self) -> list[str]:
-        """The ids the server lists at ``/models`` (for ``critifusion doctor``)."""
-        try:
-            page = await self.client().models.list()
-            return [m.id async for m in page if getattr(m, "id", None)]
-        except ProviderError:
-            raise
-        except Exception as exc:
-            raise self.map_error(exc, "openai") from exc
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
+    def make_client(self, ref: ModelRef | str) -> AsyncOpenAI:
+        return make_client(self.settings, ref)
 
     def map_error(self, exc: BaseException, ref: ModelRef | str) -> ProviderError:
         return map_error(exc, ref, self.settings)
+
+    async def list_models(self) -> list[str]:
+        """The ids the server lists at ``/models`` (for ``critifusion doctor``)."""
+        return await self.ask("openai", _model_ids)
+
+
+async def _model_ids(client: AsyncOpenAI) -> list[str]:
+    page = await client.models.list()
+    return [m.id async for m in page if getattr(m, "id", None)]
 
 
 def map_error(exc: BaseException, ref: ModelRef | str, settings: OpenAISettings) -> ProviderError:

@@ -1,42 +1,32 @@
 """Together AI through the official ``together`` 3.x client.
 
 The client does the HTTP work, including its own retries with back-off that honours
-``retry-after``; this module turns CritiCore's messages into the OpenAI-style payload, cleans
-the answer (:mod:`.hygiene`) and turns every client error into a :class:`ProviderError`.
+``retry-after``; the chat itself is the OpenAI-style one (:mod:`.completions` over the
+skeleton in :mod:`.chat`), and this module makes the client, lists the models and turns every
+client error into a :class:`ProviderError`.
 The ``together`` package is imported on first use: it costs a third of a second, which the
 command line's ``--help`` should not pay.
 """
 
 from __future__ import annotations
 
-import base64
 import os
-import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from critifusion_tui.providers.base import (
-    METER_HOOKS,
     AuthenticationError,
-    ChatResult,
-    DeltaCallback,
-    MessageLike,
     ModelNotFoundError,
     ModelRef,
     ProviderConnectionError,
     ProviderError,
     ProviderTimeoutError,
     RateLimitedError,
-    StreamCollector,
     UnusableAnswerError,
-    as_messages,
-    empty_answer,
-    last_user_index,
-    note_send,
-    note_usage,
+    meter_hooks,
     short_detail,
 )
-from critifusion_tui.providers.hygiene import clean_model_text
+from critifusion_tui.providers.chat import HostedProvider
+from critifusion_tui.providers.completions import CompletionsChat
 
 if TYPE_CHECKING:
     from together import AsyncTogether
@@ -84,124 +74,32 @@ def make_client(settings: TogetherSettings, ref: ModelRef | str = "together") ->
         timeout=settings.timeout_s,
         max_retries=settings.max_retries,
         # Every request and 429 is counted on the calling model's meter (the run's ledger).
-        http_client=DefaultAsyncHttpxClient(event_hooks={k: list(v) for k, v in METER_HOOKS.items()}),
+        http_client=DefaultAsyncHttpxClient(event_hooks=meter_hooks()),
     )
 
 
-def to_payload(messages: Sequence[MessageLike], image: bytes | None) -> list[dict[str, Any]]:
-    """OpenAI-style messages; the PNG rides on the last user turn as a data URL part."""
-    turns = as_messages(messages)
-    payload: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in turns]
-    if image is not None:
-        index = last_user_index(turns)
-        data_url = "data:image/png;base64," + base64.b64encode(image).decode("ascii")
-        payload[index]["content"] = [
-            {"type": "text", "text": turns[index].content},
-            {"type": "image_url", "image_url": {"url": data_url}},
-        ]
-    return payload
+class TogetherChat(CompletionsChat):
+    """A :class:`~critifusion_tui.providers.base.ChatModel` for one Together model.
+
+    Constrained output is not asked of Together (``with_schema`` stays None): free text.
+    """
 
 
-def read_usage(response: Any) -> None:
-    """Put an OpenAI-style ``usage`` (a response's, or a stream's last chunk's) on the meter."""
-    usage = getattr(response, "usage", None)
-    if usage is not None:
-        note_usage(getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
-
-
-class TogetherChat:
-    """A :class:`~critifusion_tui.providers.base.ChatModel` for one Together model."""
-
-    def __init__(self, ref: ModelRef, provider: TogetherProvider) -> None:
-        self.ref = ref
-        self._provider = provider
-
-    async def chat(
-        self,
-        messages: Sequence[MessageLike],
-        *,
-        temperature: float,
-        max_tokens: int,
-        image: bytes | None = None,
-        on_delta: DeltaCallback | None = None,
-        schema: Any = None,  # constrained output is not asked of Together: free text
-    ) -> ChatResult:
-        payload = to_payload(messages, image)
-        started = time.perf_counter()
-        client = self._provider.client(self.ref)
-        request = dict(
-            model=self.ref.name, messages=payload, temperature=temperature, max_tokens=max_tokens
-        )
-        note_send()
-        if on_delta is None:
-            try:
-                response = await client.chat.completions.create(**request)
-            except Exception as exc:
-                raise self._provider.map_error(exc, self.ref) from exc
-            choices = response.choices or []
-            content = choices[0].message.content if choices and choices[0].message else None
-            raw = content if isinstance(content, str) else str(content or "")
-            text = clean_model_text(raw)
-            read_usage(response)
-        else:
-            text, raw = await self._stream(client, request, on_delta)
-        if not text:
-            raise empty_answer(self.ref, raw)
-        return ChatResult(text, self.ref, time.perf_counter() - started)
-
-    async def _stream(
-        self, client: AsyncTogether, request: dict, on_delta: DeltaCallback
-    ) -> tuple[str, str]:
-        """Stream the answer through ``on_delta``; return the cleaned and the raw text."""
-        collector = StreamCollector(on_delta)
-        try:
-            stream = await client.chat.completions.create(**request, stream=True)
-            async with stream:
-                async for chunk in stream:
-                    read_usage(chunk)  # the last chunk carries the usage
-                    for choice in chunk.choices or []:
-                        # Only content: ``reasoning`` deltas are the model's hidden thoughts.
-                        if choice.index == 0 and choice.delta and choice.delta.content:
-                            collector.feed(choice.delta.content)
-        except Exception as exc:
-            if collector.owns(exc):
-                raise
-            raise self._provider.map_error(exc, self.ref) from exc
-        return collector.finish()
-
-
-class TogetherProvider:
+class TogetherProvider(HostedProvider["AsyncTogether"]):
     """Owns the one ``AsyncTogether`` client (made on first use) and its models."""
 
     name = "together"
+    chat_class = TogetherChat
+    settings: TogetherSettings
 
-    def __init__(self, settings: TogetherSettings) -> None:
-        self.settings = settings
-        self._client: AsyncTogether | None = None
-
-    def client(self, ref: ModelRef | str = "together") -> AsyncTogether:
-        if self._client is None:
-            self._client = make_client(self.settings, ref)
-        return self._client
-
-    def model(self, name: str) -> TogetherChat:
-        return TogetherChat(ModelRef("together", name), self)
-
-    async def list_models(self) -> list[str]:
-        try:
-            return await list_models(self.client())
-        except ProviderError:
-            raise
-        except Exception as exc:
-            raise self.map_error(exc, "together") from exc
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
+    def make_client(self, ref: ModelRef | str) -> AsyncTogether:
+        return make_client(self.settings, ref)
 
     def map_error(self, exc: BaseException, ref: ModelRef | str) -> ProviderError:
         return map_error(exc, ref, self.settings)
+
+    async def list_models(self) -> list[str]:
+        return await self.ask("together", list_models)
 
 
 async def list_models(client: AsyncTogether) -> list[str]:
@@ -227,7 +125,7 @@ async def list_models(client: AsyncTogether) -> list[str]:
             pass  # no v2 catalogue on this server: GET /v1/models below answers instead
     body = await client.get("/v1/models", cast_to=object)
     entries = body.get("data", []) if isinstance(body, dict) else body
-    for entry in entries or []:
+    for entry in entries if isinstance(entries, list) else []:
         value = entry.get("id") if isinstance(entry, dict) else None
         if value and value not in names:
             names.append(value)

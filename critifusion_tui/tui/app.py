@@ -36,41 +36,59 @@ from critifusion_tui.engine.events import (
     Event,
     ImageReady,
     ModelLoaded,
+    ModelLoading,
     Notice,
+    StageCancelled,
     StageFailed,
     StageFinished,
     StageSkipped,
     StageStarted,
 )
+from critifusion_tui.engine.flow import Phase
+from critifusion_tui.engine.stages import ORIGINAL, TABLE, branch_of, spec
 from critifusion_tui.tui.widgets.candidate_pane import CandidatePane
 from critifusion_tui.tui.widgets.diffusion_progress import DiffusionProgress
 from critifusion_tui.tui.widgets.image_view import ImageView
 from critifusion_tui.tui.widgets.log_view import LogBuffer
 from critifusion_tui.tui.widgets.prompt_editor import ComponentsEditor, PromptEditor
-from critifusion_tui.tui.widgets.stage_rail import StageRail
+from critifusion_tui.tui.widgets.stage_rail import StageRail, rows_for
 
-# Which view shows which stage, and which pane container holds its models' answers.
-VIEW_OF = {
+# Which view shows a stage, by the kind of stage (the stage table says each stage's kind),
+# and which container holds its models' panes.
+VIEW_OF_KIND = {
     "prompt": "view-prompt", "tags": "view-tags", "components": "view-components",
     "base": "view-images", "critique": "view-critique", "refine": "view-images", "done": "view-images",
 }
-PANES_OF = {"tags": "#tags-panes", "components": "#components-panes", "critique": "#critique-panes"}
-# Where the app stands between stages; ctrl+r moves it on.
-PROMPT, TAGS_GATE, REFINE_GATE, DONE = "prompt", "tags-gate", "refine-gate", "done"
+PANES_OF_KIND = {"tags": "#tags-panes", "components": "#components-panes", "critique": "#critique-panes"}
+# Where the app stands: composing a prompt, or where the engine's run stands (engine/flow.py).
+PROMPT = "prompt"
+TAGS_GATE, REFINE_GATE, DONE = Phase.TAGS_GATE.value, Phase.REFINE_GATE.value, Phase.DONE.value
 NEXT_HINT = {
     PROMPT: "Type a prompt, then ctrl+r to expand and decompose it.",
-    TAGS_GATE: "Edit the tags, negative or components, then ctrl+r to draw the base image (ctrl+k skips the critique).",
+    Phase.TEXT.value: "The text stages did not finish: ctrl+r goes on with them.",
+    TAGS_GATE: "Edit tags/negative (ctrl+g: components); ctrl+r draws; ctrl+t: no critique",
     REFINE_GATE: "Edit the refinement prompt, then ctrl+r to refine (SpecFusion).",
-    DONE: "Done. ctrl+r starts a new run; ctrl+o opens earlier runs.",
+    Phase.COMPARISON.value: "The comparison on your own prompt did not finish: ctrl+r goes on.",
+    DONE: "Done. ctrl+r: a new run from the prompt; ctrl+b: back to the refine gate.",
 }
-
-
 BUSY = "A stage is running: wait, or press escape to cancel it."
 RUNNING_HINT = {
     "tags": "Expanding the prompt into tags", "components": "Decomposing the prompt into components",
     "base": "Drawing the base image", "critique": "The critics are looking at the image",
     "refine": "Refining with SpecFusion",
 }
+# The stages that draw an image; each has an ImageView "#image-<stage>".
+IMAGE_STAGES = tuple(stage for stage, stage_spec in TABLE.items() if stage_spec.image)
+# Actions that act only in some places; the footer shows a key only where it acts.
+GATE_PHASES = (TAGS_GATE, REFINE_GATE)
+
+
+def kind_of(stage: str) -> str:
+    """The stage's kind (tags ... refine) from the stage table; the rail's own rows as is."""
+    try:
+        return spec(stage).kind
+    except ValueError:
+        return stage
 
 
 # Loggers of the client libraries that say what the engine's events cannot: httpx logs every
@@ -109,44 +127,54 @@ class CritiFusionApp(App):
 
     TITLE = "critifusion"
     CSS_PATH = "app.tcss"
+    # The footer fits 80 columns: only the keys that act where the person is are shown
+    # (check_action), the most used first; every key is in help (f1) and the palette.
     BINDINGS = [
-        Binding("ctrl+r", "advance", "Run / continue", id="run.advance", priority=True,
+        Binding("ctrl+r", "advance", "Continue", id="run.advance", priority=True,
                 tooltip="Run the next stage, or continue past the gate you are at"),
         Binding("escape", "cancel", "Cancel", id="run.cancel",
                 tooltip="Stop the running stage; everything done is kept"),
-        Binding("f5", "rerun_stage", "Re-run stage", id="run.rerun",
-                tooltip="Run the shown stage again with the inputs as they are now"),
-        Binding("ctrl+k", "skip_critique", "Skip critique", id="run.skip_critique",
-                tooltip="At the tags gate: refine from the tags alone, without a VLM critique"),
         Binding("ctrl+b", "step_back", "Back", id="run.back",
-                tooltip="Go back to the previous gate to change its inputs"),
-        Binding("ctrl+l", "show_log", "Log", id="app.log", tooltip="Every provider call, retry and warning"),
-        Binding("ctrl+s", "settings", "Settings", id="app.settings", tooltip="Routing, seed, size, steps, SpecFusion"),
+                tooltip="Go back to the previous gate to change its inputs (asks before discarding work)"),
+        Binding("ctrl+t", "skip_critique", "Skip critique", id="run.skip_critique", priority=True,
+                tooltip="At the tags gate: refine from the tags alone, without a VLM critique (toggles)"),
+        Binding("ctrl+g", "edit_components", "Components", id="run.components", priority=True, show=False,
+                tooltip="At the tags gate: edit the components the critic checks"),
+        Binding("ctrl+n", "new_run", "New run", id="run.new", show=False,
+                tooltip="Write a prompt for a new run (the current run is kept; asks if it is unfinished)"),
+        Binding("f5", "rerun_stage", "Re-run", id="run.rerun",
+                tooltip="Run the stage highlighted in the rail again (asks before discarding work)"),
+        Binding("ctrl+l", "show_log", "Log", id="app.log", show=False, tooltip="Every provider call, retry and warning"),
         Binding("ctrl+o", "history", "History", id="app.history", tooltip="Earlier runs: reopen, view, compare"),
+        Binding("ctrl+s", "settings", "Settings", id="app.settings", show=False,
+                tooltip="Routing, seed, size, steps, SpecFusion"),
         Binding("f1", "help", "Help", id="app.help", tooltip="Help for the focused widget"),
         Binding("ctrl+q", "quit_app", "Quit", id="app.quit", priority=True, tooltip="Quit (asks when a run is in flight)"),
     ]
 
     def __init__(self, loaded: LoadedConfig, prompt: str = "", *, image_mode: str | None = None,
-                 image_class: Any = None, session: Any = None) -> None:
+                 image_class: Any = None, session: Any = None, variants: str = "full") -> None:
         super().__init__()
         self.loaded = loaded
         self.initial_prompt = prompt
         self.image_mode = image_mode or loaded.settings.tui.images
         self.image_class = image_class  # tests pin a renderer; None lets the mode decide
         self.session = session
+        self.variants = variants
         # What the engine reported loading (source, variant, device, scheduler), once it has.
         self._loaded_model: str | None = None
         # The editors' texts as last filled from the run: an edit is a change from these.
         self._shown: dict[str, Any] = {}
         self.active_run: Any = None
-        self.phase = PROMPT
-        self.skip_next_critique = False
+        # True while the person writes a prompt for a new run (no run yet, or they left one).
+        self.composing = True
         self.worker: Worker | None = None
         self.log_buffer = LogBuffer()
         self.stage_started: dict[str, float] = {}
         self.failures: dict[str, list[str]] = {}
         self.panes: dict[tuple[str, str, str], CandidatePane] = {}
+        self._loading_since: float | None = None
+        self._phase = PROMPT
 
     def get_system_commands(self, screen):
         """Every action of the app is also in the command palette (ctrl+p), with its key."""
@@ -175,17 +203,28 @@ class CritiFusionApp(App):
                     yield Vertical(id="components-panes", classes="panes")
                     yield ComponentsEditor("Components (one per line)", id="components")
                 with VerticalScroll(id="view-critique", can_focus=False):
+                    with Horizontal(id="critique-top"):
+                        # The base image the critics looked at, beside what they said of it.
+                        yield ImageView("Base (criticised)", mode=self.image_mode, image_class=self.image_class,
+                                        id="critique-image")
+                        yield Static("", id="critique-summary", markup=False)
                     yield Vertical(id="critique-panes", classes="panes")
-                    yield Static("", id="critique-summary", markup=False)
                     yield PromptEditor("Refinement prompt", id="refinement")
                 with Vertical(id="view-images"):
                     with Horizontal(id="images"):
                         yield ImageView("Base", mode=self.image_mode, image_class=self.image_class, id="image-base")
-                        yield ImageView("Refined", mode=self.image_mode, image_class=self.image_class, id="image-refined")
+                        yield ImageView("Refined", mode=self.image_mode, image_class=self.image_class, id="image-refine")
+                    with Horizontal(id="images-original", classes="-hidden"):
+                        yield ImageView("Base (your prompt)", mode=self.image_mode, image_class=self.image_class,
+                                        id="image-base_original")
+                        yield ImageView("Refined (your prompt)", mode=self.image_mode, image_class=self.image_class,
+                                        id="image-refine_original")
                     yield Static("", id="images-summary", markup=False)
         yield Static(NEXT_HINT[PROMPT], id="hint", markup=False)
         yield DiffusionProgress(id="progress")
-        yield Footer()
+        # Compact, and without the palette's own entry (ctrl+p still opens it; help says so):
+        # at 80 columns the keys of the current place fit.
+        yield Footer(compact=True, show_command_palette=False)
 
     def _config_summary(self) -> str:
         s = self.loaded.settings
@@ -198,7 +237,7 @@ class CritiFusionApp(App):
             f"vlms        {', '.join(s.criticore.vlms)}\n"
             f"model       {self._loaded_model or s.diffusion.model}{noise}\n"
             f"image       {self._size_summary()}, {s.diffusion.steps} steps, "
-            f"seed {s.diffusion.seed}; SpecFusion {s.specfusion.mode}"
+            f"seed {s.diffusion.seed}; SpecFusion {s.specfusion.mode}; variants {self.variants}"
         )
 
     def _size_summary(self) -> str:
@@ -215,6 +254,8 @@ class CritiFusionApp(App):
     async def on_unmount(self) -> None:
         for name in PROVIDER_LOGGERS:
             logging.getLogger(name).removeHandler(self._provider_log)
+        if self.active_run is not None and not self.busy:
+            self._leave_run()  # closing the app at a gate: the run is recorded as left
         # The provider clients belong to this event loop: close them before it ends.
         if self.session is not None:
             await self.session.aclose()
@@ -227,8 +268,9 @@ class CritiFusionApp(App):
             if logger.getEffectiveLevel() > logging.INFO:
                 logger.setLevel(logging.INFO)
         self.query_one("#prompt", Input).focus()
-        self._set_phase(PROMPT)
+        self._show_where()
         self._apply_width(self.size.width)
+        self.set_interval(0.25, self._tick_loading)
 
     def on_resize(self, event) -> None:
         self._apply_width(event.size.width)
@@ -250,32 +292,27 @@ class CritiFusionApp(App):
 
         settings = self.loaded.settings
         # Textual draws on fd 2: the model load may capture only fd 1 (library prints).
-        diffusion = diffusion or Diffusion.from_config(settings.diffusion, capture_fds=(1,))
-        return Session(settings, diffusion=diffusion)
+        make = partial(Diffusion.from_config, capture_fds=(1,))
+        return Session(settings, diffusion=diffusion, make_diffusion=make, overrides=self.loaded.overrides)
 
     @property
     def busy(self) -> bool:
         return self.worker is not None and self.worker.state in (WorkerState.PENDING, WorkerState.RUNNING)
 
+    @property
+    def phase(self) -> str:
+        """Where the app shows the run standing: composing a prompt, or the run's phase
+        (engine/flow.py) as of the last time the screen was brought up to date."""
+        return self._phase
+
+    def _engine_phase(self) -> str:
+        if self.composing or self.active_run is None:
+            return PROMPT
+        return self.active_run.phase.value
+
     def _emit(self, event: Event) -> None:
         """The engine's event sink: runs on the loop thread; only posts a message."""
         self.post_message(EngineEvent(event))
-
-    def _set_phase(self, phase: str) -> None:
-        self.phase = phase
-        self.query_one("#hint", Static).update(NEXT_HINT[phase])
-        rail = self.query_one(StageRail)
-        # The stage after a gate shows that it waits for you, unless it just failed: the
-        # failure stays visible until it runs again.
-        if phase == TAGS_GATE and rail.state("base") != "failed":
-            rail.set_state("base", "gate")
-        elif phase == REFINE_GATE and rail.state("refine") != "failed":
-            rail.set_state("refine", "gate")
-        elif phase == DONE:
-            rail.set_state("done", "done")
-
-    def _show(self, stage: str) -> None:
-        self.query_one("#views", ContentSwitcher).current = VIEW_OF[stage]
 
     def _start(self, work_coro, description: str) -> None:
         """Run engine work in a worker; only one at a time."""
@@ -286,110 +323,91 @@ class CritiFusionApp(App):
             return
         self.worker = self.run_worker(work_coro, name=description, group="stage", exclusive=True, exit_on_error=False)
 
-    # ---------------------------------------------------------------- ctrl+r: the next stage
-
-    def _main_screen_active(self) -> bool:
-        """ctrl+r and ctrl+q are priority keys: they must not act under a pushed screen."""
-        return self.screen is self.screen_stack[0]
-
-    def action_advance(self) -> None:
-        if not self._main_screen_active():
-            return
-        if self.busy:
-            self.notify(BUSY, severity="warning")
-            return
-        if self.phase in (PROMPT, DONE):
-            self._new_run()
-        elif self.phase == TAGS_GATE:
-            self._apply_tag_edits()
-            self._start(self._base_and_critique(), "base image and critique")
-        elif self.phase == REFINE_GATE:
-            self._apply_refinement_edit()
-            self._start(self._refine(), "refinement")
-
-    def _new_run(self) -> None:
-        prompt = self.query_one("#prompt", Input).value.strip()
-        if not prompt:
-            self.bell()
-            self.notify("Type a prompt first.", severity="warning")
-            self._show("prompt")
-            self.query_one("#prompt", Input).focus()
-            return
-        try:
-            self.active_run = self._session().new_run(prompt, emit=self._emit)
-        except Exception as exc:  # a run folder that cannot be made: say why, stay usable
-            self.notify(f"Cannot start the run: {exc}", severity="error", timeout=10)
-            return
-        self._reset_views()
-        self.log_buffer.add("info", "run", f"run folder {self.active_run.folder}")
-        self._start(self._text_stages(), "tags and components")
-
-    async def _text_stages(self) -> str:
-        await self.active_run.text_stages()
-        return TAGS_GATE
-
-    async def _base_and_critique(self) -> str:
-        if not self.active_run.done("base"):
-            await self.active_run.base_stage()
-        if not self.active_run.done("critique"):
-            if self.skip_next_critique:
-                self.active_run.skip_critique()
-            else:
-                await self.active_run.critique_stage()
-        return REFINE_GATE
-
-    async def _refine(self) -> str:
-        await self.active_run.refine_stage()
-        self.active_run.store.finish("done")
-        return DONE
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker is not self.worker:
-            return
-        if event.state == WorkerState.SUCCESS and isinstance(event.worker.result, str):
-            self._set_phase(event.worker.result)
-            self._after_stage()
-        elif event.state == WorkerState.CANCELLED:
-            self.notify("Cancelled. Everything done so far is kept; ctrl+r goes on, f5 re-runs a stage.")
-            self._set_phase(self._phase_from_run())
-        elif event.state == WorkerState.ERROR:
-            error = event.worker.error
-            message = getattr(error, "message", None) or str(error)
-            self.notify(f"{event.worker.name} failed: {message}", severity="error", timeout=15)
-            self.log_buffer.add("error", event.worker.name, message)
-            self._set_phase(self._phase_from_run())
-
-    def _phase_from_run(self) -> str:
-        """Where a run stands after a cancel or a failure: the last gate it passed."""
-        if self.active_run is None or not (self.active_run.done("tags") and self.active_run.done("components")):
-            return PROMPT
-        if self.active_run.done("refine"):
-            return DONE
-        if self.active_run.done("base") and self.active_run.done("critique"):
-            return REFINE_GATE
-        return TAGS_GATE
-
-    def _after_stage(self) -> None:
-        """Put the engine's current prompts into the editors and focus what comes next."""
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Keys show in the footer only where they act (help lists them all)."""
+        phase = self.phase
         run = self.active_run
+        if action == "cancel":
+            return self.busy
+        if action == "step_back":
+            return not self.busy and run is not None and phase != PROMPT
+        if action in ("skip_critique", "edit_components"):
+            return not self.busy and phase == TAGS_GATE
+        if action == "rerun_stage":
+            return not self.busy and run is not None and phase != PROMPT
+        if action == "advance":
+            return not self.busy
+        return True
+
+    def _refresh_keys(self) -> None:
+        self.refresh_bindings()
+
+    # ---------------------------------------------------------------- showing where the run stands
+
+    def _show(self, stage: str) -> None:
+        self.query_one("#views", ContentSwitcher).current = VIEW_OF_KIND[kind_of(stage)]
+
+    def _hint(self, text: str, *, error: bool = False) -> None:
+        hint = self.query_one("#hint", Static)
+        hint.update(text)
+        hint.set_class(error, "-error")
+
+    def _show_where(self) -> None:
+        """Make the rail, the hint, the editors and the focus say where the run stands.
+
+        Everything is read from the engine (the run's stages and phase), so after any move
+        (advance, back, re-run, cancel, a failure, a reopen) the rail is true."""
+        run = self.active_run
+        rail = self.query_one(StageRail)
+        phase = self._phase = self._engine_phase()
+        self._hint(NEXT_HINT.get(phase, ""))
         if run is None:
+            self._refresh_keys()
             return
-        if self.phase == TAGS_GATE:
+        for stage in run.stages:
+            record = run.store.stages.get(stage) or {}
+            state = run.stage_state(stage)
+            rail.set_state(stage, state, seconds=record.get("seconds"), detail=record.get("error", "") or "")
+        rail.set_state("prompt", "done")
+        gate = run.current_step().stages[0] if run.gate is not None else None
+        if gate is not None and rail.state(gate) not in ("failed", "cancelled"):
+            rail.set_state(gate, "gate")
+        rail.set_state("done", "done" if run.phase is Phase.DONE else "waiting")
+        rail.set_will_skip("critique", run.skip_critique_next and not run.done("critique"))
+        if self.composing:
+            self._refresh_keys()
+            return
+        self._fill_views(run)
+        self._refresh_keys()
+
+    def _fill_views(self, run) -> None:
+        """The editors hold the run's current prompts; the gate's view is shown and focused."""
+        phase = run.phase
+        if phase in (Phase.TAGS_GATE, Phase.TEXT):
             self._fill_editor("#positive", "positive")
             self._fill_editor("#negative", "negative")
-            components = run.text("components") or []
             editor = self.query_one("#components", ComponentsEditor)
-            editor.items = list(components)
-            self._shown_text()["components"] = list(editor.items)  # as shown, after the widget's cleaning
-            self._show("tags")
-            self._focus_editor("#positive")
-        elif self.phase == REFINE_GATE:
+            editor.items = list(run.text("components") or [])
+            self._shown["components"] = list(editor.items)  # as shown, after the widget's cleaning
+            if phase is Phase.TAGS_GATE:
+                self._show("tags")
+                self._focus_editor("#positive")
+        elif phase is Phase.REFINE_GATE:
             self._fill_editor("#refinement", "refinement")
+            self._show_critique_image(run)
             self._show("critique")
             self._focus_editor("#refinement")
-        elif self.phase == DONE:
+        elif phase in (Phase.DONE, Phase.COMPARISON):
             self._show("done")
             self._summarise_images()
+
+    def _show_critique_image(self, run) -> None:
+        record = run.store.stage("base")
+        view = self.query_one("#critique-image", ImageView)
+        if record:
+            view.show(run.store.path(record["image"]), self._noise_label())
+        else:
+            view.clear()
 
     def _focus_editor(self, selector: str) -> None:
         """At a gate, the prompt to steer is what the user sees first, focused."""
@@ -405,33 +423,165 @@ class CritiFusionApp(App):
         editor.text = entry["value"] if entry else ""
         # What the person sees may differ from the run's value (the widget drops control
         # characters): an edit is what differs from what was shown, nothing else.
-        self._shown_text()[name] = editor.text.strip()
+        self._shown[name] = editor.text.strip()
         if entry:
             editor.set_author("you" if entry["by"] == "user" else entry["by"])
 
-    def _shown_text(self) -> dict:
-        """The editors' texts as last filled from the run, per prompt name."""
-        return self._shown
-
     def _changed(self, name: str, now):
         """True when the person changed `name` from what the editor showed."""
-        shown = self._shown_text().get(name)
+        shown = self._shown.get(name)
         before = shown if shown is not None else (self.active_run.text(name) or ("" if name != "components" else []))
         return now != before
 
-    def _apply_tag_edits(self) -> None:
-        for selector, name in (("#positive", "positive"), ("#negative", "negative")):
-            text = self.query_one(selector, PromptEditor).text.strip()
-            if self._changed(name, text):
-                self.active_run.edit(name, text)
-        items = self.query_one("#components", ComponentsEditor).items
-        if self._changed("components", items):
-            self.active_run.edit("components", items)
+    def _editor_value(self, name: str):
+        if name == "components":
+            return self.query_one("#components", ComponentsEditor).items
+        return self.query_one(f"#{name}", PromptEditor).text.strip()
 
-    def _apply_refinement_edit(self) -> None:
-        text = self.query_one("#refinement", PromptEditor).text.strip()
-        if self._changed("refinement", text):
-            self.active_run.edit("refinement", text)
+    def _gate_edits(self) -> dict[str, Any]:
+        """What the person changed of the gate's fields (only those; nothing else is sent)."""
+        gate = self.active_run.gate if self.active_run else None
+        if gate is None:
+            return {}
+        edits = {}
+        for name in gate.fields:
+            value = self._editor_value(name)
+            if self._changed(name, value):
+                edits[name] = value
+        return edits
+
+    # ---------------------------------------------------------------- ctrl+r: the next step
+
+    def _main_screen_active(self) -> bool:
+        """ctrl+r and ctrl+q are priority keys: they must not act under a pushed screen."""
+        return self.screen is self.screen_stack[0]
+
+    def action_advance(self) -> None:
+        if not self._main_screen_active():
+            return
+        if self.busy:
+            self.notify(BUSY, severity="warning")
+            return
+        run = self.active_run
+        if self.composing or run is None:
+            self._start_from_prompt()
+        elif run.phase is Phase.DONE:
+            # A new run starts from the prompt, which the person may edit first.
+            self._compose_prompt("Edit the prompt, then ctrl+r to start a new run (the finished run stays in history).")
+        else:
+            self._drive(run.advance(self._gate_edits()), "continue")
+
+    def _compose_prompt(self, hint: str) -> None:
+        self.composing = True
+        self._show("prompt")
+        self.query_one("#prompt", Input).focus()
+        self._show_where()
+        self._hint(hint)
+
+    def _start_from_prompt(self) -> None:
+        prompt = self.query_one("#prompt", Input).value.strip()
+        if not prompt:
+            self.bell()
+            self._hint("Type a prompt first.", error=True)
+            self._show("prompt")
+            self.query_one("#prompt", Input).focus()
+            return
+        run = self.active_run
+        if run is not None and run.phase is not Phase.DONE:
+            if prompt == run.prompt:
+                # The same prompt: go on with the run the person stepped back from.
+                self.composing = False
+                if run.gate is not None:
+                    self._show_where()
+                else:
+                    self._drive(run.advance(), "continue")
+                return
+            self._confirm(
+                f"The current run is not finished ({run.phase.value}). Start a new run? "
+                "The current one stays in history as abandoned; ctrl+o reopens it.",
+                self._new_run, yes="New run", no="Stay",
+            )
+            return
+        self._new_run()
+
+    def _leave_run(self) -> None:
+        if self.active_run is None:
+            return
+        try:
+            self.active_run.leave()
+        except Exception as exc:  # a refused write: say so, never lose the app over it
+            self.log_buffer.add("error", "run", f"could not record the run as left: {exc}")
+
+    def _new_run(self) -> None:
+        prompt = self.query_one("#prompt", Input).value.strip()
+        self._leave_run()
+        try:
+            run = self._session().new_run(prompt, emit=self._emit, variants=self.variants)
+        except Exception as exc:  # a run folder that cannot be made: say why, stay usable
+            self._hint(f"Cannot start the run: {exc}", error=True)
+            self.notify(f"Cannot start the run: {exc}", severity="error", timeout=10, markup=False)
+            return
+        self.active_run = run
+        self.composing = False
+        self._reset_views()
+        self.log_buffer.add("info", "run", f"run folder {run.folder}")
+        self._drive(run.advance(), "tags and components")
+
+    def _drive(self, move, description: str) -> None:
+        """Run one of the engine's moves in a worker; when it ends, show where the run stands."""
+
+        async def work() -> None:
+            await move
+
+        self._start(work(), description)
+        self._refresh_keys()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        from critifusion_tui.engine.pipeline import RunFailed
+
+        if event.worker is not self.worker:
+            return
+        if event.state == WorkerState.SUCCESS:
+            self._show_where()
+            self._offer_proposals()
+        elif event.state == WorkerState.CANCELLED:
+            self._show_where()
+            self._hint("Cancelled. Everything done so far is kept; ctrl+r goes on, f5 re-runs a stage.")
+        elif event.state == WorkerState.ERROR:
+            error = event.worker.error
+            message = getattr(error, "message", None) or str(error)
+            self._show_where()
+            # A failed stage was already said where it happened (rail, pane, log, hint).
+            if not isinstance(error, RunFailed) or error.stage == "run":
+                self.log_buffer.add("error", event.worker.name, message)
+            self._hint(f"{getattr(error, 'stage', event.worker.name)} failed: {_one_line(message)}  (f5 retries it)",
+                       error=True)
+        self._refresh_keys()
+
+    def _offer_proposals(self) -> None:
+        """The models wrote a new value for a prompt the person had edited: show both and let
+        the person choose (their edit stays until they do)."""
+        run = self.active_run
+        if run is None or not run.proposals:
+            return
+        name, proposal = next(iter(run.proposals.items()))
+        mine, new = _as_shown(run.text(name)), _as_shown(proposal["value"])
+
+        def chosen(use_new: bool | None) -> None:
+            if use_new:
+                run.take_proposal(name)
+            else:
+                run.drop_proposal(name)
+            self._show_where()
+            self._offer_proposals()  # the next one, if any
+
+        from critifusion_tui.tui.screens.confirm import ConfirmScreen
+
+        self.push_screen(ConfirmScreen(
+            f"{proposal['by']} wrote a new {name} prompt, but you had edited it.\n\n"
+            f"Yours:\n{mine}\n\nNew:\n{new}\n\nUse the new one?",
+            yes="Use the new one", no="Keep mine",
+        ), chosen)
 
     # ---------------------------------------------------------------- other actions
 
@@ -439,50 +589,100 @@ class CritiFusionApp(App):
         if self.busy:
             self.worker.cancel()
 
+    def _confirm(self, question: str, then, *, yes: str = "Yes", no: str = "No") -> None:
+        from critifusion_tui.tui.screens.confirm import ConfirmScreen
+
+        def answered(ok: bool | None) -> None:
+            if ok:
+                then()
+
+        self.push_screen(ConfirmScreen(question, yes=yes, no=no), answered)
+
     def action_rerun_stage(self) -> None:
-        """f5: run again the stage the rail has selected (or the one shown)."""
-        if self.active_run is None:
-            self.notify("No run yet: ctrl+r starts one.", severity="warning")
+        """f5: run again the stage the rail highlights, asking first when done work would go."""
+        from critifusion_tui.engine.flow import FlowError
+
+        run = self.active_run
+        if run is None:
+            self._hint("No run yet: ctrl+r starts one.", error=True)
             return
         if self.busy:
             self.notify(BUSY, severity="warning")
             return
-        stage = self.query_one(StageRail).selected or "tags"
-        if stage in ("tags", "components"):
-            coro = getattr(self.active_run, f"{stage}_stage")()
-            self._start(self._then(coro, TAGS_GATE), f"re-run {stage}")
-        elif stage == "base":
-            self._apply_tag_edits()
-            self.active_run.forget("base")  # else the step below would find it done and skip it
-            self._start(self._base_and_critique(), "re-run base")
-        elif stage == "critique":
-            self._start(self._then(self.active_run.critique_stage(), REFINE_GATE), "re-run critique")
-        elif stage in ("refine", "done"):
-            self._apply_refinement_edit()
-            self._start(self._refine(), "re-run refinement")
-        else:
-            self.notify("Select a stage in the rail to re-run it.", severity="warning")
+        rail = self.query_one(StageRail)
+        stage = rail.highlighted_stage
+        if stage not in run.stages:
+            self._hint("Highlight a stage in the rail (up/down there), then f5 re-runs it.", error=True)
+            return
+        problem = run.rerun_problem(stage)
+        if problem:
+            self._hint(f"Cannot re-run {spec(stage).title}: {problem}.", error=True)
+            return
 
-    async def _then(self, coro, phase: str) -> str:
-        await coro
-        return phase
+        def go() -> None:
+            try:
+                run.apply_edits(self._gate_edits())  # what the person typed is kept, not lost
+            except FlowError as exc:
+                self._hint(str(exc), error=True)
+                return
+            self.composing = False
+            self._drive(run.rerun(stage), f"re-run {stage}")
+
+        lost = [s for s in run.rerun_discards(stage) if s != stage]
+        if run.done(stage) or lost:
+            what = ", ".join(spec(s).title for s in [stage, *lost] if run.done(s))
+            self._confirm(f"Re-run {spec(stage).title}? This replaces: {what}.", go, yes="Re-run", no="Keep")
+        else:
+            go()
 
     def action_skip_critique(self) -> None:
-        self.skip_next_critique = not self.skip_next_critique
-        state = "will be skipped" if self.skip_next_critique else "will run"
-        self.notify(f"The critique {state}.")
+        run = self.active_run
+        if run is None or self.phase != TAGS_GATE:
+            self.bell()
+            return
+        run.set_skip_critique(not run.skip_critique_next)
+        self.query_one(StageRail).set_will_skip("critique", run.skip_critique_next)
+        state = "will be skipped (ctrl+t again to keep it)" if run.skip_critique_next else "will run"
+        self._hint(f"The critique {state}. ctrl+r draws the base image.")
+
+    def action_new_run(self) -> None:
+        if self.busy:
+            self.notify(BUSY, severity="warning")
+            return
+        self._compose_prompt("Edit the prompt, then ctrl+r to start a new run (the current run is kept).")
+
+    def action_edit_components(self) -> None:
+        if self.phase != TAGS_GATE:
+            self.bell()
+            return
+        self._show("components")
+        self.query_one("#components", ComponentsEditor).text_area.focus()
 
     def action_step_back(self) -> None:
         if self.busy:
             self.bell()
             return
-        if self.phase in (REFINE_GATE, DONE):
-            self._set_phase(TAGS_GATE)
-            self._after_stage()
-        elif self.phase == TAGS_GATE:
-            self._set_phase(PROMPT)
-            self._show("prompt")
-            self.query_one("#prompt", Input).focus()
+        run = self.active_run
+        if run is None or self.composing:
+            self.bell()
+            return
+        if run.back_target() is None:
+            # Before the first gate there is only the prompt: editing it means a new run.
+            self._compose_prompt("Edit the prompt: ctrl+r with a changed prompt starts a new run,"
+                                 " with the same prompt goes back to the tags gate.")
+            return
+        lost = run.back_discards()
+
+        def go() -> None:
+            run.apply_edits(self._gate_edits())
+            run.back()
+            self._show_where()
+
+        if lost:
+            what = ", ".join(spec(s).title for s in lost)
+            self._confirm(f"Go back? This discards: {what}.", go, yes="Go back", no="Stay")
+        else:
+            go()
 
     def action_show_log(self) -> None:
         from critifusion_tui.tui.screens.log import LogScreen
@@ -516,18 +716,16 @@ class CritiFusionApp(App):
         """Read back the file just written (it may be the user config dir's, not the one in
         use before), keeping this session's --set and --demo overrides on top."""
         from critifusion_tui.config import ConfigError
+        from critifusion_tui.engine.resume import same_model
 
         try:
             self.loaded = load_config(path, self.loaded.overrides)
         except ConfigError as exc:
-            self.notify(str(exc), severity="error", timeout=15)
+            self.notify(str(exc), severity="error", timeout=15, markup=False)
             return
         old = self.session
         # The loaded model serves on only if nothing that decides the load changed.
-        load_keys = ("model", "device", "dtype", "variant", "single_file_config", "cpu_offload", "vae_tiling", "compile")
-        keep_model = old is not None and all(
-            getattr(old.settings.diffusion, k) == getattr(self.loaded.settings.diffusion, k) for k in load_keys
-        )
+        keep_model = old is not None and same_model(old.settings.diffusion, self.loaded.settings.diffusion)
         self.session = self._new_session(old.diffusion if keep_model else None)
         if not keep_model:
             self._loaded_model = None
@@ -546,28 +744,30 @@ class CritiFusionApp(App):
         self._reopen(Path(message.folder))
 
     def _reopen(self, folder: Path) -> None:
+        """Reopen a run as the engine restores it (Session.resume, as `critifusion run --resume`)."""
         if self.busy:
             self.notify("A stage is running: cancel it first.", severity="warning")
             return
         try:
-            self.active_run = self._session().resume(folder, emit=self._emit)
+            run = self._session().resume(folder, emit=self._emit)
         except Exception as exc:
-            self.notify(f"Cannot reopen {folder}: {exc}", severity="error", timeout=10)
+            self.notify(f"Cannot reopen {folder}: {exc}", severity="error", timeout=10, markup=False)
             return
+        if self.active_run is not None and self.active_run.folder != run.folder:
+            self._leave_run()
+        self.active_run = run
+        self.composing = False
         self._reset_views()
-        self.query_one("#prompt", Input).value = self.active_run.prompt
-        rail = self.query_one(StageRail)
-        for stage in ("tags", "components", "base", "critique", "refine"):
-            record = self.active_run.store.stages.get(stage)
-            if record:
-                rail.set_state(stage, record.get("status", "waiting"), seconds=record.get("seconds"))
-        for stage, view in (("base", "#image-base"), ("refine", "#image-refined")):
-            record = self.active_run.store.stage(stage)
-            if record:
-                self.query_one(view, ImageView).show(self.active_run.store.path(record["image"]), self._noise_label())
-        self._set_phase(self._phase_from_run())
-        self._after_stage()
-        self.notify(f"Reopened {folder.name}.")
+        self.query_one("#prompt", Input).value = run.prompt
+        for stage in run.stages:
+            record = run.store.stage(stage)
+            if record and record.get("image"):
+                self._show_image(stage, run.store.path(record["image"]), self._noise_label())
+        self._show_where()
+        for text in run.differences:
+            self.log_buffer.add("warning", "run", text)
+        differs = f" It keeps its own settings ({len(run.differences)} note(s) in the log)." if run.differences else ""
+        self.notify(f"Reopened {folder.name}.{differs}", markup=False)
 
     def action_help(self) -> None:
         from critifusion_tui.tui.screens.help import HelpScreen
@@ -580,12 +780,14 @@ class CritiFusionApp(App):
                 title, text = type(widget).__name__, help_text
                 break
             widget = widget.parent if hasattr(widget, "parent") else None
-        # Every key active here: the focused widget's, its screen's and the app's.
+        # Every key of the app, also those that do not act here (marked by the help screen).
         keys = [
             (key, active.binding.description, active.binding.id or "")
             for key, active in self.active_bindings.items()
             if active.binding.description
         ]
+        known = {k for k, _, _ in keys}
+        keys += [(b.key, b.description, b.id or "") for b in self.BINDINGS if b.key not in known]
         self.push_screen(HelpScreen(title, text, keys))
 
     def action_quit_app(self) -> None:
@@ -604,25 +806,40 @@ class CritiFusionApp(App):
 
         self.push_screen(ConfirmScreen("A stage is running. Quit anyway? Completed stages are saved."), answered)
 
+    # ---------------------------------------------------------------- notifications
+
+    def notify(self, message: str, *, title: str = "", severity: str = "information", timeout: float | None = None,
+               markup: bool = True) -> None:
+        """A toast, unless the person is typing in an editor: then the hint line says it (a
+        toast there would cover what they type). Errors stay on the hint line until the next
+        move; the log keeps everything."""
+        if _in_editor(self.focused) and self.screen is self.screen_stack[0]:
+            self._hint(_one_line(message), error=severity == "error")
+            return
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
+
     # ---------------------------------------------------------------- messages from widgets
 
     def on_stage_rail_selected(self, message: StageRail.Selected) -> None:
         """Enter on a stage in the rail shows that stage's view (stages 1 and 2 run at once)."""
         self._show(message.stage)
+        if message.stage == "critique" and self.active_run is not None:
+            self._show_critique_image(self.active_run)
 
     @on(CandidatePane.Retry)
     def retry_candidate(self, message: CandidatePane.Retry) -> None:
-        if self.active_run is None or self.busy:
+        run = self.active_run
+        if run is None or self.busy:
             self.bell()
             return
+        message.stop()
         if message.role == "aggregator":
-            message.stop()
+            self.query_one(StageRail).select(message.stage)
             self.action_rerun_stage()
             return
-        stage_method = {"tags": self.active_run.tags_stage, "components": self.active_run.components_stage,
-                        "critique": self.active_run.critique_stage}[message.stage]
-        phase = REFINE_GATE if message.stage == "critique" else TAGS_GATE
-        self._start(self._then(stage_method(only=[message.model]), phase), f"retry {message.model}")
+        # The person's edits in the editors are kept: a retry never replaces them silently.
+        run.apply_edits(self._gate_edits())
+        self._drive(run.rerun(message.stage, only=[message.model]), f"retry {message.model}")
 
     @on(CandidatePane.UseAnswer)
     def use_answer(self, message: CandidatePane.UseAnswer) -> None:
@@ -632,30 +849,33 @@ class CritiFusionApp(App):
         try:
             self.active_run.use_answer(message.stage, message.model)
         except ValueError as exc:
-            self.notify(str(exc), severity="warning")
+            self.notify(str(exc), severity="warning", markup=False)
             return
-        self._set_phase(REFINE_GATE if message.stage == "critique" else TAGS_GATE)
-        self._after_stage()
-        self.notify(f"Using {message.model}'s answer.")
+        self._show_where()
+        self.notify(f"Using {message.model}'s answer.", markup=False)
 
     # ---------------------------------------------------------------- engine events
 
     def on_engine_event(self, message: EngineEvent) -> None:
         event = message.event
         rail = self.query_one(StageRail)
-        stage = "critique" if event.stage == "critique_original" else event.stage
+        stage = event.stage
+        on_rail = stage in rail.rows
         if isinstance(event, StageStarted):
-            self.stage_started[event.stage] = time.monotonic()
-            self.failures[event.stage] = []
-            rail.set_state(stage, "running", detail=event.detail)
-            if stage in VIEW_OF:
-                self._show(stage)
-            self.query_one("#hint", Static).update(f"{RUNNING_HINT.get(stage, stage)}… escape cancels (what is done is kept).")
-            self.log_buffer.add("info", event.stage, f"started {event.detail}".strip())
+            self.stage_started[stage] = time.monotonic()
+            self.failures[stage] = []
+            if on_rail:
+                rail.set_state(stage, "running", detail=event.detail)
+            self._show(stage)
+            if kind_of(stage) == "critique" and self.active_run is not None:
+                self._show_critique_image(self.active_run)
+            self._hint(f"{RUNNING_HINT.get(kind_of(stage), stage)}… escape cancels (what is done is kept).")
+            self.log_buffer.add("info", stage, f"started {event.detail}".strip())
+            self._refresh_keys()
         elif isinstance(event, CandidateStarted):
             self._pane(stage, event.role, event.model).start()
             what = "offline rules, no request" if event.model == "rules" else "request sent"
-            self.log_buffer.add("info", event.stage, f"{event.role} {event.model}: {what}")
+            self.log_buffer.add("info", stage, f"{event.role} {event.model}: {what}")
         elif isinstance(event, CandidateDelta):
             self._pane(stage, event.role, event.model).append(event.text)
         elif isinstance(event, CandidateFinished):
@@ -663,52 +883,97 @@ class CritiFusionApp(App):
                 event.text, event.error, event.seconds, event.notes, origin=event.origin
             )
             if event.error:
-                self.failures.setdefault(event.stage, []).append(event.error)
-                self.log_buffer.add("warning", event.stage, f"{event.role} {event.model} failed: {event.error}")
+                self.failures.setdefault(stage, []).append(event.error)
+                self.log_buffer.add("warning", stage, f"{event.role} {event.model} failed: {event.error}")
             else:
                 notes = f" ({'; '.join(event.notes)})" if event.notes else ""
                 where = {"cache": " from the cache", "replay": " (replayed)"}.get(event.origin, "")
                 self.log_buffer.add(
-                    "info", event.stage, f"{event.role} {event.model} answered{where} in {event.seconds:.1f} s{notes}"
+                    "info", stage, f"{event.role} {event.model} answered{where} in {event.seconds:.1f} s{notes}"
                 )
+        elif isinstance(event, ModelLoading):
+            self._loading_since = time.monotonic()
+            self._loading_model = event.model
+            self._tick_loading()
+            self.log_buffer.add("info", stage, f"loading {event.model}")
         elif isinstance(event, DiffusionStep):
-            self.query_one(DiffusionProgress).update_step(event.stage, event.step, event.total, event.elapsed)
+            self._loading_since = None
+            self.query_one(DiffusionProgress).update_step(
+                stage, event.step, event.total, event.elapsed, since=self.stage_started.get(stage)
+            )
         elif isinstance(event, ImageReady):
-            view = "#image-base" if event.stage in ("base", "base_original") else "#image-refined"
-            self.query_one(view, ImageView).show(event.path, event.label)
-            self.log_buffer.add("info", event.stage, f"image {event.path}")
+            self._show_image(stage, event.path, event.label)
+            self.log_buffer.add("info", stage, f"image {event.path}")
         elif isinstance(event, StageFinished):
-            rail.set_state(stage, "done", seconds=event.seconds)
-            self.query_one(DiffusionProgress).reset()
-            self._report_failures(event.stage)
-            self.log_buffer.add("info", event.stage, f"done in {event.seconds:.1f} s")
+            if on_rail:
+                rail.set_state(stage, "done", seconds=event.seconds)
+            self._stop_progress()
+            self._report_failures(stage)
+            self.log_buffer.add("info", stage, f"done in {event.seconds:.1f} s")
         elif isinstance(event, StageFailed):
-            rail.set_state(stage, "failed", seconds=event.seconds)
-            self.query_one(DiffusionProgress).reset()
-            if event.error != "cancelled":
-                # The error may quote model output or paths: plain text, never markup.
-                self.notify(f"{event.stage} failed: {event.error}\nf5 retries it.", severity="error", timeout=20, markup=False)
-            self.log_buffer.add("error", event.stage, event.error)
+            if on_rail:
+                rail.set_state(stage, "failed", seconds=event.seconds, detail=event.error)
+            self._stop_progress()
+            self._stop_panes(stage, cancelled=False)
+            # The error may quote model output or paths: plain text, never markup.
+            self._hint(f"{stage} failed: {_one_line(event.error, 100)}  (f5 retries; ctrl+l: all)", error=True)
+            self.log_buffer.add("error", stage, event.error)
+        elif isinstance(event, StageCancelled):
+            if on_rail:
+                rail.set_state(stage, "cancelled", seconds=event.seconds, detail="cancelled by you")
+            self._stop_progress()
+            self._stop_panes(stage, cancelled=True)
+            self.log_buffer.add("info", stage, f"cancelled after {event.seconds:.1f} s")
         elif isinstance(event, StageSkipped):
-            rail.set_state(stage, "skipped")
-            self.log_buffer.add("info", event.stage, f"skipped: {event.reason}")
+            if on_rail:
+                rail.set_state(stage, "skipped")
+            self.log_buffer.add("info", stage, f"skipped: {event.reason}")
         elif isinstance(event, ModelLoaded):
-            self.log_buffer.add("info", event.stage, f"model: {event.summary}")
+            self._loading_since = None
+            self.log_buffer.add("info", stage, f"model: {event.summary}")
             self._loaded_model = event.summary
             self.query_one("#config-summary", Static).update(self._config_summary())
         elif isinstance(event, Notice):
-            self.log_buffer.add(event.level, event.stage or "run", event.message)
-            if event.stage == "critique" and event.level == "info":
+            self.log_buffer.add(event.level, stage or "run", event.message)
+            if stage == "critique" and event.level == "info":
                 self.query_one("#critique-summary", Static).update(Text(event.message))
         if isinstance(event, StageFinished) and stage == "critique":
             self._summarise_critique()
 
+    def _tick_loading(self) -> None:
+        """While the model loads (seconds for a real one), the progress line says what loads
+        and for how long, on the same clock as the rail."""
+        if self._loading_since is None:
+            return
+        elapsed = time.monotonic() - self._loading_since
+        self.query_one(DiffusionProgress).reset(f"loading {self._loading_model}… {elapsed:.1f} s")
+
+    def _stop_progress(self) -> None:
+        self._loading_since = None
+        self.query_one(DiffusionProgress).reset()
+
+    def _stop_panes(self, stage: str, *, cancelled: bool) -> None:
+        """Panes of `stage` still waiting or answering stop counting: the stage ended."""
+        for (pane_stage, _, _), pane in self.panes.items():
+            if pane_stage == stage and pane.state in ("waiting", "answering"):
+                if cancelled:
+                    pane.cancel()
+                else:
+                    pane.finish("", "the stage failed before this model answered", pane.seconds or 0.0, ())
+
+    def _show_image(self, stage: str, path: Path, label: str) -> None:
+        if stage not in IMAGE_STAGES:
+            return
+        if branch_of(stage) is ORIGINAL:
+            self.query_one("#images-original").remove_class("-hidden")
+        self.query_one(f"#image-{stage}", ImageView).show(path, label)
+
     def _report_failures(self, stage: str) -> None:
-        """One notification per stage with failures: how many, and the first reason with its fix."""
+        """One line per stage with failures: how many, and the first reason with its fix."""
         failed = self.failures.get(stage) or []
         if failed:
             more = f" (and {len(failed) - 1} more; ctrl+l shows all)" if len(failed) > 1 else ""
-            self.notify(f"{stage}: {failed[0]}{more}", severity="warning", timeout=15)
+            self.notify(f"{stage}: {failed[0]}{more}", severity="warning", timeout=8, markup=False)
 
     def _pane(self, stage: str, role: str, model: str) -> CandidatePane:
         """The pane of one model in one stage, made when its first event arrives."""
@@ -716,7 +981,7 @@ class CritiFusionApp(App):
         pane = self.panes.get(key)
         if pane is None:
             pane = self.panes[key] = CandidatePane(stage, role, model)
-            self.query_one(PANES_OF[stage], Vertical).mount(pane)
+            self.query_one(PANES_OF_KIND[kind_of(stage)], Vertical).mount(pane)
         return pane
 
     def _summarise_critique(self) -> None:
@@ -749,21 +1014,41 @@ class CritiFusionApp(App):
         return "tiny-random: noise" if self.loaded.settings.diffusion.model == "tiny-random" else ""
 
     def _reset_views(self) -> None:
-        for selector in PANES_OF.values():
+        for selector in PANES_OF_KIND.values():
             self.query_one(selector, Vertical).remove_children()
         self.panes.clear()
         rail = self.query_one(StageRail)
-        for stage in ("tags", "components", "base", "critique", "refine", "done"):
-            rail.set_state(stage, "waiting")
+        stages = self.active_run.stages if self.active_run is not None else ()
+        rail.set_rows(rows_for(stages) if stages else rows_for(("tags", "components", "base", "critique", "refine")))
         rail.set_state("prompt", "done")
-        for view in ("#image-base", "#image-refined"):
+        for view in (*(f"#image-{stage}" for stage in IMAGE_STAGES), "#critique-image"):
             self.query_one(view, ImageView).clear()
+        self.query_one("#images-original").add_class("-hidden")
         self.query_one("#critique-summary", Static).update("")
         self.query_one("#images-summary", Static).update("")
-        self.skip_next_critique = False
 
 
-def run_app(loaded: LoadedConfig, prompt: str = "", *, image_mode: str | None = None) -> int:
-    app = CritiFusionApp(loaded, prompt, image_mode=image_mode)
+def _one_line(text: str, limit: int = 160) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _as_shown(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "\n".join(f"- {item}" for item in value)
+    return str(value or "")
+
+
+def _in_editor(widget) -> bool:
+    """Whether `widget` is (inside) one of the prompt editors."""
+    while widget is not None:
+        if isinstance(widget, PromptEditor):
+            return True
+        widget = getattr(widget, "parent", None)
+    return False
+
+
+def run_app(loaded: LoadedConfig, prompt: str = "", *, image_mode: str | None = None, variants: str = "full") -> int:
+    app = CritiFusionApp(loaded, prompt, image_mode=image_mode, variants=variants)
     app.run()
     return app.return_code or 0

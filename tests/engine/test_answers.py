@@ -22,7 +22,7 @@ from critifusion_tui.engine.answers import (
     read_tags,
     word_count,
 )
-from critifusion_tui.engine.instructions import DEFAULT_INSTRUCTIONS
+from critifusion_tui.instructions import DEFAULT_INSTRUCTIONS
 from critifusion_tui.engine.prompts import positive_prompt, seed_tags
 
 FIXTURES = Path(__file__).parent / "fixtures" / "answers"

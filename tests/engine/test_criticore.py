@@ -39,7 +39,7 @@ from critifusion_tui.engine.prompts import (
 )
 from critifusion_tui.engine.tokens import clip77_strict, count_tokens
 from critifusion_tui.providers.router import ProviderRouter
-from critifusion_tui.providers.rules import rules_components
+from critifusion_tui.engine.offline import rules_components
 from tests.loopback import PNG_1PX
 
 TOGETHER_CHAT = "/v1/chat/completions"
@@ -648,7 +648,7 @@ async def test_rules_everywhere_is_a_full_offline_result(server, router, events)
     critique = await core.critique(PNG_1PX, tags.positive, components.components, ask_alignment=True)
 
     assert server.requests == []  # not one HTTP request
-    assert router._together is None and router._ollama is None  # no client was even made
+    assert not router.made("together") and not router.made("ollama")  # no client was even made
     assert tags.positive == postprocess_tags(fallback_tags(prompt), prompt)
     assert tags.positive.startswith(prompt + ", ")
     assert tags.negative == NEGATIVE

@@ -9,7 +9,7 @@ import pytest
 from critifusion_tui.config import InstructionsConfig
 from critifusion_tui.engine.answers import read_prose
 from critifusion_tui.engine.criticore import CritiCore
-from critifusion_tui.engine.instructions import DEFAULTS, PRESETS, Instructions, digest
+from critifusion_tui.instructions import DEFAULTS, PRESETS, Instructions, digest
 from critifusion_tui.engine.prompts import QUALITY_FLOOR, prose_prompt
 from critifusion_tui.engine.tokens import count_tokens
 from critifusion_tui.providers.router import ProviderRouter

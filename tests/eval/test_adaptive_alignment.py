@@ -48,7 +48,7 @@ async def test_refinement_follows_the_metrics_mapped_score(tmp_path, engine, wei
     session = Session(settings, diffusion=engine)
     events = []
     run = session.new_run(PROMPT, emit=events.append)
-    await run.text_stages()
+    await run.advance()  # the text step
     await run.base_stage()
     await run.critique_stage()
     raw = score_independently(settings, metric, run.store.path("base.png"), PROMPT)

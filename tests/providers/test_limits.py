@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from critifusion_tui.config import load_config
+from critifusion_tui.engine.offline import with_rules
 from critifusion_tui.providers.base import ChatResult, ModelRef, RateLimitedError, user
 from critifusion_tui.providers.router import ProviderRouter
 
@@ -43,7 +44,7 @@ async def test_calls_over_the_cap_wait_their_turn_and_429s_are_counted(tmp_path)
 
 
 def test_the_router_hands_out_limited_hosted_models_and_bare_rules():
-    router = ProviderRouter(load_config(None, []).settings)
+    router = with_rules(ProviderRouter(load_config(None, []).settings))  # as the engine's Session makes it
     assert router.limits.caps == {"together": 16, "ollama": 4}
     assert type(router.model("ollama:llava")).__name__ == "LimitedChat"
     assert type(router.model("rules")).__name__ == "RulesModel"

@@ -56,6 +56,11 @@ def notifications(app) -> list[str]:
     return [n.message for n in app._notifications]
 
 
+def hint(app) -> str:
+    """The status line under the views (where failures and the next step are said)."""
+    return str(app.query_one("#hint").render())
+
+
 async def test_every_stage_in_order_with_both_gates(tmp_path):
     app = make_app(app_settings(tmp_path))
     async with app.run_test(size=(100, 30)) as pilot:
@@ -82,7 +87,7 @@ async def test_every_stage_in_order_with_both_gates(tmp_path):
         await pilot.press("ctrl+r")
         await until(pilot, settled(app, DONE))
         assert rail.state("refine") == "done" and rail.state("done") == "done"
-        assert app.query_one("#image-refined", ImageView).path == app.active_run.folder / "refined.png"
+        assert app.query_one("#image-refine", ImageView).path == app.active_run.folder / "refined.png"
         assert app.query_one("#views").current == "view-images"
         manifest = json.loads((app.active_run.folder / "manifest.json").read_text())
         assert manifest["status"] == "done" and manifest["stages"]["refine"]["prompt"] == refinement
@@ -127,10 +132,14 @@ async def test_escape_cancels_the_diffusion_and_keeps_what_is_done(tmp_path):
         await pilot.pause(0.3)
         steps = progress.step
         assert app.phase == TAGS_GATE and steps < 400
-        assert app.query_one(StageRail).state("base") == "failed"
-        assert any("Cancelled" in n for n in notifications(app))
+        # Cancelled is not failed: the rail, the hint and the manifest say which it was.
+        assert app.query_one(StageRail).state("base") == "cancelled"
+        assert "Cancelled" in hint(app) and "failed" not in hint(app)
         manifest = json.loads((app.active_run.folder / "manifest.json").read_text())
-        assert set(manifest["stages"]) == {"tags", "components"}
+        assert {k: v["status"] for k, v in manifest["stages"].items()} == {
+            "tags": "done", "components": "done", "base": "cancelled",
+        }
+        assert manifest["status"] == "cancelled"
         # ctrl+r goes on from the gate: the base runs again (now quickly).
         app.loaded.settings.diffusion.steps = 4
         await pilot.press("ctrl+r")
@@ -197,7 +206,7 @@ async def test_a_failed_stage_is_reported_and_can_be_retried_in_place(tmp_path):
         await until(pilot, settled(app, TAGS_GATE))
         await pilot.press("ctrl+r")
         await until(pilot, lambda: not app.busy and app.query_one(StageRail).state("base") == "failed")
-        assert any("base failed" in n and "no-model" in n for n in notifications(app))
+        assert "base failed" in hint(app) and "no-model" in hint(app)
         assert app.phase == TAGS_GATE  # still at the gate, nothing lost
         rail = app.query_one(StageRail)
         rail.select("base")
@@ -233,7 +242,7 @@ async def test_an_empty_prompt_is_refused_with_a_word(tmp_path):
         await pilot.press("ctrl+r")
         await pilot.pause()
         assert app.active_run is None and app.phase == PROMPT
-        assert "Type a prompt first." in notifications(app)
+        assert "Type a prompt first." in hint(app)
 
 
 async def test_reopening_an_earlier_run_from_history(tmp_path):
@@ -244,10 +253,14 @@ async def test_reopening_an_earlier_run_from_history(tmp_path):
         await pilot.press("ctrl+r")
         await until(pilot, settled(app, REFINE_GATE))
         folder = app.active_run.folder
+        await pilot.press("ctrl+n")  # a new run: back to the prompt, the run is kept
+        await until(pilot, lambda: app.phase == PROMPT)
         app.query_one("#prompt", Input).value = "a blue whale"
-        app.phase = PROMPT
         await pilot.press("ctrl+r")
+        await pilot.pause()
+        await pilot.press("y")  # leave the unfinished run (it stays in history as abandoned)
         await until(pilot, settled(app, TAGS_GATE))
+        assert json.loads((folder / "manifest.json").read_text())["status"] == "abandoned"
         from critifusion_tui.tui.screens.history import HistoryScreen
 
         await pilot.press("ctrl+o")
@@ -271,7 +284,7 @@ async def test_readable_at_both_sizes(tmp_path, size, screen_text):
         text = screen_text(app)
         for word in ("Prompt", "Tags", "Components", "Base", "Critique", "Refine", "Done"):
             assert word in text
-        assert "Edit the tags" in text and "CLIP tokens" in text
+        assert "Edit tags" in text and "CLIP tokens" in text
         assert "^r" in text or "ctrl+r" in text
 
 
@@ -314,7 +327,7 @@ async def test_every_action_is_in_the_command_palette(tmp_path):
             assert f"{binding.description} ({binding.key})" in names
         assert all(binding.id for binding in app.BINDINGS)
         # Running one from the palette does what its key does.
-        command = next(c for c in app.get_system_commands(app.screen) if c.title.startswith("Run / continue"))
+        command = next(c for c in app.get_system_commands(app.screen) if c.title.startswith("Continue"))
         command.callback()
         await until(pilot, settled(app, TAGS_GATE))
 
@@ -346,6 +359,8 @@ async def test_f5_on_a_finished_base_draws_it_again(tmp_path):
         first = app.active_run.store.stage("base")
         app.query_one(StageRail).select("base")
         await pilot.press("f5")
+        await pilot.pause()
+        await pilot.press("y")  # it replaces the base and its critique: asked first
         await until(pilot, lambda: not app.busy and app.active_run.done("critique"))
         again = app.active_run.store.stage("base")
         assert again is not first and again["seconds"] != first["seconds"]
@@ -360,7 +375,7 @@ async def test_continuing_a_gate_untouched_records_no_edit_by_the_user(tmp_path)
         await pilot.press("ctrl+r")
         await until(pilot, settled(app, TAGS_GATE))
         app.active_run.edit("positive", "a red fox\x07, moonlight", by="together:poet")
-        app._after_stage()  # the editors are filled from the run, as on entering the gate
+        app._show_where()  # the editors are filled from the run, as on entering the gate
         await pilot.pause()
         shown = app.query_one("#positive", PromptEditor).text
         assert "\x07" not in shown and shown != app.active_run.text("positive")

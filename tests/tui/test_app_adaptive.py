@@ -35,5 +35,9 @@ async def test_missing_metric_weights_are_a_notification(tmp_path, weights):  # 
             await pilot.press("ctrl+r")
             await until(pilot, lambda: not app.busy, timeout=120)
         assert app.phase != DONE
-        failed = [m for m in notifications(app) if m.startswith("refine failed")]
+        # The editor has the focus: the failure is on the status line (never a toast over
+        # the editor), and whole in the log.
+        assert str(app.query_one("#hint").render()).startswith("refine failed")
+        failed = [e.text for e in app.log_buffer if e.level == "error" and e.source == "refine"]
         assert len(failed) == 1 and "none.pth" in failed[0] and 'alignment_from = "critic"' in failed[0]
+        assert not [m for m in notifications(app) if "refine failed" in m]

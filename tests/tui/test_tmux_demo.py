@@ -56,7 +56,7 @@ def test_demo_in_tmux_from_prompt_to_refined_image(tmux, tmp_path):
     assert "a red fox in a forest" in first and "tiny-random" in first
 
     tmux("send-keys", "-t", "demo", "C-r")
-    tmux.wait_for("Edit the tags")
+    tmux.wait_for("Edit tags")
     at_tags = tmux.wait_for("CLIP tokens")  # the gate scrolls its editor into view
     assert "Positive prompt" in at_tags
 
@@ -65,7 +65,7 @@ def test_demo_in_tmux_from_prompt_to_refined_image(tmux, tmp_path):
     tmux.wait_for("Refinement prompt")
 
     tmux("send-keys", "-t", "demo", "C-r")
-    done = tmux.wait_for("Done. ctrl+r starts a new run")
+    done = tmux.wait_for("Done. ctrl+r: a new run")
     assert "tiny-random: noise" in done and "Refined" in done
 
     tmux("send-keys", "-t", "demo", "C-q")

@@ -8,11 +8,14 @@ counts from the start of the pass), so speed and ETA come from the engine's own 
 
 from __future__ import annotations
 
+import time
+
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Label, ProgressBar
 
 from critifusion_tui.tui.widgets._safe import safe_str
+from critifusion_tui.tui.widgets.stage_rail import format_seconds
 
 __all__ = ["DiffusionProgress", "format_duration", "progress_text"]
 
@@ -106,10 +109,15 @@ steps done of all steps, speed, and the estimated time left."""
     def bar(self) -> ProgressBar:
         return self._bar
 
-    def update_step(self, stage: str, step: int, total: int, elapsed: float) -> None:
-        """Step `step` (1-based) of `total` done, `elapsed` seconds since the pass began."""
+    def update_step(self, stage: str, step: int, total: int, elapsed: float, *, since: float | None = None) -> None:
+        """Step `step` (1-based) of `total` done, `elapsed` seconds since the pass began.
+
+        `since` (a time.monotonic() reading) is when the stage started, on the rail's clock:
+        the label then shows the stage's time as the rail does (loading included), so the
+        two never disagree; speed and ETA stay the pass's own."""
         self._stage, self._step, self._total = stage, step, total
-        self._stage_label.update(safe_str(stage))
+        label = stage if since is None else f"{stage} {format_seconds(time.monotonic() - since)}"
+        self._stage_label.update(safe_str(label))
         self._bar.update(total=max(total, 1), progress=min(step, max(total, 1)))
         self._set_status(progress_text(step, total, elapsed))
         self.remove_class("-idle", "-message")

@@ -28,27 +28,29 @@ from textual.reactive import reactive
 from textual.timer import Timer
 from textual.widget import Widget
 
+from critifusion_tui.engine.stages import TABLE, Stage
+from critifusion_tui.engine.stages import stages_of as steps_stages
 from critifusion_tui.tui.widgets._safe import safe_str
 
-__all__ = ["STAGES", "STAGE_STATES", "STAGE_TITLES", "StageRail", "format_seconds"]
+__all__ = ["STAGES", "STAGE_STATES", "STAGE_TITLES", "StageRail", "format_seconds", "rows_for"]
 
-STAGES = ("prompt", "tags", "components", "base", "critique", "refine", "done")
-STAGE_TITLES = {
-    "prompt": "Prompt",
-    "tags": "Tags",
-    "components": "Components",
-    "base": "Base",
-    "critique": "Critique",
-    "refine": "Refine",
-    "done": "Done",
-}
-STAGE_STATES = ("waiting", "running", "gate", "done", "failed", "skipped")
+def rows_for(stages) -> list[tuple[str, str]]:
+    """The rail's rows for a run's stages (from the engine's stage table): the prompt, each
+    stage with its title, and the end."""
+    return [("prompt", "Prompt"), *((str(stage), TABLE[Stage(stage)].title) for stage in stages), ("done", "Done")]
+
+
+# The rows of a run of the method alone, until a run says which stages it has.
+STAGE_TITLES = dict(rows_for(steps_stages("full")))
+STAGES = tuple(STAGE_TITLES)
+STAGE_STATES = ("waiting", "running", "gate", "done", "failed", "cancelled", "skipped")
 _GLYPHS = {
     "waiting": "○",
     "running": "▶",
     "gate": "◆",
     "done": "✓",
     "failed": "✗",
+    "cancelled": "⊘",
     "skipped": "–",
 }
 _TICK_S = 0.25
@@ -130,6 +132,7 @@ Under the list: what the highlighted stage is doing, or why it failed."""
         "stage-rail--gate",
         "stage-rail--done",
         "stage-rail--failed",
+        "stage-rail--cancelled",
         "stage-rail--skipped",
         "stage-rail--cursor",
         "stage-rail--cursor-blurred",
@@ -149,6 +152,7 @@ Under the list: what the highlighted stage is doing, or why it failed."""
         & > .stage-rail--gate { color: $warning; text-style: bold; }
         & > .stage-rail--done { color: $success; }
         & > .stage-rail--failed { color: $error; text-style: bold; }
+        & > .stage-rail--cancelled { color: $warning-muted; }
         & > .stage-rail--skipped { color: $text-disabled; }
         & > .stage-rail--cursor {
             background: $block-cursor-background;
@@ -195,11 +199,39 @@ Under the list: what the highlighted stage is doing, or why it failed."""
         super().__init__(name=name, id=id, classes=classes, disabled=disabled)
         self.clock = clock
         self.follow = follow
+        self._rows: tuple[str, ...] = STAGES
+        self._titles = dict(STAGE_TITLES)
         self._stages = {stage: _Stage() for stage in STAGES}
+        # Stages whose next run will be skipped by the person's choice (shown as "will skip").
+        self._will_skip: set[str] = set()
         self._selected: str | None = None
         self._timer: Timer | None = None
 
     # --- public API -------------------------------------------------------------------------
+
+    def set_rows(self, rows: list[tuple[str, str]]) -> None:
+        """The stages to show, as (key, title) in order (a run's stages come from the engine's
+        stage table); every row starts waiting."""
+        self._rows = tuple(key for key, _ in rows)
+        self._titles = dict(rows)
+        self._stages = {key: _Stage() for key in self._rows}
+        self._will_skip.clear()
+        self.highlighted = min(self.highlighted, len(self._rows) - 1)
+        self._update_timer()
+        self.refresh()
+
+    @property
+    def rows(self) -> tuple[str, ...]:
+        return self._rows
+
+    def set_will_skip(self, stage: str, skip: bool) -> None:
+        """Mark a waiting stage as one the person chose to skip (or no longer)."""
+        self._check(stage)
+        (self._will_skip.add if skip else self._will_skip.discard)(stage)
+        self.refresh()
+
+    def will_skip(self, stage: str) -> bool:
+        return stage in self._will_skip
 
     def set_state(
         self, stage: str, state: str, *, seconds: float | None = None, detail: str = ""
@@ -219,7 +251,7 @@ Under the list: what the highlighted stage is doing, or why it failed."""
             if seconds is not None or info.state != "running" or info.started is None:
                 info.started = now - (seconds or 0.0)
             info.seconds = None
-        elif state in ("done", "failed"):
+        elif state in ("done", "failed", "cancelled"):
             if seconds is None and info.started is not None:
                 seconds = now - info.started
             info.started = None
@@ -230,7 +262,7 @@ Under the list: what the highlighted stage is doing, or why it failed."""
         info.state = state
         info.detail = detail
         if self.follow and state in ("running", "gate") and not self.has_focus:
-            self.highlighted = STAGES.index(stage)
+            self.highlighted = self._rows.index(stage)
         self._update_timer()
         self.refresh()
 
@@ -255,7 +287,7 @@ Under the list: what the highlighted stage is doing, or why it failed."""
 
     def select(self, stage: str) -> None:
         """Highlight `stage` and make it the selected one (posts nothing)."""
-        self.highlighted = STAGES.index(self._check(stage))
+        self.highlighted = self._rows.index(self._check(stage))
         self._selected = stage
 
     @property
@@ -266,7 +298,7 @@ Under the list: what the highlighted stage is doing, or why it failed."""
     @property
     def highlighted_stage(self) -> str:
         """The stage under the highlight (moves with up/down and, with `follow`, the run)."""
-        return STAGES[self.highlighted]
+        return self._rows[self.highlighted]
 
     @property
     def running(self) -> bool:
@@ -279,13 +311,13 @@ Under the list: what the highlighted stage is doing, or why it failed."""
         self.highlighted = max(0, self.highlighted - 1)
 
     def action_cursor_down(self) -> None:
-        self.highlighted = min(len(STAGES) - 1, self.highlighted + 1)
+        self.highlighted = min(len(self._rows) - 1, self.highlighted + 1)
 
     def action_cursor_first(self) -> None:
         self.highlighted = 0
 
     def action_cursor_last(self) -> None:
-        self.highlighted = len(STAGES) - 1
+        self.highlighted = len(self._rows) - 1
 
     def action_select(self) -> None:
         self._selected = self.highlighted_stage
@@ -296,16 +328,16 @@ Under the list: what the highlighted stage is doing, or why it failed."""
         if offset is None:
             return
         index = offset.y // 2
-        if 0 <= index < len(STAGES):
+        if 0 <= index < len(self._rows):
             self.highlighted = index
-            self._selected = STAGES[index]
+            self._selected = self._rows[index]
             self.post_message(self.Selected(self._selected))
 
     # --- internals --------------------------------------------------------------------------
 
     def _check(self, stage: str) -> str:
         if stage not in self._stages:
-            raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+            raise ValueError(f"unknown stage {stage!r}; expected one of {self._rows}")
         return stage
 
     def _stage(self, stage: str) -> _Stage:
@@ -337,7 +369,9 @@ Under the list: what the highlighted stage is doing, or why it failed."""
         seconds = self.seconds(stage)
         if info.state == "gate":
             return "gate (you)"
-        if info.state in ("running", "done", "failed") and seconds is not None:
+        if info.state == "waiting" and stage in self._will_skip:
+            return "will skip"
+        if info.state in ("running", "done", "failed", "cancelled") and seconds is not None:
             return f"{info.state} {format_seconds(seconds)}"
         return info.state
 
@@ -347,10 +381,11 @@ Under the list: what the highlighted stage is doing, or why it failed."""
             "stage-rail--cursor" if self.has_focus else "stage-rail--cursor-blurred"
         )
         lines: list[Text] = []
-        for index, stage in enumerate(STAGES):
+        for index, stage in enumerate(self._rows):
             info = self._stages[stage]
-            style = self.get_component_rich_style(f"stage-rail--{info.state}")
-            head = Text(f"{_GLYPHS[info.state]} {STAGE_TITLES[stage]}", style=style)
+            state = "skipped" if info.state == "waiting" and stage in self._will_skip else info.state
+            style = self.get_component_rich_style(f"stage-rail--{state}")
+            head = Text(f"{_GLYPHS[state]} {self._titles[stage]}", style=style)
             word = Text(f"  {self._word(stage)}", style=style)
             for line in (head, word):
                 line.truncate(width, overflow="ellipsis", pad=True)

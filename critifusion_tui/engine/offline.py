@@ -1,4 +1,8 @@
-"""The offline ``rules`` model: CritiCore's answers without any language model.
+"""The offline ``rules`` answerer: CritiCore's answers without any language model.
+
+It belongs to the engine (it answers with the method's own fallback rules, ``prompts.py``),
+so the providers import nothing of the engine; the router hands out ``rules`` once the engine
+has registered it (:func:`with_rules`, which the ``Session`` calls on the router it makes).
 
 It exists so the method runs with no network and no local server (and so tests have a model
 that always answers the same). There is no text generation to imitate, so instead of a chat
@@ -19,14 +23,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from critifusion_tui.providers.base import (
-    ChatResult,
-    DeltaCallback,
-    MessageLike,
-    ModelRef,
-    ProviderError,
-)
+from critifusion_tui.engine.prompts import fallback_tags
+from critifusion_tui.providers.base import ChatCall, ChatModel, ChatResult, ModelRef, ProviderError
+
+if TYPE_CHECKING:
+    from critifusion_tui.providers.router import ProviderRouter
 
 RULES_REF = ModelRef("rules")
 MAX_COMPONENTS = 6
@@ -51,9 +54,6 @@ class RulesCritique:
 
 def rules_tags(prompt: str, preset: str = "hq_preference") -> str:
     """SPEC 1.5 fallback tags (prompt, preset and style seed tags, quality floor, CLIP-77)."""
-    # Imported here: the prompts module belongs to the engine, which imports providers.
-    from critifusion_tui.engine.prompts import fallback_tags
-
     return fallback_tags(prompt, preset)
 
 
@@ -81,7 +81,7 @@ def rules_critique(prompt: str, components: Sequence[str] = ()) -> RulesCritique
     return RulesCritique(refined=" ".join(prompt.split()))
 
 
-class RulesModel:
+class RulesModel(ChatModel):
     """The ``rules`` model as an object, for code that holds models by reference."""
 
     ref = RULES_REF
@@ -95,18 +95,16 @@ class RulesModel:
     def critique(self, prompt: str, components: Sequence[str] = ()) -> RulesCritique:
         return rules_critique(prompt, components)
 
-    async def chat(
-        self,
-        messages: Sequence[MessageLike],
-        *,
-        temperature: float,
-        max_tokens: int,
-        image: bytes | None = None,
-        on_delta: DeltaCallback | None = None,
-        schema: object = None,
-    ) -> ChatResult:
+    async def answer(self, call: ChatCall) -> ChatResult:
         raise ProviderError(
             self.ref,
             "the offline rules model does not chat",
             fix="CritiCore stages call RulesModel.tags / .components / .critique instead",
         )
+
+
+def with_rules(router: ProviderRouter) -> ProviderRouter:
+    """``router``, handing out the ``rules`` model too (one per router, as for any model)."""
+    model = RulesModel()
+    router.register("rules", lambda ref: model)
+    return router

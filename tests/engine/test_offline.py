@@ -1,12 +1,12 @@
-"""The offline rules model."""
+"""The offline rules answerer (engine/offline.py), and the router handing it out."""
 
 from __future__ import annotations
 
 import pytest
 
 from critifusion_tui.engine.prompts import fallback_tags
-from critifusion_tui.providers.base import ProviderError, user
-from critifusion_tui.providers.rules import RulesModel, rules_components, rules_critique
+from critifusion_tui.providers.base import ModelRef, ProviderError, user
+from critifusion_tui.engine.offline import RulesModel, rules_components, rules_critique
 
 
 def test_tags_are_the_spec_fallback() -> None:
@@ -47,3 +47,19 @@ async def test_chat_is_refused_with_a_clear_error() -> None:
     with pytest.raises(ProviderError, match="does not chat") as caught:
         await RulesModel().chat([user("hi")], temperature=0.2, max_tokens=5)
     assert caught.value.ref == "rules"
+
+
+def test_the_sessions_router_hands_out_rules_and_a_bare_router_does_not() -> None:
+    # The providers know nothing of the engine: `rules` comes from the engine's registration.
+    from critifusion_tui.config import Settings
+    from critifusion_tui.engine.offline import with_rules
+    from critifusion_tui.engine.pipeline import Session
+    from critifusion_tui.providers.router import ProviderRouter
+
+    settings = Settings()
+    model = Session(settings).router.model("rules")
+    assert isinstance(model, RulesModel) and model.ref == ModelRef("rules")
+    router = with_rules(ProviderRouter(settings))
+    assert router.model("rules") is router.model("rules")
+    with pytest.raises(ValueError, match="nothing is registered to answer rules"):
+        ProviderRouter(settings).model("rules")
