@@ -40,7 +40,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
-    "KITTY_PLACEHOLDERS", "MODES", "Decision", "Probe", "decide", "parse_replies", "probe_terminal",
+    "KITTY_PLACEHOLDERS",
+    "MODES",
+    "Decision",
+    "Probe",
+    "decide",
+    "parse_replies",
+    "probe_terminal",
     "terminal_from_environment",
 ]
 
@@ -190,8 +196,15 @@ def probe_terminal(fd_in: int | None = None, fd_out: int | None = None, timeout:
         termios.tcsetattr(fd_in, termios.TCSANOW, saved)
     found = parse_replies(data.decode("utf-8", "replace"))
     if not found.answered:
-        return Probe(False, found.sixel, found.kitty_graphics, found.terminal, found.version, found.named_by,
-                     f"no answer within {timeout:g} s")
+        return Probe(
+            False,
+            found.sixel,
+            found.kitty_graphics,
+            found.terminal,
+            found.version,
+            found.named_by,
+            f"no answer within {timeout:g} s",
+        )
     return found
 
 

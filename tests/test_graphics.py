@@ -46,8 +46,12 @@ def test_replies_are_read_in_any_order_among_other_input():
 @pytest.mark.parametrize(
     "replies, env, mode, says",
     [
-        (KITTY_026, NO_ENV, "halfblock", "kitty 0.26.5 cannot draw kitty graphics' Unicode placeholders "
-                                         "(they need kitty 0.28 or newer; upgrade it)"),
+        (
+            KITTY_026,
+            NO_ENV,
+            "halfblock",
+            "kitty 0.26.5 cannot draw kitty graphics' Unicode placeholders (they need kitty 0.28 or newer; upgrade it)",
+        ),
         (KITTY_035, NO_ENV, "kitty", "kitty 0.35.2 draws kitty graphics"),
         (XTERM_VT340, NO_ENV, "sixel", "xterm 379 lists Sixel in its device attributes"),
         (XTERM, NO_ENV, "halfblock", "xterm 379 reports neither Sixel nor kitty graphics"),
@@ -55,16 +59,39 @@ def test_replies_are_read_in_any_order_among_other_input():
         (WEZTERM, NO_ENV, "sixel", "wezterm 20240203-110809-5046fc22 lists Sixel"),
         (KONSOLE_NO_SIXEL, NO_ENV, "halfblock", "the terminal did not say which it is"),
         # No XTVERSION: the environment names the terminal (TERM_PROGRAM_VERSION).
-        ("\x1b_Gi=4243;OK\x1b\\\x1b[?62;c", {"TERM_PROGRAM": "kitty", "TERM_PROGRAM_VERSION": "0.26.5"},
-         "halfblock", "kitty 0.26.5 cannot draw"),
-        ("\x1b_Gi=4243;OK\x1b\\\x1b[?62;c", {"KITTY_WINDOW_ID": "1"}, "halfblock",
-         "kitty did not say its version (kitty 0.28 or newer draws them); --images kitty forces them"),
-        ("\x1b_Gi=4243;OK\x1b\\\x1b[?62;c", {"TERM_PROGRAM": "ghostty", "TERM_PROGRAM_VERSION": "1.1.3"},
-         "kitty", "ghostty 1.1.3 draws kitty graphics"),
+        (
+            "\x1b_Gi=4243;OK\x1b\\\x1b[?62;c",
+            {"TERM_PROGRAM": "kitty", "TERM_PROGRAM_VERSION": "0.26.5"},
+            "halfblock",
+            "kitty 0.26.5 cannot draw",
+        ),
+        (
+            "\x1b_Gi=4243;OK\x1b\\\x1b[?62;c",
+            {"KITTY_WINDOW_ID": "1"},
+            "halfblock",
+            "kitty did not say its version (kitty 0.28 or newer draws them); --images kitty forces them",
+        ),
+        (
+            "\x1b_Gi=4243;OK\x1b\\\x1b[?62;c",
+            {"TERM_PROGRAM": "ghostty", "TERM_PROGRAM_VERSION": "1.1.3"},
+            "kitty",
+            "ghostty 1.1.3 draws kitty graphics",
+        ),
         ("", NO_ENV, "halfblock", "the terminal did not answer the graphics queries"),
     ],
-    ids=["kitty-0.26", "kitty-0.35", "xterm-vt340", "xterm", "tmux", "wezterm", "unnamed-tgp",
-         "env-version", "env-kitty-no-version", "ghostty", "no-answer"],
+    ids=[
+        "kitty-0.26",
+        "kitty-0.35",
+        "xterm-vt340",
+        "xterm",
+        "tmux",
+        "wezterm",
+        "unnamed-tgp",
+        "env-version",
+        "env-kitty-no-version",
+        "ghostty",
+        "no-answer",
+    ],
 )
 def test_auto_picks_what_the_terminal_really_draws(replies, env, mode, says):
     decision = decide("auto", parse_replies(replies), env)
@@ -196,7 +223,12 @@ def test_not_a_terminal(tmp_path):
 def run_app_command(fake: FakeTerminal, *args: str, env: dict[str, str], cwd) -> int:
     proc = subprocess.Popen(
         [sys.executable, "-m", "critifusion_tui", "--demo", *args],
-        stdin=fake.slave, stdout=fake.slave, stderr=fake.slave, env=env, cwd=cwd, start_new_session=True,
+        stdin=fake.slave,
+        stdout=fake.slave,
+        stderr=fake.slave,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
     )
     try:
         return proc.wait(timeout=60)
@@ -207,8 +239,11 @@ def run_app_command(fake: FakeTerminal, *args: str, env: dict[str, str], cwd) ->
 
 @pytest.fixture
 def clean_env(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CRITIFUSION_CONFIG", "TERM_PROGRAM", "TERM_PROGRAM_VERSION", "KITTY_WINDOW_ID", "TMUX")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CRITIFUSION_CONFIG", "TERM_PROGRAM", "TERM_PROGRAM_VERSION", "KITTY_WINDOW_ID", "TMUX")
+    }
     env.update(XDG_CONFIG_HOME=str(tmp_path / "xdg"), HF_HUB_OFFLINE="1", TERM="xterm-256color")
     return env
 

@@ -17,8 +17,16 @@ from tests.tui.test_app import app_settings, make_app, settled, until
 
 # What may take focus on the main screen: each acts on keys of its own.
 KEY_WIDGETS = (Input, TextArea, StageRail, CandidatePane)
-EDGES = ("border_top", "border_right", "border_bottom", "border_left",
-         "outline_top", "outline_right", "outline_bottom", "outline_left")
+EDGES = (
+    "border_top",
+    "border_right",
+    "border_bottom",
+    "border_left",
+    "outline_top",
+    "outline_right",
+    "outline_bottom",
+    "outline_left",
+)
 
 
 def edges(widget: Widget) -> set[tuple[str, str, tuple[int, int, int]]]:
