@@ -30,7 +30,9 @@ def row(summary, model: str, role: str) -> dict:
 
 
 async def test_ledger_sums_the_servers_usage_per_model_and_role(server, router):
-    server.script("t", text=TAGS, usage=(101, 17))
+    server.script("t", text=TAGS, usage=(101, 17), times=1)
+    # Its second answer differs, so the aggregator is asked again (an unchanged one is not).
+    server.script("t", text=TAGS + ", moonlight", usage=(101, 17))
     server.script("o", text=TAGS, usage=(202, 23))
     server.script("oa", text=TAGS, usage=(303, 29))
     server.script("agg", text=TAGS, usage=(404, 31))
