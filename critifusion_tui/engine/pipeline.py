@@ -20,6 +20,7 @@ import importlib.metadata
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
@@ -101,6 +102,9 @@ class Session:
         self.diffusion = diffusion or self._make_diffusion(settings.diffusion)
         self._diffusion_config = settings.diffusion
         self._scorers = None
+        # The model load started ahead of the base stage (preload): which model, and its end.
+        self._loading: tuple[Any, Future[None]] | None = None
+        self._untold_load: Any = None  # a model preloaded whose load messages no run showed yet
 
     def diffusion_for(self, cfg) -> Any:
         """The diffusion model for a run's `cfg`: the loaded one when it loads the same model
@@ -111,6 +115,76 @@ class Session:
             self.diffusion = self._make_diffusion(cfg)
             self._diffusion_config = cfg
         return self.diffusion
+
+    # ---------------------------------------------------------------- loading ahead
+
+    def preload(self, cfg=None) -> None:
+        """Start importing the diffusion stack and loading the model for `cfg` (the session's
+        settings when None) in a worker thread, and return at once.
+
+        A run calls this when it starts, so the load runs while the text stages wait on the
+        providers; the app calls it when it is idle after start-up. The stage that draws
+        first waits for the load only if it has not ended (:meth:`Run.load_model`), and a
+        load that failed is reported there, once, as the stage's failure. Calling it again
+        while a load is in flight, after it succeeded, or before its failure was reported
+        does nothing. The thread is a daemon: quitting does not wait for a load.
+        """
+        diffusion = self.diffusion_for(cfg if cfg is not None else self.settings.diffusion)
+        if diffusion.loaded:
+            return
+        if self._loading is not None and self._loading[0] is diffusion:
+            return  # in flight, or ended and not yet taken by a stage
+        future: Future[None] = Future()
+        future.set_running_or_notify_cancel()  # a waiter's cancel never cancels the load
+
+        def load() -> None:
+            try:
+                diffusion.load()
+            except BaseException as exc:  # kept for the stage that draws first
+                future.set_exception(exc)
+            else:
+                self._untold_load = diffusion
+                future.set_result(None)
+
+        self._loading = (diffusion, future)
+        threading.Thread(target=load, name="critifusion-preload", daemon=True).start()
+
+    def load_state(self, diffusion) -> str:
+        """``ready``, ``loading`` (a preload in flight), ``failed`` (a preload that failed and
+        was not reported yet) or ``idle`` (nobody loads it: the stage that draws will)."""
+        if diffusion.loaded:
+            return "ready"
+        if self._loading is None or self._loading[0] is not diffusion:
+            return "idle"
+        future = self._loading[1]
+        if not future.done():
+            return "loading"
+        return "failed" if future.exception() is not None else "ready"
+
+    async def wait_loaded(self, diffusion) -> None:
+        """Until a preload of `diffusion` in flight ends, however it ends."""
+        if self._loading is not None and self._loading[0] is diffusion:
+            await asyncio.wait([asyncio.wrap_future(self._loading[1])])
+
+    async def take_load(self, diffusion) -> bool:
+        """Wait for the preload of `diffusion`, if one was started; raise its failure (once:
+        the next call loads afresh). Returns whether there was one."""
+        if self._loading is None or self._loading[0] is not diffusion:
+            return False
+        future = self._loading[1]
+        await asyncio.wait([asyncio.wrap_future(future)])  # a cancel here leaves the load alone
+        if future.exception() is not None:
+            self._loading = None
+            future.result()  # raises the load's own exception
+        return True
+
+    def untold_load_messages(self, diffusion) -> list[tuple[str, str]]:
+        """What the libraries printed while a preload of `diffusion` ran, the first time a
+        run asks (the notices of one load are shown once)."""
+        if self._untold_load is not diffusion:
+            return []
+        self._untold_load = None
+        return list(diffusion.load_messages)
 
     @property
     def scorers(self):
@@ -488,33 +562,62 @@ class Run(RunFlow):
 
     # ---------------------------------------------------------------- stage 3: base image
 
-    async def load_model(self) -> None:
-        """Load the diffusion model (once per session), reporting it as part of the base stage.
+    async def load_model(self, stage: str = "base") -> None:
+        """Load the diffusion model (once per session), reporting it as part of `stage`.
 
-        What the libraries printed while loading is shown as notices (not on the terminal),
-        and what was really loaded (device, dtype, variant, files, scheduler) is recorded in
-        the manifest's ``diffusion`` field, not just the configured ``auto``s.
+        The load usually started when the run did (:meth:`Session.preload`): this waits for it
+        only if it has not ended, and a load that failed fails `stage` with its message, as a
+        load started here would. What the libraries printed while loading is shown as notices
+        (not on the terminal), and what was really loaded (device, dtype, variant, files,
+        scheduler) is recorded in the manifest's ``diffusion`` field, not just the
+        configured ``auto``s.
         """
+        from critifusion_tui.engine.diffusion import DiffusionError
+
         diffusion = self.diffusion
         if not diffusion.loaded:
-            self._emit(ModelLoading("base", model=self.settings.diffusion.model))
+            self._emit(ModelLoading(stage, model=self.settings.diffusion.model))
+            preloaded = False
             try:
-                await self._blocking("base", diffusion.load)
-            finally:
-                for level, text in diffusion.load_messages:
-                    self._emit(Notice("base", level, f"while loading: {text}"))
+                preloaded = await self.session.take_load(diffusion)
+                if not preloaded:
+                    await asyncio.to_thread(diffusion.load)
+            except Exception as exc:  # what a library printed while failing often says why
+                self._tell_load(stage, diffusion.load_messages)
+                if isinstance(exc, DiffusionError):
+                    raise RunFailed(stage, str(exc)) from None
+                raise
+            if not preloaded:
+                self._tell_load(stage, diffusion.load_messages)
+        self._tell_load(stage, self.session.untold_load_messages(diffusion))
         record = await asyncio.to_thread(diffusion.describe)
         if self.store.manifest.get("diffusion") != record:
             self.store.manifest["diffusion"] = record
-            await asyncio.to_thread(self.store.write_manifest)
-            self._emit(ModelLoaded("base", summary=load_summary(record), record=record))
+            # On the loop thread: another stage may be changing the manifest meanwhile.
+            self.store.write_manifest()
+            self._emit(ModelLoaded(stage, summary=load_summary(record), record=record))
 
-    async def image_size(self) -> tuple[int, int]:
+    def _tell_load(self, stage: str, messages: list[tuple[str, str]]) -> None:
+        for level, text in messages:
+            self._emit(Notice(stage, level, f"while loading: {text}"))
+
+    def preload(self) -> None:
+        """Start loading this run's model in the background while other stages run, unless
+        every stage that draws is done (:meth:`Session.preload`)."""
+        if any(spec(s).draws and not self.done(s) for s in self.stages):
+            self.session.preload(self.settings.diffusion)
+
+    @property
+    def model_state(self) -> _ModelState:
+        """The model's load as the scheduler sees it (engine/schedule.py)."""
+        return _ModelState(self)
+
+    async def image_size(self, stage: str = "base") -> tuple[int, int]:
         """The base image's (width, height): the configured size, or the model's native one
         for "auto" (which needs the model's config, so the model is loaded first)."""
         width, height = self.settings.diffusion.size()
         if width is None or height is None:
-            await self.load_model()
+            await self.load_model(stage)
             native_w, native_h = self.diffusion.default_size
             width, height = width or native_w, height or native_h
         return width, height
@@ -531,8 +634,8 @@ class Run(RunFlow):
                 raise RunFailed(name, "the tags stage has not run")
 
         async def work() -> dict[str, Any]:
-            await self.load_model()
-            width, height = await self.image_size()
+            await self.load_model(name)
+            width, height = await self.image_size(name)
             if "auto" in (cfg.width, cfg.height):
                 self._emit(Notice(name, "info", f"image size {width}x{height} (the model's native size)"))
             diffusion = self.diffusion
@@ -746,7 +849,7 @@ class Run(RunFlow):
                 params = self.refine_params(original=original, alignment=alignment)
             assert params is not None
             self._say_alignment(name, alignment, params)
-            await self.load_model()
+            await self.load_model(name)
             diffusion = self.diffusion
             x_lo = self.latent(base)
             x_hi = await self._in_thread(
@@ -793,6 +896,20 @@ class Run(RunFlow):
         if record is None:
             raise RunFailed(stage, f"the {stage} stage has not run")
         return self.store.read_file(record["image"], f"stages.{stage}.image")
+
+
+class _ModelState:
+    """A run's diffusion model as :class:`~critifusion_tui.engine.schedule.Schedule` asks
+    about it: loaded yet, and a way to wait for a load in flight."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def state(self) -> str:
+        return self.run.session.load_state(self.run.diffusion)
+
+    async def wait(self) -> None:
+        await self.run.session.wait_loaded(self.run.diffusion)
 
 
 def _file_problem(exc: BaseException, folder: Path) -> str:
