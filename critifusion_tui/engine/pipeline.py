@@ -709,7 +709,7 @@ class Run(RunFlow):
             result: CritiqueResult = await self.criticore.critique(
                 png, record["prompt"], components,
                 ask_alignment=self._critic_rates(),
-                only=only, previous=self._previous(name),
+                only=only, previous=self._previous(name), stage=name,
             )
             self._results[name] = result
             tags_positive = self.text("positive") or self.prompt
