@@ -269,6 +269,14 @@ class CritiFusionApp(App):
         self._show_where()
         self._apply_width(self.size.width)
         self.set_interval(0.25, self._tick_loading)
+        # Once the first screen is up, the model loads while the person writes a prompt.
+        self.call_after_refresh(self._preload_model)
+
+    def _preload_model(self) -> None:
+        try:
+            self._session().preload()
+        except Exception as exc:  # the first run says what is wrong; the app stays usable
+            self.log_buffer.add("warning", "run", f"could not start loading the model: {exc}")
 
     def on_resize(self, event) -> None:
         self._apply_width(event.size.width)
