@@ -15,7 +15,11 @@ from critifusion_tui.engine.diffusion_errors import DiffusionLoadError
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
-__all__ = ["empty_cache", "is_oom", "resolve_device", "resolve_dtype"]
+__all__ = ["DIFFUSION_HEADROOM_BYTES", "cuda_memory_short", "empty_cache", "is_oom", "resolve_device", "resolve_dtype"]
+
+# What one SDXL pass at 1024 px and its VAE decode take beside the loaded weights (activations,
+# the decode's float32 upcast), with a margin: less free than this is "short".
+DIFFUSION_HEADROOM_BYTES = 6 * 2**30
 
 _DTYPE_NAMES = {
     "float16": "float16",
@@ -120,3 +124,20 @@ def empty_cache(device: str) -> None:
         torch.cuda.empty_cache()
     elif device == "mps" and hasattr(torch, "mps"):
         torch.mps.empty_cache()
+
+
+def cuda_memory_short(device: str, headroom: int = DIFFUSION_HEADROOM_BYTES) -> bool:
+    """Whether a CUDA device has less memory free for the next diffusion than `headroom`.
+
+    Free is the device's own count (other processes, an Ollama server among them, take from
+    it) plus what torch's allocator holds cached but unused (torch reuses that). Never short
+    off CUDA: there is no GPU memory to share.
+    """
+    if not device.startswith("cuda"):
+        return False
+    import torch
+
+    target = torch.device(device)
+    free, _total = torch.cuda.mem_get_info(target)
+    cached = torch.cuda.memory_reserved(target) - torch.cuda.memory_allocated(target)
+    return free + cached < headroom

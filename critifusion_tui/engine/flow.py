@@ -69,6 +69,7 @@ class RunFlow:
     skip_critique_next: bool
     _step_task: asyncio.Task | None
     model_state: Any  # the model's load, for the schedule (Run.model_state)
+    keeps_ollama_apart: Any  # stages that never run beside a drawing one (Run.keeps_ollama_apart)
     _unattended = False  # run_all answers the gates itself: no "paused" between its steps
 
     # ---------------------------------------------------------------- where the run stands
@@ -306,7 +307,7 @@ class RunFlow:
 
         await Schedule(
             self.stages, run=self._run_stage_by_name, done=self.done, held=held,
-            side_jobs=questions, model=self.model_state,
+            apart=self.keeps_ollama_apart, side_jobs=questions, model=self.model_state,
         ).run()
 
     # ---------------------------------------------------------------- inside
@@ -315,7 +316,10 @@ class RunFlow:
         # Each stage of the step starts when the ones it depends on are done (the text stages
         # at once, side by side). Every stage that started ends (done or failed) before the
         # first failure is raised: a failing stage never leaves its sibling running unwatched.
-        await Schedule(step.stages, run=self._run_stage_by_name, done=self.done, model=self.model_state).run()
+        await Schedule(
+            step.stages, run=self._run_stage_by_name, done=self.done, apart=self.keeps_ollama_apart,
+            model=self.model_state,
+        ).run()
 
     async def _run_stage_by_name(self, stage: Stage, *, only: list[str] | None = None) -> None:
         """The one place that maps a stage of the table to the method's code."""

@@ -164,7 +164,7 @@ class Session:
     async def wait_loaded(self, diffusion) -> None:
         """Until a preload of `diffusion` in flight ends, however it ends."""
         if self._loading is not None and self._loading[0] is diffusion:
-            await asyncio.wait([asyncio.wrap_future(self._loading[1])])
+            await _ended(self._loading[1])
 
     async def take_load(self, diffusion) -> bool:
         """Wait for the preload of `diffusion`, if one was started; raise its failure (once:
@@ -172,7 +172,7 @@ class Session:
         if self._loading is None or self._loading[0] is not diffusion:
             return False
         future = self._loading[1]
-        await asyncio.wait([asyncio.wrap_future(future)])  # a cancel here leaves the load alone
+        await _ended(future)  # a cancel here leaves the load alone
         if future.exception() is not None:
             self._loading = None
             future.result()  # raises the load's own exception
@@ -597,6 +597,54 @@ class Run(RunFlow):
             self.store.write_manifest()
             self._emit(ModelLoaded(stage, summary=load_summary(record), record=record))
 
+    # ---------------------------------------------------------------- sharing the GPU with Ollama
+
+    def calls_ollama(self, stage: str) -> bool:
+        """Whether `stage` asks an Ollama model (a replay asks nobody)."""
+        core = self.criticore
+        if core.replay is not None:
+            return False
+        kind = spec(stage).kind
+        roles = {"tags": core.candidates, "components": core.candidates, "critique": core.vlms}.get(kind)
+        if roles is None:
+            return False
+        return any(str(ref).startswith("ollama:") for ref in (*roles, *core.aggregators))
+
+    def keeps_ollama_apart(self, stage: str) -> bool:
+        """With ``providers.ollama.unload_before_diffusion = true`` a stage that asks Ollama
+        never runs beside a stage that draws: its call would load a model again into the
+        memory the diffusion needs (engine/schedule.py)."""
+        return self.settings.providers.ollama.unload_before_diffusion is True and self.calls_ollama(stage)
+
+    async def _make_room_for_diffusion(self, stage: str) -> None:
+        """``providers.ollama.unload_before_diffusion``: before `stage` draws, ask Ollama to
+        unload the models it holds, so they do not take the GPU memory the diffusion needs.
+        ``auto`` does so when the Ollama host is this machine and free CUDA memory is short
+        (never on the CPU); only runs whose roles use Ollama ask. A refused request is a
+        warning: the diffusion goes on (and may run out of memory, which says what helps)."""
+        from critifusion_tui.engine.devices import cuda_memory_short
+        from critifusion_tui.providers.base import ProviderError
+        from critifusion_tui.providers.ollama import is_local_host
+
+        ollama = self.settings.providers.ollama
+        setting = ollama.unload_before_diffusion
+        if setting is False or not any(self.calls_ollama(s) for s in self.stages):
+            return
+        if setting == "auto" and not (
+            is_local_host(ollama.host) and await asyncio.to_thread(cuda_memory_short, self.diffusion.device)
+        ):
+            return
+        try:
+            names = await self.session.router.ollama.unload_loaded()
+        except ProviderError as exc:
+            self._emit(Notice(stage, "warning", f"could not ask Ollama to unload its models before the diffusion: {exc}"))
+            return
+        if names:
+            why = "GPU memory is short" if setting == "auto" else "providers.ollama.unload_before_diffusion = true"
+            self._emit(Notice(
+                stage, "info", f"asked Ollama at {ollama.host} to unload {', '.join(names)} before the diffusion ({why})",
+            ))
+
     def _tell_load(self, stage: str, messages: list[tuple[str, str]]) -> None:
         for level, text in messages:
             self._emit(Notice(stage, level, f"while loading: {text}"))
@@ -639,6 +687,7 @@ class Run(RunFlow):
             if "auto" in (cfg.width, cfg.height):
                 self._emit(Notice(name, "info", f"image size {width}x{height} (the model's native size)"))
             diffusion = self.diffusion
+            await self._make_room_for_diffusion(name)
             latent = await self._in_thread(
                 name, diffusion.base_latent, prompt=prompt, negative=negative, width=width,
                 height=height, steps=cfg.steps, guidance=cfg.guidance, seed=self.seed,
@@ -852,6 +901,7 @@ class Run(RunFlow):
             await self.load_model(name)
             diffusion = self.diffusion
             x_lo = self.latent(base)
+            await self._make_room_for_diffusion(name)
             x_hi = await self._in_thread(
                 name, diffusion.img2img_latent, latent=x_lo, prompt=prompt, negative=negative,
                 strength=params.strength, guidance=params.guidance, steps=params.steps, seed=params.seed,
@@ -896,6 +946,14 @@ class Run(RunFlow):
         if record is None:
             raise RunFailed(stage, f"the {stage} stage has not run")
         return self.store.read_file(record["image"], f"stages.{stage}.image")
+
+
+async def _ended(future: Future[None]) -> None:
+    """Until a thread's future ends, however it ends; its exception stays for the caller to
+    read from `future` (the loop's copy of it is read here, so it is never logged as lost)."""
+    waiter = asyncio.wrap_future(future)
+    waiter.add_done_callback(lambda done: done.cancelled() or done.exception())
+    await asyncio.wait([waiter])
 
 
 class _ModelState:

@@ -4,7 +4,8 @@ A :class:`Schedule` is handed the stages to run and starts each one when the sta
 on (:func:`~critifusion_tui.engine.stages.depends_on`, among the ones it runs) are done and no
 gate holds it. Stages that ask models run whenever their inputs exist, side by side; stages
 that draw (base and refine, of either branch) take turns on the one diffusion model, in table
-order (the full method before the comparison) when more than one is ready.
+order (the full method before the comparison) when more than one is ready. Stages that
+``apart`` names never run beside a drawing stage (they call a model on the same GPU).
 
 While the model is still loading, a drawing stage that is ready does not take the model ahead
 of a drawing stage before it in the table that will be ready soon: with variants "all" the
@@ -54,6 +55,7 @@ class Schedule:
         run: Callable[[Stage], Awaitable[None]],
         done: Callable[[Stage], bool],
         held: Callable[[Stage], bool] = lambda stage: False,
+        apart: Callable[[Stage], bool] = lambda stage: False,
         side_jobs: Callable[[], Iterable[Awaitable[None]]] = lambda: (),
         model: ModelState | None = None,
         wake: asyncio.Event | None = None,
@@ -62,6 +64,7 @@ class Schedule:
         self._run = run
         self._done = done
         self._held = held
+        self._apart = apart
         self._side_jobs = side_jobs
         self._model = model
         self._wake = wake
@@ -82,18 +85,20 @@ class Schedule:
         """The stages to start now, and whether one waits for the model to load first."""
         start: list[Stage] = []
         drawing = any(spec(s).draws for s in self.running.values())
+        apart = any(self._apart(s) for s in self.running.values())
         earlier_draw_pending = False
         waits_for_model = False
         for stage in self._todo():
             ready = not self._held(stage) and not self._waiting_on(stage)
             if not spec(stage).draws:
-                if ready:
+                if ready and not (drawing and self._apart(stage)):
                     start.append(stage)
+                    apart = apart or self._apart(stage)
                 continue
             if not ready:
                 earlier_draw_pending = True
                 continue
-            if drawing:
+            if drawing or apart:
                 continue
             state = self._model.state() if self._model is not None else "idle"
             if earlier_draw_pending and state in ("loading", "failed"):
