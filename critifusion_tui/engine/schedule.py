@@ -14,9 +14,10 @@ stages end first the full method's base goes first. Once the model is loaded, wh
 ready draws. After a failed load the full method's base still goes first, so the failure is
 reported where it always was.
 
-The schedule does not know what a gate is: ``held`` says which stages wait, ``side_jobs``
-hands it work to watch beside the stages (a gate's question to a person), and ``wake`` is an
-event the owner sets when something outside changed what is held. On the first failure
+The schedule does not know what a gate is: ``held`` says which stages wait, and
+``side_jobs`` hands it work to watch beside the stages (a gate's question to a person, whose
+answer releases what the gate held); when nothing runs and nothing can start, it returns and
+leaves the held stages to a later schedule. On the first failure
 nothing new starts; the stages already running end (done, failed or cancelled on their
 own), then the failure is raised. A cancel of the schedule cancels everything it started and
 waits for each to record how it ended. Standard library only.
@@ -58,7 +59,6 @@ class Schedule:
         apart: Callable[[Stage], bool] = lambda stage: False,
         side_jobs: Callable[[], Iterable[Awaitable[None]]] = lambda: (),
         model: ModelState | None = None,
-        wake: asyncio.Event | None = None,
     ) -> None:
         self.order: tuple[Stage, ...] = tuple(Stage(s) for s in stages)
         self._run = run
@@ -67,7 +67,6 @@ class Schedule:
         self._apart = apart
         self._side_jobs = side_jobs
         self._model = model
-        self._wake = wake
         self.running: dict[asyncio.Future[None], Stage] = {}
         self.finished: set[Stage] = set()  # ran to the end in this schedule (done or skipped)
 
@@ -113,7 +112,6 @@ class Schedule:
     async def run(self) -> None:
         sides: set[asyncio.Future[None]] = set()
         model_wait: asyncio.Future[None] | None = None
-        wake_wait: asyncio.Future[bool] | None = None
         failure: BaseException | None = None
         try:
             while True:
@@ -125,22 +123,15 @@ class Schedule:
                         self.running[asyncio.ensure_future(self._run(stage))] = stage
                 if waits_for_model and model_wait is None and self._model is not None:
                     model_wait = asyncio.ensure_future(self._model.wait())
-                if self._wake is not None and wake_wait is None and failure is None:
-                    self._wake.clear()
-                    wake_wait = asyncio.ensure_future(self._wake.wait())
                 watched: set[asyncio.Future] = {*self.running, *sides}
                 if model_wait is not None:
                     watched.add(model_wait)
                 if not self.running and not sides and model_wait is None:
                     break  # nothing runs and nothing will start: what is left waits for a gate
-                if wake_wait is not None:
-                    watched.add(wake_wait)
                 finished, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
                 for future in finished:
                     if future is model_wait:
                         model_wait = None
-                    elif future is wake_wait:
-                        wake_wait = None
                     elif future in sides:
                         sides.discard(future)
                         if not future.cancelled() and future.exception() is not None and failure is None:
@@ -157,18 +148,17 @@ class Schedule:
                 if failure is not None:
                     # Nothing new starts; a question to a person is withdrawn; the stages
                     # already running end on their own (their work is kept).
-                    for future in (*sides, model_wait, wake_wait):
+                    for future in (*sides, model_wait):
                         if future is not None:
                             future.cancel()
                     sides.clear()
-                    model_wait = wake_wait = None
+                    model_wait = None
         except asyncio.CancelledError:
-            await self._stop([*self.running, *sides, model_wait, wake_wait])
+            await self._stop([*self.running, *sides, model_wait])
             raise
         finally:
-            for future in (model_wait, wake_wait):
-                if future is not None:
-                    future.cancel()
+            if model_wait is not None:
+                model_wait.cancel()
         if failure is not None:
             raise failure
 

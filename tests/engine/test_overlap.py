@@ -17,7 +17,7 @@ from critifusion_tui.engine.diffusion import Diffusion
 from critifusion_tui.engine.events import DiffusionStep, ModelLoaded, ModelLoading, StageFinished, StageStarted
 from critifusion_tui.engine.pipeline import RunFailed, Session
 from critifusion_tui.engine.schedule import Schedule
-from critifusion_tui.engine.stages import Stage
+from critifusion_tui.engine.stages import REFINE_GATE, TABLE, TAGS_GATE, Stage, gate_inputs, gates_holding
 from tests.engine.test_pipeline import PROMPT, offline_settings
 
 LATENCY = 3.0  # seconds per request: far longer than loading the tiny model from its folder
@@ -151,3 +151,42 @@ async def test_the_schedule_raises_the_first_failure_after_the_running_stages_en
         await schedule.run()
     # Components and the comparison base were running and ended; nothing new started.
     assert sorted(ended) == ["base_original", "components"]
+
+
+def test_the_graph_the_schedule_reads():
+    assert [g.name for g in gates_holding("critique_original")] == ["tags"]  # it reads what the gate edits
+    assert gates_holding("base_original") == () and gates_holding("refine_original") == ()
+    assert [g.name for g in gates_holding("refine")] == ["refine"]
+    assert gate_inputs(TAGS_GATE) == (Stage.TAGS, Stage.COMPONENTS) and gate_inputs(REFINE_GATE) == (Stage.CRITIQUE,)
+    assert [s for s in Stage if TABLE[s].draws] == [Stage.BASE, Stage.REFINE, Stage.BASE_ORIGINAL, Stage.REFINE_ORIGINAL]
+
+
+@pytest.mark.parametrize(("load_s", "expected"), [
+    (0.3, [Stage.TAGS, Stage.BASE, Stage.BASE_ORIGINAL]),  # the text ends first: the method draws first
+    (0.0, [Stage.TAGS, Stage.BASE_ORIGINAL, Stage.BASE]),  # loaded first: the comparison draws meanwhile
+])
+async def test_while_the_model_loads_the_full_method_keeps_its_turn(load_s, expected):
+    done: set[Stage] = set()
+    order: list[Stage] = []
+    loaded = asyncio.Event()
+
+    class Model:
+        def state(self) -> str:
+            return "ready" if loaded.is_set() else "loading"
+
+        async def wait(self) -> None:
+            await loaded.wait()
+
+    async def run(stage: Stage) -> None:
+        order.append(stage)
+        await asyncio.sleep(0.1 if stage is Stage.TAGS else 0.02)
+        done.add(stage)
+
+    async def load() -> None:
+        await asyncio.sleep(load_s)
+        loaded.set()
+
+    loading = asyncio.create_task(load())
+    await Schedule((Stage.TAGS, Stage.BASE, Stage.BASE_ORIGINAL), run=run, done=done.__contains__, model=Model()).run()
+    await loading
+    assert order == expected
