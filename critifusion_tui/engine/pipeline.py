@@ -55,6 +55,10 @@ from critifusion_tui.redact import redact_fields
 
 VARIANTS = ("full", "all")
 
+# One preload at a time in a process: sessions made one after another (a test suite, the app
+# reloading its settings) queue their loads instead of building models side by side.
+_ONE_PRELOAD = threading.Lock()
+
 
 class RunFailed(Exception):
     """A stage failed in a way the method cannot go on from; the message says what and why."""
@@ -103,7 +107,8 @@ class Session:
         self._diffusion_config = settings.diffusion
         self._scorers = None
         # The model load started ahead of the base stage (preload): which model, and its end.
-        self._loading: tuple[Any, Future[None]] | None = None
+        self._loading: tuple[Any, Future[bool]] | None = None
+        self._closed = False
         self._untold_load: Any = None  # a model preloaded whose load messages no run showed yet
 
     def diffusion_for(self, cfg) -> Any:
@@ -127,24 +132,30 @@ class Session:
         first waits for the load only if it has not ended (:meth:`Run.load_model`), and a
         load that failed is reported there, once, as the stage's failure. Calling it again
         while a load is in flight, after it succeeded, or before its failure was reported
-        does nothing. The thread is a daemon: quitting does not wait for a load.
+        does nothing. The thread is a daemon: quitting does not wait for a load. Preloads of
+        several sessions run one after another, and one whose session was closed before its
+        turn loads nothing.
         """
         diffusion = self.diffusion_for(cfg if cfg is not None else self.settings.diffusion)
         if diffusion.loaded:
             return
         if self._loading is not None and self._loading[0] is diffusion:
             return  # in flight, or ended and not yet taken by a stage
-        future: Future[None] = Future()
+        future: Future[bool] = Future()  # True: loaded; False: skipped (the session closed)
         future.set_running_or_notify_cancel()  # a waiter's cancel never cancels the load
 
         def load() -> None:
-            try:
-                diffusion.load()
-            except BaseException as exc:  # kept for the stage that draws first
-                future.set_exception(exc)
-            else:
-                self._untold_load = diffusion
-                future.set_result(None)
+            with _ONE_PRELOAD:
+                if self._closed:
+                    future.set_result(False)
+                    return
+                try:
+                    diffusion.load()
+                except BaseException as exc:  # kept for the stage that draws first
+                    future.set_exception(exc)
+                else:
+                    self._untold_load = diffusion
+                    future.set_result(True)
 
         self._loading = (diffusion, future)
         threading.Thread(target=load, name="critifusion-preload", daemon=True).start()
@@ -159,7 +170,9 @@ class Session:
         future = self._loading[1]
         if not future.done():
             return "loading"
-        return "failed" if future.exception() is not None else "ready"
+        if future.exception() is not None:
+            return "failed"
+        return "ready" if future.result() else "idle"
 
     async def wait_loaded(self, diffusion) -> None:
         """Until a preload of `diffusion` in flight ends, however it ends."""
@@ -168,7 +181,7 @@ class Session:
 
     async def take_load(self, diffusion) -> bool:
         """Wait for the preload of `diffusion`, if one was started; raise its failure (once:
-        the next call loads afresh). Returns whether there was one."""
+        the next call loads afresh). Returns whether it loaded the model."""
         if self._loading is None or self._loading[0] is not diffusion:
             return False
         future = self._loading[1]
@@ -176,7 +189,7 @@ class Session:
         if future.exception() is not None:
             self._loading = None
             future.result()  # raises the load's own exception
-        return True
+        return future.result()
 
     def untold_load_messages(self, diffusion) -> list[tuple[str, str]]:
         """What the libraries printed while a preload of `diffusion` ran, the first time a
@@ -197,6 +210,7 @@ class Session:
         return self._scorers
 
     async def aclose(self) -> None:
+        self._closed = True  # a preload still queued behind another one does not start
         await self.router.aclose()
 
     def new_run(
@@ -948,7 +962,7 @@ class Run(RunFlow):
         return self.store.read_file(record["image"], f"stages.{stage}.image")
 
 
-async def _ended(future: Future[None]) -> None:
+async def _ended(future: Future[Any]) -> None:
     """Until a thread's future ends, however it ends; its exception stays for the caller to
     read from `future` (the loop's copy of it is read here, so it is never logged as lost)."""
     waiter = asyncio.wrap_future(future)

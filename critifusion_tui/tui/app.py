@@ -72,6 +72,7 @@ NEXT_HINT = {
     DONE: "Done. ctrl+r: a new run from the prompt; ctrl+b: back to the refine gate.",
 }
 BUSY = "A stage is running: wait, or press escape to cancel it."
+PRELOAD_AFTER_S = 1.0  # after start-up, the model's load waits this long for the first paint and keys
 RUNNING_HINT = {
     "tags": "Expanding the prompt into tags", "components": "Decomposing the prompt into components",
     "base": "Drawing the base image", "critique": "The critics are looking at the image",
@@ -269,8 +270,8 @@ class CritiFusionApp(App):
         self._show_where()
         self._apply_width(self.size.width)
         self.set_interval(0.25, self._tick_loading)
-        # Once the first screen is up, the model loads while the person writes a prompt.
-        self.call_after_refresh(self._preload_model)
+        # Once the app is up and idle, the model loads while the person writes a prompt.
+        self.set_timer(PRELOAD_AFTER_S, self._preload_model)
 
     def _preload_model(self) -> None:
         try:
