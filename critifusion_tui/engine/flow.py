@@ -70,6 +70,7 @@ class RunFlow:
     _step_task: asyncio.Task | None
     model_state: Any  # the model's load, for the schedule (Run.model_state)
     keeps_ollama_apart: Any  # stages that never run beside a drawing one (Run.keeps_ollama_apart)
+    preload: Any  # start loading the model in the background (Run.preload)
     _unattended = False  # run_all answers the gates itself: no "paused" between its steps
 
     # ---------------------------------------------------------------- where the run stands

@@ -148,9 +148,10 @@ class Schedule:
                 if failure is not None:
                     # Nothing new starts; a question to a person is withdrawn; the stages
                     # already running end on their own (their work is kept).
-                    for future in (*sides, model_wait):
-                        if future is not None:
-                            future.cancel()
+                    for side in sides:
+                        side.cancel()
+                    if model_wait is not None:
+                        model_wait.cancel()
                     sides.clear()
                     model_wait = None
         except asyncio.CancelledError:

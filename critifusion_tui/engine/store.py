@@ -185,7 +185,7 @@ class RunStore:
 
         stages = self.stages
         stages[name] = record
-        rank = {stage: index for index, stage in enumerate(TABLE)}
+        rank = {str(stage): index for index, stage in enumerate(TABLE)}
         ordered = sorted(stages, key=lambda key: rank.get(key, len(rank)))
         if list(stages) != ordered:
             items = {key: stages[key] for key in ordered}

@@ -141,7 +141,7 @@ async def unload_loaded(client: AsyncClient) -> list[str]:
     """``/api/ps`` lists the models the server holds in memory; a generate request with no
     prompt and ``keep_alive: 0`` unloads one (the server waits for its requests in flight)."""
     response = await client.ps()
-    names = [m.model or m.name for m in response.models if m.model or m.name]
+    names = [name for m in response.models if (name := m.model or m.name)]
     for name in names:
         await client.generate(model=name, keep_alive=0)
     return names
