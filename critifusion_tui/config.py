@@ -101,6 +101,9 @@ class OllamaConfig(Section):
     timeout_s: float = Field(default=120.0, gt=0)
     keep_alive: str = "5m"
     max_concurrency: int = Field(default=4, ge=1)
+    # Before each diffusion, ask Ollama to unload the models it holds (they share the GPU).
+    # "auto": when the host is this machine and free CUDA memory is short; never on the CPU.
+    unload_before_diffusion: Literal["auto"] | bool = "auto"
 
 
 class OpenAIConfig(Section):

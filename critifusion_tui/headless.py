@@ -320,7 +320,12 @@ def run_command(args, loaded, overrides: list[str] | tuple[str, ...] = ()) -> in
                 return EXIT_USAGE
         jobs = [{"prompt": args.prompt, "folder": Path(args.out) if args.out else None}]
 
-    reporter = make_reporter(out_stream)
+    from critifusion_tui.engine.load_output import own_descriptor
+
+    # The model loads in the background while the text stages print (its capture points fds
+    # 1 and 2 at a file): the run's lines go through their own copy of the descriptor.
+    report_stream = own_descriptor(out_stream)
+    reporter = make_reporter(report_stream)
     outcomes: list[Outcome] = []
     interrupted = False
     stopped_by: list[int] = []  # the signal (SIGTERM, SIGHUP) that ended the run, if any
@@ -399,6 +404,8 @@ def run_command(args, loaded, overrides: list[str] | tuple[str, ...] = ()) -> in
         interrupted = True
     finally:
         reporter.close()
+        if report_stream is not out_stream:
+            report_stream.close()
 
     if interrupted:
         import signal

@@ -14,7 +14,9 @@ each model answers, and read back every request::
 
 Endpoints: ``POST /v1/chat/completions`` (JSON, or SSE with ``data: ...`` lines and
 ``data: [DONE]`` when the body asks ``stream``), ``GET /v1/models``, ``GET /v2/supported-models``,
-``POST /api/chat`` (JSON or NDJSON), ``GET /api/tags``, ``POST /api/show``, and under
+``POST /api/chat`` (JSON or NDJSON), ``GET /api/tags``, ``POST /api/show``, ``GET /api/ps``
+(the models a chat loaded, as Ollama holds them in memory), ``POST /api/generate`` (with no
+prompt and ``keep_alive: 0`` it unloads the model, as Ollama does; else it answers), and under
 ``/openai/v1`` an OpenAI-compatible server (``chat/completions`` as above, ``models`` as
 OpenAI's ``{"object": "list", "data": [...]}``). Answers carry token usage as each service
 reports it: ``usage`` in a completion, in Together's last stream chunk, in an extra last chunk
@@ -103,6 +105,8 @@ class LoopbackServer:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.models: dict[str, ModelEntry] = {}
+        # The Ollama models "in memory": loaded by a chat, unloaded by keep_alive 0 (/api/ps).
+        self.loaded: list[str] = []
         # False: /v2/supported-models answers 404 (an older or compatible server).
         self.supported_models = True
         # True: a chat asking for constrained output is refused with 400 (an older server).
@@ -266,6 +270,8 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", "/api/chat"): self._ollama_chat,
             ("GET", "/api/tags"): self._ollama_tags,
             ("POST", "/api/show"): self._ollama_show,
+            ("GET", "/api/ps"): self._ollama_ps,
+            ("POST", "/api/generate"): self._ollama_generate,
             ("POST", "/openai/v1/chat/completions"): self._together_chat,
             ("GET", "/openai/v1/models"): self._openai_models,
         }.get((self.command, parts.path))
@@ -350,6 +356,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.loopback.refuse_schema and isinstance(body.get("format"), dict):
             self._json(400, {"error": "invalid format: json schema is not supported"})
             return
+        self._ollama_load(model, body.get("keep_alive"))
         script = self._begin(model)
         if script is None:
             return
@@ -378,6 +385,41 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(script.garbage + "\n")
         self._chunk(json.dumps(_ollama_part(model, "", done=True, tokens=tokens)) + "\n")
         self._end_chunked()
+
+    def _ollama_load(self, model: str, keep_alive: Any) -> None:
+        with self.loopback._lock:
+            if model in self.loopback.loaded:
+                self.loopback.loaded.remove(model)
+            if keep_alive not in (0, "0", "0s"):
+                self.loopback.loaded.append(model)
+
+    def _ollama_ps(self, body: dict) -> None:
+        with self.loopback._lock:
+            loaded = list(self.loopback.loaded)
+        models = [
+            {"name": m, "model": m, "size": 2**30, "size_vram": 2**30, "digest": "0" * 12,
+             "expires_at": "2025-01-01T00:05:00Z", "details": {"format": "gguf", "family": "test"}}
+            for m in loaded
+        ]
+        self._json(200, {"models": models})
+
+    def _ollama_generate(self, body: dict) -> None:
+        model = str(body.get("model", ""))
+        self._ollama_load(model, body.get("keep_alive"))
+        if not body.get("prompt"):  # load or unload only, as Ollama answers it
+            reason = "unload" if body.get("keep_alive") in (0, "0", "0s") else "load"
+            self._json(200, {"model": model, "created_at": "2025-01-01T00:00:00Z", "response": "",
+                             "done": True, "done_reason": reason})
+            return
+        script = self._begin(model)
+        if script is None:
+            return
+        if script.status is not None:
+            self._fault(script, together=False)
+            return
+        text = script.text if script.text is not None else f"reply from {model}"
+        self._json(200, {"model": model, "created_at": "2025-01-01T00:00:00Z", "response": text,
+                         "done": True, "done_reason": "stop"})
 
     def _ollama_tags(self, body: dict) -> None:
         models = [

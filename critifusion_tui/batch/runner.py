@@ -96,8 +96,12 @@ def run_batch(args, settings, overrides=()) -> int:
     device, device_warning = ranks.device_for(settings.diffusion.device, place)
     settings.diffusion.device = device
 
+    from critifusion_tui.engine.load_output import own_descriptor
+
     stream = sys.stderr if args.json else sys.stdout
-    reporter = make_batch_reporter(stream, rank=place.rank, world_size=place.world_size, total=len(jobs))
+    # A model loading in the background captures fds 1 and 2: the lines use their own copy.
+    report_stream = own_descriptor(stream)
+    reporter = make_batch_reporter(report_stream, rank=place.rank, world_size=place.world_size, total=len(jobs))
     if device_warning:
         reporter(Notice("", "warning", device_warning))
     if place.world_size > 1:
@@ -226,6 +230,8 @@ def run_batch(args, settings, overrides=()) -> int:
         interrupted = True
     finally:
         reporter.close()
+        if report_stream is not stream:
+            report_stream.close()
 
     summary = _finish(out, place, device, jobs, outcomes, started, providers, interrupted, stream)
     with suppress(Exception):

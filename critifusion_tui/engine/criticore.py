@@ -742,8 +742,12 @@ class CritiCore:
         ask_alignment: bool = False,
         previous: CritiqueResult | None = None,
         only: Iterable[str] | None = None,
+        stage: str = "critique",
     ) -> CritiqueResult:
-        """Every VLM criticises the image made from `image_prompt`; the aggregator merges them."""
+        """Every VLM criticises the image made from `image_prompt`; the aggregator merges them.
+
+        `stage` names the calls in events, the ledger and a replay: ``critique_original`` for
+        the comparison branch, whose critique may run beside the full method's."""
         started = time.perf_counter()
         components = list(components)
         ins = self.instructions
@@ -758,24 +762,24 @@ class CritiCore:
         def make_ask(model: str) -> Ask:
             if _is_rules(model):
                 verdict = rules_critique(image_prompt, components)
-                self.emit(Notice("critique", "info", verdict.note))
-                return self._offline("critique", "vlm", f"<issues></issues>\n<refined>{verdict.refined}</refined>")
+                self.emit(Notice(stage, "info", verdict.note))
+                return self._offline(stage, "vlm", f"<issues></issues>\n<refined>{verdict.refined}</refined>")
             return self._chat(
-                "critique", "vlm", model, messages,
+                stage, "vlm", model, messages,
                 temperature=CRITIC_TEMPERATURE, max_tokens=CRITIC_MAX_TOKENS, image=image_png,
                 schema=CRITIQUE_SCHEMA,
             )
 
         previous_answers = [c.answer for c in previous.critics] if previous else None
         answers = await self._gather(
-            "critique", "vlm", self.vlms, make_ask, previous_answers, only, lambda text: read_critique(text, guard)
+            stage, "vlm", self.vlms, make_ask, previous_answers, only, lambda text: read_critique(text, guard)
         )
         critics = [parse_critic(a, image_prompt, alignment=ask_alignment) if a.ok else Critic(a) for a in answers]
-        self._report_failures("critique", [c.answer for c in critics], "critic")
+        self._report_failures(stage, [c.answer for c in critics], "critic")
         usable = [c for c in critics if c.answer.ok]
         said = [c.answer.text for c in usable]
         if previous is not None and self._retry_changed_nothing(
-            "critique", only, previous, said, lambda r: [c.answer.text for c in r.critics if c.answer.ok]
+            stage, only, previous, said, lambda r: [c.answer.text for c in r.critics if c.answer.ok]
         ):
             return replace(previous, critics=critics)
         alignments = [c.alignment for c in usable if c.alignment is not None]
@@ -783,7 +787,7 @@ class CritiCore:
         attempts: list[Answer] = []
         if not usable:
             # SPEC 4: no critic answered, so the prompt stands and there are no issues.
-            self.emit(Notice("critique", "warning", "no vision model answered usably: the refinement keeps the prompt"))
+            self.emit(Notice(stage, "warning", "no vision model answered usably: the refinement keeps the prompt"))
             return CritiqueResult(
                 image_prompt, components, critics, attempts, [], clip77_strict(image_prompt), None,
                 "none", time.perf_counter() - started, self.instructions.record(used),
@@ -793,7 +797,7 @@ class CritiCore:
         telling = [c for c in usable if not _changed_nothing(c, image_prompt)]
         if len(telling) <= 1:
             only_one = (telling or usable)[0]
-            self._nothing_to_merge("critique", only_one.answer)
+            self._nothing_to_merge(stage, only_one.answer)
             return CritiqueResult(
                 image_prompt, components, critics, attempts, list(only_one.issues), only_one.refined,
                 alignment, "critic", time.perf_counter() - started, self.instructions.record(used),
@@ -810,22 +814,22 @@ class CritiCore:
             if _is_rules(model):
                 merged_issues = dedup_keep_order(line for c in telling for line in c.issues)[:MAX_ISSUES]
                 merged = "<issues>" + "\n".join(merged_issues) + f"</issues>\n<refined>{telling[0].refined}</refined>"
-                return self._offline("critique", "aggregator", merged)
+                return self._offline(stage, "aggregator", merged)
             return self._chat(
-                "critique", "aggregator", model, agg_messages,
+                stage, "aggregator", model, agg_messages,
                 temperature=CRITIC_AGG_TEMPERATURE, max_tokens=CRITIC_AGG_MAX_TOKENS,
                 schema=CRITIQUE_SCHEMA,
             )
 
         attempts = await self._aggregate(
-            "critique", make_agg, lambda text: read_critique(text, agg_guard, need_refined=True)
+            stage, make_agg, lambda text: read_critique(text, agg_guard, need_refined=True)
         )
         used += ["critic_agg_system", "critic_agg_user"]
         won = attempts[-1].reading if attempts and attempts[-1].ok else None
         if won is not None:
             issues, refined, source = list(won.items), clip77_strict(won.refined), "aggregator"
         else:
-            self.emit(Notice("critique", "warning", "no aggregator answered: using the first critic's report"))
+            self.emit(Notice(stage, "warning", "no aggregator answered: using the first critic's report"))
             issues, refined, source = telling[0].issues, telling[0].refined, "critic"
         return CritiqueResult(
             image_prompt, components, critics, attempts, issues, refined, alignment, source,

@@ -23,7 +23,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __all__ = [
     "COMPILE_MODES",
+    "DIFFUSION_HEADROOM_BYTES",
     "SpeedSwitches",
+    "cuda_memory_short",
     "empty_cache",
     "is_oom",
     "resolve_device",
@@ -32,6 +34,10 @@ __all__ = [
     "sdpa_backend",
     "sdpa_enabled",
 ]
+
+# What one SDXL pass at 1024 px and its VAE decode take beside the loaded weights (activations,
+# the decode's float32 upcast), with a margin: less free than this is "short".
+DIFFUSION_HEADROOM_BYTES = 6 * 2**30
 
 _DTYPE_NAMES = {
     "float16": "float16",
@@ -312,3 +318,18 @@ def sdpa_backend(device: str, dtype: Any, *, heads: int, head_dim: int, tokens: 
     if self_kernel == cross_kernel:
         return self_kernel
     return f"self-attention {self_kernel}, cross-attention {cross_kernel}"
+def cuda_memory_short(device: str, headroom: int = DIFFUSION_HEADROOM_BYTES) -> bool:
+    """Whether a CUDA device has less memory free for the next diffusion than `headroom`.
+
+    Free is the device's own count (other processes, an Ollama server among them, take from
+    it) plus what torch's allocator holds cached but unused (torch reuses that). Never short
+    off CUDA: there is no GPU memory to share.
+    """
+    if not device.startswith("cuda"):
+        return False
+    import torch
+
+    target = torch.device(device)
+    free, _total = torch.cuda.mem_get_info(target)
+    cached = torch.cuda.memory_reserved(target) - torch.cuda.memory_allocated(target)
+    return free + cached < headroom

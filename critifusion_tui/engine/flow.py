@@ -15,6 +15,14 @@ files say. Both front ends drive the same moves:
 - :meth:`RunFlow.leave` records that a person left the run unfinished;
 - :meth:`RunFlow.run_all` is all of it with a gate callback (headless answers at once).
 
+Stages run from the dependency graph (:mod:`.schedule`): each starts when the stages it
+depends on are done, so the text stages run side by side, and under :meth:`RunFlow.run_all`
+every stage runs as soon as its inputs exist and no gate holds it (with variants "all" the
+comparison base draws while the text stages wait on the providers, and its critique runs
+while the full method's base draws). The model starts loading when a run starts
+(:meth:`~critifusion_tui.engine.pipeline.Run.preload`). A person's move (:meth:`RunFlow.advance`)
+runs one step, and the gates hold as they always did.
+
 The app holds no stage order, no skip rule and no store writes of its own: it shows the
 phase, collects edits, and calls these.
 """
@@ -25,7 +33,8 @@ import asyncio
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from critifusion_tui.engine.stages import Gate, Stage, Step, downstream, steps
+from critifusion_tui.engine.schedule import Schedule
+from critifusion_tui.engine.stages import Gate, Stage, Step, downstream, gate_inputs, gates_holding, steps
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -60,6 +69,9 @@ class RunFlow:
     store: Any
     skip_critique_next: bool
     _step_task: asyncio.Task | None
+    model_state: Any  # the model's load, for the schedule (Run.model_state)
+    keeps_ollama_apart: Any  # stages that never run beside a drawing one (Run.keeps_ollama_apart)
+    preload: Any  # start loading the model in the background (Run.preload)
 
     if TYPE_CHECKING:  # what Run (engine/pipeline.py) supplies: the stages and the prompts
 
@@ -119,7 +131,10 @@ class RunFlow:
     def gate_fields(self) -> dict[str, Any]:
         """The current values of what a person may edit at the gate the run waits at."""
         gate = self.gate
-        return {name: self.text(name) for name in gate.fields} if gate else {}
+        return self.gate_fields_of(gate) if gate else {}
+
+    def gate_fields_of(self, gate: Gate) -> dict[str, Any]:
+        return {name: self.text(name) for name in gate.fields}
 
     def stage_state(self, stage: str) -> str:
         """A stage's state as the front ends show it: waiting, done, failed, cancelled or
@@ -169,6 +184,7 @@ class RunFlow:
             step = self.current_step()  # an edit may have made an earlier step stale
             if step is None:  # pragma: no cover - an edit never completes a step
                 return self.phase
+        self.preload()
         await self._guarded(self._run_step(step))
         # A step without a gate asks nobody: it follows at once (SPEC 7's comparison after
         # the refinement), so one advance always ends at a gate or at the end.
@@ -276,34 +292,58 @@ class RunFlow:
         return self.store.manifest
 
     async def _run_all(self, gate: GateCallback | None) -> None:
+        if self.phase is Phase.DONE:
+            return
+        self.preload()
+        await self._guarded(self._run_graph(gate))
+        if self.phase is not Phase.DONE:  # pragma: no cover - every held stage has its gate asked
+            raise FlowError(f"the run stopped at {self.phase.value} with nothing left to run")
+
+    async def _run_graph(self, gate: GateCallback | None) -> None:
+        """Every stage not done, each as soon as its inputs exist and its gates are passed;
+        each gate is asked as soon as what it shows exists (engine/schedule.py)."""
         from critifusion_tui.engine.events import GateOpened
 
-        while self.phase is not Phase.DONE:
-            edits = None
-            step_gate = self.gate
-            if step_gate is not None:
-                fields = self.gate_fields()
-                self._emit(GateOpened(step_gate.name, dict(fields)))
-                answer = await gate(step_gate.name, dict(fields)) if gate is not None else fields
-                if answer.get("skip_critique"):
-                    self.set_skip_critique(True)
-                edits = {k: v for k, v in answer.items() if k in fields and v != fields[k]}
-            await self.advance(edits)
+        gates = {step.gate.name: step for step in self.steps if step.gate is not None}
+        # A gate whose step is complete (a resumed run) is not asked again, as before.
+        passed = {name for name, step in gates.items() if all(self.done(s) for s in step.stages)}
+        asked: set[str] = set()
+
+        def held(stage: Stage) -> bool:
+            return any(g.name in gates and g.name not in passed for g in gates_holding(stage))
+
+        async def ask(step_gate: Gate) -> None:
+            fields = self.gate_fields_of(step_gate)
+            self._emit(GateOpened(step_gate.name, dict(fields)))
+            answer = await gate(step_gate.name, dict(fields)) if gate is not None else fields
+            if answer.get("skip_critique"):
+                self.set_skip_critique(True)
+            self.apply_edits({k: v for k, v in answer.items() if k in fields and v != fields[k]})
+            passed.add(step_gate.name)
+
+        def questions():
+            for name, step in gates.items():
+                if name in passed or name in asked or step.gate is None:
+                    continue
+                if all(self.done(s) for s in gate_inputs(step.gate)):
+                    asked.add(name)
+                    yield ask(step.gate)
+
+        await Schedule(
+            self.stages, run=self._run_stage_by_name, done=self.done, held=held,
+            apart=self.keeps_ollama_apart, side_jobs=questions, model=self.model_state,
+        ).run()
 
     # ---------------------------------------------------------------- inside
 
     async def _run_step(self, step: Step) -> None:
-        todo = [stage for stage in step.stages if not self.done(stage)]
-        if step.concurrent:
-            # Every stage of the step ends (done or failed) before the first failure is
-            # raised: a failing stage never leaves its sibling running unwatched.
-            results = await asyncio.gather(*(self._run_stage_by_name(stage) for stage in todo), return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
-            return
-        for stage in todo:
-            await self._run_stage_by_name(stage)
+        # Each stage of the step starts when the ones it depends on are done (the text stages
+        # at once, side by side). Every stage that started ends (done or failed) before the
+        # first failure is raised: a failing stage never leaves its sibling running unwatched.
+        await Schedule(
+            step.stages, run=self._run_stage_by_name, done=self.done, apart=self.keeps_ollama_apart,
+            model=self.model_state,
+        ).run()
 
     async def _run_stage_by_name(self, stage: Stage, *, only: list[str] | None = None) -> None:
         """The one place that maps a stage of the table to the method's code."""

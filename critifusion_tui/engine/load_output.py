@@ -8,7 +8,9 @@ descriptors pointed at a temporary file (``os.dup2``), Python warnings recorded,
 caught comes back as lines the front end shows in its log.
 
 The app draws on stderr (Textual's driver writes to file descriptor 2), so the app captures
-only fd 1, and headless runs capture both.
+only fd 1, and headless runs capture both. A model loads in the background while a run's text
+stages go on (``Session.preload``), so a front end that prints while that happens writes
+through its own copy of the descriptor (:func:`own_descriptor`), which the capture leaves alone.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TextIO
 
 from critifusion_tui.providers.hygiene import clean_model_text
 
-__all__ = ["CapturedOutput", "capture_output"]
+__all__ = ["CapturedOutput", "capture_output", "own_descriptor"]
 
 # dup2 changes the whole process: two loads at once would restore each other's descriptors.
 _CAPTURE_LOCK = threading.Lock()
@@ -92,3 +95,21 @@ def _flush(stream: object) -> None:
             flush()
         except (OSError, ValueError):  # a closed stream: nothing of ours is buffered in it
             pass
+
+
+def own_descriptor(stream: TextIO) -> TextIO:
+    """A text stream that writes where `stream` writes now, through a copy of its descriptor.
+
+    :func:`capture_output` points fds 1 and 2 at a file while a model loads, and the load runs
+    in the background while the run goes on: lines printed through the copy still reach the
+    terminal or pipe. A stream without a descriptor (a test's ``StringIO``) is returned as is.
+    """
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return stream
+    _flush(stream)
+    return os.fdopen(
+        os.dup(fd), "w", buffering=1,
+        encoding=getattr(stream, "encoding", None) or "utf-8", errors=getattr(stream, "errors", None) or "strict",
+    )

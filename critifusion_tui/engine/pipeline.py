@@ -20,6 +20,7 @@ import importlib.metadata
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
@@ -53,6 +54,10 @@ from critifusion_tui.redact import configure as remember_secrets
 from critifusion_tui.redact import redact_fields
 
 VARIANTS = ("full", "all")
+
+# One preload at a time in a process: sessions made one after another (a test suite, the app
+# reloading its settings) queue their loads instead of building models side by side.
+_ONE_PRELOAD = threading.Lock()
 
 
 class RunFailed(Exception):
@@ -101,6 +106,10 @@ class Session:
         self.diffusion = diffusion or self._make_diffusion(settings.diffusion)
         self._diffusion_config = settings.diffusion
         self._scorers = None
+        # The model load started ahead of the base stage (preload): which model, and its end.
+        self._loading: tuple[Any, Future[bool]] | None = None
+        self._closed = False
+        self._untold_load: Any = None  # a model preloaded whose load messages no run showed yet
 
     def diffusion_for(self, cfg) -> Any:
         """The diffusion model for a run's `cfg`: the loaded one when it loads the same model
@@ -111,6 +120,84 @@ class Session:
             self.diffusion = self._make_diffusion(cfg)
             self._diffusion_config = cfg
         return self.diffusion
+
+    # ---------------------------------------------------------------- loading ahead
+
+    def preload(self, cfg=None) -> None:
+        """Start importing the diffusion stack and loading the model for `cfg` (the session's
+        settings when None) in a worker thread, and return at once.
+
+        A run calls this when it starts, so the load runs while the text stages wait on the
+        providers; the app calls it when it is idle after start-up. The stage that draws
+        first waits for the load only if it has not ended (:meth:`Run.load_model`), and a
+        load that failed is reported there, once, as the stage's failure. Calling it again
+        while a load is in flight, after it succeeded, or before its failure was reported
+        does nothing. The thread is a daemon: quitting does not wait for a load. Preloads of
+        several sessions run one after another, and one whose session was closed before its
+        turn loads nothing.
+        """
+        diffusion = self.diffusion_for(cfg if cfg is not None else self.settings.diffusion)
+        if diffusion.loaded:
+            return
+        if self._loading is not None and self._loading[0] is diffusion:
+            return  # in flight, or ended and not yet taken by a stage
+        future: Future[bool] = Future()  # True: loaded; False: skipped (the session closed)
+        future.set_running_or_notify_cancel()  # a waiter's cancel never cancels the load
+
+        def load() -> None:
+            with _ONE_PRELOAD:
+                if self._closed:
+                    future.set_result(False)
+                    return
+                try:
+                    diffusion.load()
+                except BaseException as exc:  # kept for the stage that draws first
+                    future.set_exception(exc)
+                else:
+                    self._untold_load = diffusion
+                    future.set_result(True)
+
+        self._loading = (diffusion, future)
+        threading.Thread(target=load, name="critifusion-preload", daemon=True).start()
+
+    def load_state(self, diffusion) -> str:
+        """``ready``, ``loading`` (a preload in flight), ``failed`` (a preload that failed and
+        was not reported yet) or ``idle`` (nobody loads it: the stage that draws will)."""
+        if diffusion.loaded:
+            return "ready"
+        if self._loading is None or self._loading[0] is not diffusion:
+            return "idle"
+        future = self._loading[1]
+        if not future.done():
+            return "loading"
+        if future.exception() is not None:
+            return "failed"
+        return "ready" if future.result() else "idle"
+
+    async def wait_loaded(self, diffusion) -> None:
+        """Until a preload of `diffusion` in flight ends, however it ends."""
+        if self._loading is not None and self._loading[0] is diffusion:
+            await _ended(self._loading[1])
+
+    async def take_load(self, diffusion) -> bool:
+        """Wait for the preload of `diffusion`, if one was started; raise its failure (once:
+        the next call loads afresh). Returns whether it loaded the model."""
+        if self._loading is None or self._loading[0] is not diffusion:
+            return False
+        future = self._loading[1]
+        await _ended(future)  # a cancel here leaves the load alone
+        if future.exception() is not None:
+            self._loading = None
+            future.result()  # raises the load's own exception
+        return future.result()
+
+    def untold_load_messages(self, diffusion) -> list[tuple[str, str]]:
+        """What the libraries printed while a preload of `diffusion` ran, the first time a
+        run asks (the notices of one load are shown once)."""
+        if self._untold_load is not diffusion:
+            return []
+        self._untold_load = None
+        return list(diffusion.load_messages)
 
     @property
     def scorers(self):
@@ -123,6 +210,7 @@ class Session:
         return self._scorers
 
     async def aclose(self) -> None:
+        self._closed = True  # a preload still queued behind another one does not start
         await self.router.aclose()
 
     def new_run(
@@ -492,33 +580,110 @@ class Run(RunFlow):
 
     # ---------------------------------------------------------------- stage 3: base image
 
-    async def load_model(self) -> None:
-        """Load the diffusion model (once per session), reporting it as part of the base stage.
+    async def load_model(self, stage: str = "base") -> None:
+        """Load the diffusion model (once per session), reporting it as part of `stage`.
 
-        What the libraries printed while loading is shown as notices (not on the terminal),
-        and what was really loaded (device, dtype, variant, files, scheduler) is recorded in
-        the manifest's ``diffusion`` field, not just the configured ``auto``s.
+        The load usually started when the run did (:meth:`Session.preload`): this waits for it
+        only if it has not ended, and a load that failed fails `stage` with its message, as a
+        load started here would. What the libraries printed while loading is shown as notices
+        (not on the terminal), and what was really loaded (device, dtype, variant, files,
+        scheduler) is recorded in the manifest's ``diffusion`` field, not just the
+        configured ``auto``s.
         """
+        from critifusion_tui.engine.diffusion import DiffusionError
+
         diffusion = self.diffusion
         if not diffusion.loaded:
-            self._emit(ModelLoading("base", model=self.settings.diffusion.model))
+            self._emit(ModelLoading(stage, model=self.settings.diffusion.model))
+            preloaded = False
             try:
-                await self._blocking("base", diffusion.load)
-            finally:
-                for level, text in diffusion.load_messages:
-                    self._emit(Notice("base", level, f"while loading: {text}"))
+                preloaded = await self.session.take_load(diffusion)
+                if not preloaded:
+                    await asyncio.to_thread(diffusion.load)
+            except Exception as exc:  # what a library printed while failing often says why
+                self._tell_load(stage, diffusion.load_messages)
+                if isinstance(exc, DiffusionError):
+                    raise RunFailed(stage, str(exc)) from None
+                raise
+            if not preloaded:
+                self._tell_load(stage, diffusion.load_messages)
+        self._tell_load(stage, self.session.untold_load_messages(diffusion))
         record = await asyncio.to_thread(diffusion.describe)
         if self.store.manifest.get("diffusion") != record:
             self.store.manifest["diffusion"] = record
-            await asyncio.to_thread(self.store.write_manifest)
-            self._emit(ModelLoaded("base", summary=load_summary(record), record=record))
+            # On the loop thread: another stage may be changing the manifest meanwhile.
+            self.store.write_manifest()
+            self._emit(ModelLoaded(stage, summary=load_summary(record), record=record))
 
-    async def image_size(self) -> tuple[int, int]:
+    # ---------------------------------------------------------------- sharing the GPU with Ollama
+
+    def calls_ollama(self, stage: str) -> bool:
+        """Whether `stage` asks an Ollama model (a replay asks nobody)."""
+        core = self.criticore
+        if core.replay is not None:
+            return False
+        kind = spec(stage).kind
+        roles = {"tags": core.candidates, "components": core.candidates, "critique": core.vlms}.get(kind)
+        if roles is None:
+            return False
+        return any(str(ref).startswith("ollama:") for ref in (*roles, *core.aggregators))
+
+    def keeps_ollama_apart(self, stage: str) -> bool:
+        """With ``providers.ollama.unload_before_diffusion = true`` a stage that asks Ollama
+        never runs beside a stage that draws: its call would load a model again into the
+        memory the diffusion needs (engine/schedule.py)."""
+        return self.settings.providers.ollama.unload_before_diffusion is True and self.calls_ollama(stage)
+
+    async def _make_room_for_diffusion(self, stage: str) -> None:
+        """``providers.ollama.unload_before_diffusion``: before `stage` draws, ask Ollama to
+        unload the models it holds, so they do not take the GPU memory the diffusion needs.
+        ``auto`` does so when the Ollama host is this machine and free CUDA memory is short
+        (never on the CPU); only runs whose roles use Ollama ask. A refused request is a
+        warning: the diffusion goes on (and may run out of memory, which says what helps)."""
+        from critifusion_tui.engine.devices import cuda_memory_short
+        from critifusion_tui.providers.base import ProviderError
+        from critifusion_tui.providers.ollama import is_local_host
+
+        ollama = self.settings.providers.ollama
+        setting = ollama.unload_before_diffusion
+        if setting is False or not any(self.calls_ollama(s) for s in self.stages):
+            return
+        if setting == "auto" and not (
+            is_local_host(ollama.host) and await asyncio.to_thread(cuda_memory_short, self.diffusion.device)
+        ):
+            return
+        try:
+            names = await self.session.router.ollama.unload_loaded()
+        except ProviderError as exc:
+            self._emit(Notice(stage, "warning", f"could not ask Ollama to unload its models before the diffusion: {exc}"))
+            return
+        if names:
+            why = "GPU memory is short" if setting == "auto" else "providers.ollama.unload_before_diffusion = true"
+            self._emit(Notice(
+                stage, "info", f"asked Ollama at {ollama.host} to unload {', '.join(names)} before the diffusion ({why})",
+            ))
+
+    def _tell_load(self, stage: str, messages: list[tuple[str, str]]) -> None:
+        for level, text in messages:
+            self._emit(Notice(stage, level, f"while loading: {text}"))
+
+    def preload(self) -> None:
+        """Start loading this run's model in the background while other stages run, unless
+        every stage that draws is done (:meth:`Session.preload`)."""
+        if any(spec(s).draws and not self.done(s) for s in self.stages):
+            self.session.preload(self.settings.diffusion)
+
+    @property
+    def model_state(self) -> _ModelState:
+        """The model's load as the scheduler sees it (engine/schedule.py)."""
+        return _ModelState(self)
+
+    async def image_size(self, stage: str = "base") -> tuple[int, int]:
         """The base image's (width, height): the configured size, or the model's native one
         for "auto" (which needs the model's config, so the model is loaded first)."""
         width, height = self.settings.diffusion.size()
         if width is None or height is None:
-            await self.load_model()
+            await self.load_model(stage)
             native_w, native_h = self.diffusion.default_size
             width, height = width or native_w, height or native_h
         return width, height
@@ -539,11 +704,12 @@ class Run(RunFlow):
                 raise RunFailed(name, "the tags stage has not run")
 
         async def work() -> dict[str, Any]:
-            await self.load_model()
-            width, height = await self.image_size()
+            await self.load_model(name)
+            width, height = await self.image_size(name)
             if "auto" in (cfg.width, cfg.height):
                 self._emit(Notice(name, "info", f"image size {width}x{height} (the model's native size)"))
             diffusion = self.diffusion
+            await self._make_room_for_diffusion(name)
             latent = await self._in_thread(
                 name, diffusion.base_latent, prompt=prompt, negative=negative, width=width,
                 height=height, steps=cfg.steps, guidance=cfg.guidance, seed=self.seed,
@@ -622,7 +788,7 @@ class Run(RunFlow):
             result: CritiqueResult = await self.criticore.critique(
                 png, record["prompt"], components,
                 ask_alignment=self._critic_rates(),
-                only=only, previous=self._previous(name),
+                only=only, previous=self._previous(name), stage=name,
             )
             self._results[name] = result
             tags_positive = self.text("positive") or self.prompt
@@ -762,9 +928,10 @@ class Run(RunFlow):
                 params = self.refine_params(original=original, alignment=alignment)
             assert params is not None
             self._say_alignment(name, alignment, params)
-            await self.load_model()
+            await self.load_model(name)
             diffusion = self.diffusion
             x_lo = self.latent(base)
+            await self._make_room_for_diffusion(name)
             x_hi = await self._in_thread(
                 name, diffusion.img2img_latent, latent=x_lo, prompt=prompt, negative=negative,
                 strength=params.strength, guidance=params.guidance, steps=params.steps, seed=params.seed,
@@ -812,6 +979,28 @@ class Run(RunFlow):
         if record is None:
             raise RunFailed(stage, f"the {stage} stage has not run")
         return self.store.read_file(record["image"], f"stages.{stage}.image")
+
+
+async def _ended(future: Future[Any]) -> None:
+    """Until a thread's future ends, however it ends; its exception stays for the caller to
+    read from `future` (the loop's copy of it is read here, so it is never logged as lost)."""
+    waiter = asyncio.wrap_future(future)
+    waiter.add_done_callback(lambda done: done.cancelled() or done.exception())
+    await asyncio.wait([waiter])
+
+
+class _ModelState:
+    """A run's diffusion model as :class:`~critifusion_tui.engine.schedule.Schedule` asks
+    about it: loaded yet, and a way to wait for a load in flight."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def state(self) -> str:
+        return self.run.session.load_state(self.run.diffusion)
+
+    async def wait(self) -> None:
+        await self.run.session.wait_loaded(self.run.diffusion)
 
 
 def _file_problem(exc: BaseException, folder: Path) -> str:

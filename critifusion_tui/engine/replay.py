@@ -6,8 +6,9 @@ answer (or failure). Its provider settings, URLs and key variables are never rea
 from elsewhere is data. With the same configuration, the same prompts go to the same seeds,
 so the same machine draws the same images.
 
-Answers are found by (stage, role, model slot) and taken in order, so the comparison
-branch's critique (``critique_original``) gets its own answers after the full method's.
+Answers are found by (stage, role, model slot) and taken in order; the comparison branch's
+critique (``critique_original``) is a stage of its own, since it may run before or beside the
+full method's.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from collections import defaultdict, deque
 from critifusion_tui.engine.manifest import AnswerRecord, RunManifest
 from critifusion_tui.providers.base import ProviderError
 
-# The manifest's text stages, in the order a run asks them, and CritiCore's name for each.
+# The manifest's text stages, and the name CritiCore asks each one's calls by.
 TEXT_STAGES = (("tags", "tags"), ("components", "components"), ("critique", "critique"),
-               ("critique_original", "critique"))
+               ("critique_original", "critique_original"))
 
 
 class ReplayError(ProviderError):
@@ -43,7 +44,7 @@ class Replay:
             record = getattr(stages, name)
             if record is None:
                 continue
-            role = "vlm" if stage == "critique" else "candidate"
+            role = "vlm" if stage.startswith("critique") else "candidate"
             for entry in record.candidates:
                 if entry.model:
                     self._answers[stage, role, entry.model].append(entry)

@@ -85,6 +85,11 @@ class StageSpec:
         """What a person may change of this stage's output before the next stage uses it."""
         return self.writes
 
+    @property
+    def draws(self) -> bool:
+        """Whether it runs the diffusion model (one such stage at a time: one model, one GPU)."""
+        return self.kind in ("base", "refine")
+
 
 TABLE: dict[Stage, StageSpec] = {
     spec.stage: spec
@@ -191,3 +196,24 @@ def step_of(stage: str) -> Step:
 
 def stages_of(variants: str) -> tuple[Stage, ...]:
     return tuple(stage for step in steps(variants) for stage in step.stages)
+
+
+GATED_STEPS = (DRAW_STEP, REFINE_STEP)
+
+
+def gates_holding(stage: str) -> tuple[Gate, ...]:
+    """The gates `stage` waits behind: the gate before its step, and every gate that lets a
+    person edit a prompt it reads (the comparison's critique reads the tags and components
+    the tags gate shows, so it waits for that gate too; the comparison base reads nothing a
+    person edits, so no gate holds it)."""
+    target = Stage(stage)
+    reads = set(TABLE[target].reads)
+    return tuple(
+        step.gate for step in GATED_STEPS
+        if step.gate is not None and (target in step.stages or reads & set(step.gate.fields))
+    )
+
+
+def gate_inputs(gate: Gate) -> tuple[Stage, ...]:
+    """The stages that write what `gate` shows: it opens once they are done."""
+    return tuple(dict.fromkeys(writer_of(name) for name in gate.fields))

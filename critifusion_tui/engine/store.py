@@ -206,16 +206,28 @@ class RunStore:
 
     def save_stage(self, name: str, record: dict[str, Any]) -> None:
         """Record a completed stage and persist the manifest at once."""
-        self.stages[name] = {**record, "status": "done"}
-        self.write_manifest()
+        self._set_stage(name, {**record, "status": "done"})
 
     def fail_stage(self, name: str, error: str, **fields: Any) -> None:
-        self.stages[name] = {**fields, "status": "failed", "error": error}
-        self.write_manifest()
+        self._set_stage(name, {**fields, "status": "failed", "error": error})
 
     def cancel_stage(self, name: str, **fields: Any) -> None:
         """A stage stopped by a person (or a signal) before it completed: not a failure."""
-        self.stages[name] = {**fields, "status": "cancelled"}
+        self._set_stage(name, {**fields, "status": "cancelled"})
+
+    def _set_stage(self, name: str, record: dict[str, Any]) -> None:
+        # Stages that run side by side end in any order; the manifest lists them in the
+        # method's order (the stage table's), whatever order they ended in.
+        from critifusion_tui.engine.stages import TABLE
+
+        stages = self.stages
+        stages[name] = record
+        rank = {str(stage): index for index, stage in enumerate(TABLE)}
+        ordered = sorted(stages, key=lambda key: rank.get(key, len(rank)))
+        if list(stages) != ordered:
+            items = {key: stages[key] for key in ordered}
+            stages.clear()
+            stages.update(items)
         self.write_manifest()
 
     def forget_stage(self, name: str) -> None:

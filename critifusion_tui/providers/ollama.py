@@ -132,6 +132,29 @@ class OllamaProvider(HostedProvider["AsyncClient"]):
     async def has_vision(self, name: str) -> bool:
         return await self.ask(ModelRef("ollama", name), lambda client: has_vision(client, name))
 
+    async def unload_loaded(self) -> list[str]:
+        """Ask the server to unload every model it holds; returns their names."""
+        return await self.ask("ollama", unload_loaded)
+
+
+async def unload_loaded(client: AsyncClient) -> list[str]:
+    """``/api/ps`` lists the models the server holds in memory; a generate request with no
+    prompt and ``keep_alive: 0`` unloads one (the server waits for its requests in flight)."""
+    response = await client.ps()
+    names = [name for m in response.models if (name := m.model or m.name)]
+    for name in names:
+        await client.generate(model=name, keep_alive=0)
+    return names
+
+
+def is_local_host(host: str) -> bool:
+    """Whether an Ollama host is this machine (loopback, or the "every address" bind)."""
+    from urllib.parse import urlsplit
+
+    text = host.strip()
+    hostname = urlsplit(text if "://" in text else f"http://{text}").hostname or ""
+    return hostname in ("localhost", "::1", "0.0.0.0", "::") or hostname.startswith("127.")
+
 
 async def list_models(client: AsyncClient) -> list[str]:
     """Names of the pulled models (``/api/tags``), for ``critifusion doctor``."""

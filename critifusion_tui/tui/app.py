@@ -73,6 +73,7 @@ NEXT_HINT = {
     DONE: "Done. ctrl+r: a new run from the prompt; ctrl+b: back to the refine gate.",
 }
 BUSY = "A stage is running: wait, or press escape to cancel it."
+PRELOAD_AFTER_S = 1.0  # after start-up, the model's load waits this long for the first paint and keys
 RUNNING_HINT = {
     "tags": "Expanding the prompt into tags", "components": "Decomposing the prompt into components",
     "base": "Drawing the base image", "critique": "The critics are looking at the image",
@@ -272,6 +273,14 @@ class CritiFusionApp(App):
         self._show_where()
         self._apply_width(self.size.width)
         self.set_interval(0.25, self._tick_loading)
+        # Once the app is up and idle, the model loads while the person writes a prompt.
+        self.set_timer(PRELOAD_AFTER_S, self._preload_model)
+
+    def _preload_model(self) -> None:
+        try:
+            self._session().preload()
+        except Exception as exc:  # the first run says what is wrong; the app stays usable
+            self.log_buffer.add("warning", "run", f"could not start loading the model: {exc}")
 
     def on_resize(self, event) -> None:
         self._apply_width(event.size.width)

@@ -44,3 +44,24 @@ def test_what_was_caught_is_kept_when_the_block_fails():
     except RuntimeError:
         pass
     assert caught.printed == ["why it failed"]
+
+
+def test_a_stream_on_its_own_descriptor_still_reaches_its_target_during_a_capture():
+    # A model loads in the background (fds 1 and 2 captured) while headless prints its lines.
+    code = (
+        "import sys, threading\n"
+        "from critifusion_tui.engine.load_output import capture_output, own_descriptor\n"
+        "lines = own_descriptor(sys.stdout)\n"
+        "inside, leave = threading.Event(), threading.Event()\n"
+        "def load():\n"
+        "    with capture_output((1, 2)) as caught:\n"
+        "        inside.set(); leave.wait(10)\n"
+        "    lines.write(f'caught {caught.messages()}\\n')\n"
+        "thread = threading.Thread(target=load); thread.start(); inside.wait(10)\n"
+        "print('[tags] done', file=lines, flush=True)\n"
+        "print('swallowed', flush=True)\n"
+        "leave.set(); thread.join()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["[tags] done", "caught [('info', 'swallowed')]"]

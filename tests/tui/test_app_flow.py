@@ -118,6 +118,9 @@ async def test_the_refine_gate_shows_the_base_the_critics_saw(tmp_path):
 
 async def test_cancelled_text_stages_stop_their_panes_and_say_cancelled(tmp_path, server, settings):
     server.script("slow", hang=True)
+    # The escape, not the fixture's 2 s timeout, must end the hang: the model loads beside the
+    # text stages, and Pilot waits for a busy process to go idle (up to 1 s) at every step.
+    settings.providers.together.timeout_s = 30.0
     app = make_app(hosted(tmp_path, settings, candidates=["together:slow"]))
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("ctrl+r")
