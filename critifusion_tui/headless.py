@@ -325,6 +325,10 @@ def run_command(args, loaded, overrides: list[str] | tuple[str, ...] = ()) -> in
     # The model loads in the background while the text stages print (its capture points fds
     # 1 and 2 at a file): the run's lines go through their own copy of the descriptor.
     report_stream = own_descriptor(out_stream)
+    # What is said after the run (an interrupt, the JSON summary) may come while a load that
+    # was cut short still holds fds 1 and 2: it goes through copies of them too.
+    err_stream = report_stream if out_stream is sys.stderr else own_descriptor(sys.stderr)
+    json_stream = own_descriptor(sys.stdout) if args.json else sys.stdout
     reporter = make_reporter(report_stream)
     outcomes: list[Outcome] = []
     interrupted = False
@@ -414,10 +418,13 @@ def run_command(args, loaded, overrides: list[str] | tuple[str, ...] = ()) -> in
         where = f"; completed stages are saved in {folder}" if folder else ""
         resume = f"; resume with: critifusion run --resume {folder}" if folder else ""
         why = f"stopped by {signal.Signals(stopped_by[0]).name}" if stopped_by else "interrupted"
-        say(f"critifusion: {why}{where}{resume}")
+        say(f"critifusion: {why}{where}{resume}", err_stream)
     if args.json:
         summaries = redact_data([o.summary() for o in outcomes])
-        print(json.dumps(summaries if args.prompts else (summaries[0] if summaries else {}), indent=2, ensure_ascii=False))
+        print(
+            json.dumps(summaries if args.prompts else (summaries[0] if summaries else {}), indent=2, ensure_ascii=False),
+            file=json_stream, flush=True,
+        )
     if interrupted:
         return 128 + stopped_by[0] if stopped_by else EXIT_INTERRUPTED
     return EXIT_OK if outcomes and all(o.status == "done" for o in outcomes) else EXIT_FAILED

@@ -49,7 +49,12 @@ def refine_command(args, loaded, overrides=()) -> int:
         return EXIT_USAGE
     prompt = (args.prompt or "").strip() or (past.manifest["prompt"] if past is not None else "")
 
-    reporter = make_reporter(sys.stderr if args.json else sys.stdout)
+    from critifusion_tui.engine.load_output import own_descriptor
+
+    # The model loads in the background (its capture points fds 1 and 2 at a file): what this
+    # command prints goes through copies of the descriptors, as `critifusion run` does.
+    out, err = own_descriptor(sys.stdout), own_descriptor(sys.stderr)
+    reporter = make_reporter(err if args.json else out)
     outcome = Outcome()
     written: dict[str, Any] = {}  # the manifest as the run last wrote it (for --json)
 
@@ -102,16 +107,16 @@ def refine_command(args, loaded, overrides=()) -> int:
     finally:
         reporter.close()
     if outcome.error:
-        say(f"critifusion refine: {outcome.error}")
+        say(f"critifusion refine: {outcome.error}", err)
     if interrupted:
         where = f"; completed stages are saved in {outcome.folder}; resume with: critifusion run --resume {outcome.folder}" if outcome.folder else ""
-        say(f"critifusion refine: interrupted{where}")
+        say(f"critifusion refine: interrupted{where}", err)
     if args.json:
         summary = outcome.summary()
         given = {k: v for k, v in (written.get(GIVEN_KEY) or {}).items() if k != "record"}
         base = (written.get("stages") or {}).get("base") or {}
         summary.update(given=given, fit=base.get("fit"))
-        print(json.dumps(redact_data(summary), indent=2, ensure_ascii=False))
+        print(json.dumps(redact_data(summary), indent=2, ensure_ascii=False), file=out, flush=True)
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if outcome.status == "done" else EXIT_FAILED
