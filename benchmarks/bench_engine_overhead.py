@@ -174,14 +174,28 @@ class Sides:
         phase = Phases()
         with phase("base"):
             x_lo = engine.base_latent(
-                PROMPT, NEGATIVE, width=size, height=size, steps=steps, guidance=GUIDANCE, seed=SEED,
-                on_step=on_step, cancel=cancel,
+                PROMPT,
+                NEGATIVE,
+                width=size,
+                height=size,
+                steps=steps,
+                guidance=GUIDANCE,
+                seed=SEED,
+                on_step=on_step,
+                cancel=cancel,
             )
         seed2 = refine_seed(SEED, int(steps * strength))
         with phase("img2img"):
             x_hi = engine.img2img_latent(
-                x_lo, REFINE_PROMPT, NEGATIVE, strength=strength, guidance=REFINE_GUIDANCE, steps=steps,
-                seed=seed2, on_step=lambda d, t: on_step(d, t, "refine"), cancel=cancel,
+                x_lo,
+                REFINE_PROMPT,
+                NEGATIVE,
+                strength=strength,
+                guidance=REFINE_GUIDANCE,
+                steps=steps,
+                seed=seed2,
+                on_step=lambda d, t: on_step(d, t, "refine"),
+                cancel=cancel,
             )
         with phase("fusion"):
             # As Run.refine_stage calls it (base latent moved to the refined one's device/dtype).
@@ -199,16 +213,26 @@ class Sides:
         phase = Phases()
         with phase("base"), torch.no_grad():
             x_lo = self.raw_txt(
-                prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size,
-                num_inference_steps=steps, guidance_scale=GUIDANCE,
-                generator=torch.Generator("cpu").manual_seed(SEED), output_type="latent",
+                prompt=PROMPT,
+                negative_prompt=NEGATIVE,
+                width=size,
+                height=size,
+                num_inference_steps=steps,
+                guidance_scale=GUIDANCE,
+                generator=torch.Generator("cpu").manual_seed(SEED),
+                output_type="latent",
             ).images
         seed2 = refine_seed(SEED, int(steps * strength))
         with phase("img2img"), torch.no_grad():
             x_hi = self.raw_img(
-                prompt=REFINE_PROMPT, negative_prompt=NEGATIVE, image=x_lo, strength=strength,
-                num_inference_steps=steps, guidance_scale=REFINE_GUIDANCE,
-                generator=torch.Generator("cpu").manual_seed(seed2), output_type="latent",
+                prompt=REFINE_PROMPT,
+                negative_prompt=NEGATIVE,
+                image=x_lo,
+                strength=strength,
+                num_inference_steps=steps,
+                guidance_scale=REFINE_GUIDANCE,
+                generator=torch.Generator("cpu").manual_seed(seed2),
+                output_type="latent",
             ).images
         # Not timed: only so that the decode gets the same input as side A's (same pixels out).
         fused = frequency_fusion(x_hi, x_lo, generator=torch.Generator("cpu").manual_seed(seed2))
@@ -251,10 +275,13 @@ def _compare(a_runs: list[dict[str, float]], b_runs: list[dict[str, float]]) -> 
     phases = {}
     for name in ("base", "img2img", "decode"):
         a_p, b_p = [t[name] for t in a_runs], [t[name] for t in b_runs]
-        phases[name] = {"A": summary(a_p), "B": summary(b_p),
-                        "ratio_of_medians": statistics.median(a_p) / statistics.median(b_p),
-                        # the engine's extra cost per call, in seconds: median of the pairs' differences
-                        "delta_median_of_pairs": statistics.median(a - b for a, b in zip(a_p, b_p))}
+        phases[name] = {
+            "A": summary(a_p),
+            "B": summary(b_p),
+            "ratio_of_medians": statistics.median(a_p) / statistics.median(b_p),
+            # the engine's extra cost per call, in seconds: median of the pairs' differences
+            "delta_median_of_pairs": statistics.median(a - b for a, b in zip(a_p, b_p)),
+        }
     phases["fusion"] = {"A": summary([t["fusion"] for t in a_runs])}
     return {
         "A_engine": summary(a_tot),
@@ -280,7 +307,7 @@ def bench_size(sides: Sides, size: int, steps: int, strength: float, repeats: in
     b_runs: list[Phases] = []
     for i in range(repeats):
         # Interleaved pairs; which side goes first alternates (A B, B A, ...) to even out order effects.
-        for side in (("A", "B") if i % 2 == 0 else ("B", "A")):
+        for side in ("A", "B") if i % 2 == 0 else ("B", "A"):
             if side == "A":
                 a_runs.append(sides.run_engine(size, steps, strength)[0])
             else:
@@ -301,8 +328,10 @@ def bench_size(sides: Sides, size: int, steps: int, strength: float, repeats: in
 
 
 def print_size(res: dict) -> None:
-    print(f"\n== {res['size']} px, {res['steps']} base steps + img2img strength {res['strength']} "
-          f"({res['img2img_steps']} steps) + decode ==")
+    print(
+        f"\n== {res['size']} px, {res['steps']} base steps + img2img strength {res['strength']} "
+        f"({res['img2img_steps']} steps) + decode =="
+    )
     print(f"same work on both sides: {res['same_work']}")
     for clock in ("wall", "cpu"):
         c = res[clock]
@@ -312,25 +341,32 @@ def print_size(res: dict) -> None:
         print(f"A + fusion                      : {fmt_ms(c['A_engine_with_fusion'])}")
         for name, p in c["phases"].items():
             if "B" in p:
-                print(f"  {name:8s} A {p['A']['median'] * 1e3:8.2f} ms  B {p['B']['median'] * 1e3:8.2f} ms  "
-                      f"A/B {p['ratio_of_medians']:.3f}  A-B (median of pairs) "
-                      f"{p['delta_median_of_pairs'] * 1e3:+.2f} ms")
+                print(
+                    f"  {name:8s} A {p['A']['median'] * 1e3:8.2f} ms  B {p['B']['median'] * 1e3:8.2f} ms  "
+                    f"A/B {p['ratio_of_medians']:.3f}  A-B (median of pairs) "
+                    f"{p['delta_median_of_pairs'] * 1e3:+.2f} ms"
+                )
             else:
-                print(f"  {name:8s} A {p['A']['median'] * 1e3:8.2f} ms  (engine only; "
-                      f"{c['fusion_share_of_A'] * 100:.2f}% of A with fusion)")
+                print(
+                    f"  {name:8s} A {p['A']['median'] * 1e3:8.2f} ms  (engine only; "
+                    f"{c['fusion_share_of_A'] * 100:.2f}% of A with fusion)"
+                )
         lo, hi = c["ratio_pairs_min_max"]
         verdict = "meets" if c["ratio_median_of_pairs"] <= TARGET else "MISSES"
-        print(f"ratio A/B: median of pairs {c['ratio_median_of_pairs']:.3f} (pairs {lo:.3f}..{hi:.3f}), "
-              f"ratio of medians {c['ratio_of_medians']:.3f}, of minimums {c['ratio_of_minimums']:.3f} "
-              f"-> {verdict} <= {TARGET}; "
-              f"(A with fusion)/B {c['ratio_with_fusion_median_of_pairs']:.3f}")
+        print(
+            f"ratio A/B: median of pairs {c['ratio_median_of_pairs']:.3f} (pairs {lo:.3f}..{hi:.3f}), "
+            f"ratio of medians {c['ratio_of_medians']:.3f}, of minimums {c['ratio_of_minimums']:.3f} "
+            f"-> {verdict} <= {TARGET}; "
+            f"(A with fusion)/B {c['ratio_with_fusion_median_of_pairs']:.3f}"
+        )
 
 
 # --------------------------------------------------------------------------- Run.run_all
 
 
-def bench_run_all(sides: Sides, folder: Path, size: int, steps: int, strength: float, repeats: int,
-                  out_root: Path) -> dict:
+def bench_run_all(
+    sides: Sides, folder: Path, size: int, steps: int, strength: float, repeats: int, out_root: Path
+) -> dict:
     """The whole method on offline roles vs the diffusion calls inside the same run."""
     from critifusion_tui.config import Settings
     from critifusion_tui.engine import specfusion
@@ -338,14 +374,24 @@ def bench_run_all(sides: Sides, folder: Path, size: int, steps: int, strength: f
     from critifusion_tui.engine.store import RunStore
 
     last_k = round(steps * strength)
-    settings = Settings.model_validate({
-        "criticore": {"candidates": ["rules"], "aggregator": "rules", "vlms": ["rules"]},
-        "diffusion": {"model": str(folder), "device": "cpu", "dtype": "float32", "width": size,
-                      "height": size, "steps": steps, "guidance": GUIDANCE, "seed": SEED,
-                      "negative": NEGATIVE},
-        "specfusion": {"total_steps": steps, "last_k": last_k, "guidance": REFINE_GUIDANCE},
-        "output": {"dir": str(out_root)},
-    })
+    settings = Settings.model_validate(
+        {
+            "criticore": {"candidates": ["rules"], "aggregator": "rules", "vlms": ["rules"]},
+            "diffusion": {
+                "model": str(folder),
+                "device": "cpu",
+                "dtype": "float32",
+                "width": size,
+                "height": size,
+                "steps": steps,
+                "guidance": GUIDANCE,
+                "seed": SEED,
+                "negative": NEGATIVE,
+            },
+            "specfusion": {"total_steps": steps, "last_k": last_k, "guidance": REFINE_GUIDANCE},
+            "output": {"dir": str(out_root)},
+        }
+    )
     engine = sides.engine
     timers: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -438,18 +484,26 @@ def print_run_all(res: dict) -> None:
     print(f"\n== Run.run_all, offline rules roles, {res['size']} px, {res['steps']} steps, last_k {res['last_k']} ==")
     print(f"run_all wall            : {fmt_ms(res['wall'])}")
     print(f"diffusion calls in it   : {fmt_ms(res['diffusion_calls'])}")
-    print(f"pipeline's own overhead : {fmt_ms(res['pipeline_overhead'])}  "
-          f"({res['overhead_fraction_median'] * 100:.1f}% of the run)")
+    print(
+        f"pipeline's own overhead : {fmt_ms(res['pipeline_overhead'])}  "
+        f"({res['overhead_fraction_median'] * 100:.1f}% of the run)"
+    )
     if res["torch_threads"] > 1:
-        print("(the CPU split below holds only with --threads 1: other torch threads' CPU time is not "
-              "counted in the diffusion calls)")
+        print(
+            "(the CPU split below holds only with --threads 1: other torch threads' CPU time is not "
+            "counted in the diffusion calls)"
+        )
     print(f"CPU time: run {fmt_ms(res['run_cpu'])}")
     print(f"          diffusion calls {fmt_ms(res['diffusion_calls_cpu'])}")
-    print(f"          pipeline's own  {fmt_ms(res['pipeline_overhead_cpu'])}  "
-          f"({res['overhead_cpu_fraction_median'] * 100:.1f}% of the run's CPU time)")
+    print(
+        f"          pipeline's own  {fmt_ms(res['pipeline_overhead_cpu'])}  "
+        f"({res['overhead_cpu_fraction_median'] * 100:.1f}% of the run's CPU time)"
+    )
     for k, v in res["store_writes"].items():
-        print(f"  of which {k:14s}: {v['median'] * 1e3:7.2f} ms per run (median wall; "
-              f"{res['store_writes_cpu'][k]['median'] * 1e3:.2f} ms CPU)")
+        print(
+            f"  of which {k:14s}: {v['median'] * 1e3:7.2f} ms per run (median wall; "
+            f"{res['store_writes_cpu'][k]['median'] * 1e3:.2f} ms CPU)"
+        )
     print(f"calls per run: {res['calls_per_run']}")
     print(f"events per run: {res['events_per_run']}; run folders under {res['run_folder_fs']}")
 
@@ -489,10 +543,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed A/B pairs first")
     parser.add_argument("--run-repeats", type=int, default=10, help="timed Run.run_all runs")
     parser.add_argument("--run-size", type=int, default=None, help="size for Run.run_all (default: first of --sizes)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads for both sides (default 1: steadiest on a shared machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads for both sides (default 1: steadiest on a shared machine)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model's random weights")
-    parser.add_argument("--out-dir", default=None, help="where Run.run_all writes its run folders (default: a temp dir)")
+    parser.add_argument(
+        "--out-dir", default=None, help="where Run.run_all writes its run folders (default: a temp dir)"
+    )
     parser.add_argument("--json", default=None, help="write the results as JSON here")
     parser.add_argument("--quick", action="store_true", help="smoke run: 64 px, 4 steps, 2 repeats")
     args = parser.parse_args(argv)
@@ -516,8 +576,10 @@ def main(argv: list[str] | None = None) -> int:
         folder = save_tiny(build_tiny_sdxl(seed=args.seed), Path(tmp) / "model")
         sides = Sides(folder)
         params = sum(p.numel() for p in sides.engine.txt2img.unet.parameters())
-        print(f"tiny SDXL: UNet {params:,} parameters; loaded once in {sides.load_s:.2f} s; "
-              f"scheduler {type(sides.engine.txt2img.scheduler).__name__} (karras); threads {args.threads}")
+        print(
+            f"tiny SDXL: UNet {params:,} parameters; loaded once in {sides.load_s:.2f} s; "
+            f"scheduler {type(sides.engine.txt2img.scheduler).__name__} (karras); threads {args.threads}"
+        )
         results["unet_params"] = params
         results["sizes"] = []
         for size in args.sizes:
@@ -538,9 +600,11 @@ def main(argv: list[str] | None = None) -> int:
         target.write_text(text + "\n", encoding="utf-8")
         print(f"wrote {target}")
     for r in results["sizes"]:
-        print(f"verdict {r['size']} px: A/B wall {r['wall']['ratio_median_of_pairs']:.3f}, "
-              f"cpu {r['cpu']['ratio_median_of_pairs']:.3f} (target <= {TARGET}: "
-              f"wall {'yes' if r['meets_target_wall'] else 'NO'}, cpu {'yes' if r['meets_target_cpu'] else 'NO'})")
+        print(
+            f"verdict {r['size']} px: A/B wall {r['wall']['ratio_median_of_pairs']:.3f}, "
+            f"cpu {r['cpu']['ratio_median_of_pairs']:.3f} (target <= {TARGET}: "
+            f"wall {'yes' if r['meets_target_wall'] else 'NO'}, cpu {'yes' if r['meets_target_cpu'] else 'NO'})"
+        )
     return 0
 
 

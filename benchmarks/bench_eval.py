@@ -32,10 +32,15 @@ def tiny_config(root: Path, batch: int):
     clip = tiny.save_clip_folder(root / "clip", seed=2)
     ir = tiny.save_imagereward(root / "ir", seed=3)
     return EvalConfig(
-        batch_size=batch, pickscore_model=str(pick), pickscore_processor=str(pick),
-        hpsv2_checkpoint=str(tiny.save_hpsv2(root / "hps", seed=4)), hpsv2_clip=str(clip),
-        imagereward_checkpoint=str(ir["checkpoint"]), imagereward_med_config=str(ir["med_config"]),
-        imagereward_tokenizer=str(ir["tokenizer"]), aesthetic_checkpoint=str(tiny.save_aesthetic(root / "aes", seed=5)),
+        batch_size=batch,
+        pickscore_model=str(pick),
+        pickscore_processor=str(pick),
+        hpsv2_checkpoint=str(tiny.save_hpsv2(root / "hps", seed=4)),
+        hpsv2_clip=str(clip),
+        imagereward_checkpoint=str(ir["checkpoint"]),
+        imagereward_med_config=str(ir["med_config"]),
+        imagereward_tokenizer=str(ir["tokenizer"]),
+        aesthetic_checkpoint=str(tiny.save_aesthetic(root / "aes", seed=5)),
         aesthetic_clip=str(clip),
     )
 
@@ -64,12 +69,16 @@ def main() -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)) for _ in range(args.images)]
+    images = [
+        Image.fromarray(rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)) for _ in range(args.images)
+    ]
     prompts = ["a red fox in a forest, a hunter hiding behind a pine"] * args.images
     with tempfile.TemporaryDirectory() as tmp:
         cfg = EvalConfig(batch_size=args.batch) if args.published else tiny_config(Path(tmp), args.batch)
-        print(f"device {device}, dtype {str(dtype).removeprefix('torch.')}, {args.images} images of {args.size} px,"
-              f" batch {args.batch}, {'published' if args.published else 'tiny random'} weights, torch {torch.__version__}")
+        print(
+            f"device {device}, dtype {str(dtype).removeprefix('torch.')}, {args.images} images of {args.size} px,"
+            f" batch {args.batch}, {'published' if args.published else 'tiny random'} weights, torch {torch.__version__}"
+        )
         for metric in METRICS:
             started = time.perf_counter()
             scorer = scorers.load(scorers.prepare(metric, cfg), device=device, dtype=dtype, batch_size=args.batch)
@@ -84,8 +93,10 @@ def main() -> int:
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 rates.append(args.images / (time.perf_counter() - t))
-            print(f"{metric:12s} {statistics.median(rates):9.1f} images/s  (min {min(rates):.1f}, max {max(rates):.1f};"
-                  f" load {load_s:.2f} s)")
+            print(
+                f"{metric:12s} {statistics.median(rates):9.1f} images/s  (min {min(rates):.1f}, max {max(rates):.1f};"
+                f" load {load_s:.2f} s)"
+            )
             del scorer
     return 0
 

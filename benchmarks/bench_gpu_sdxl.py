@@ -219,17 +219,21 @@ def meta_check(size: int) -> int:
     built = time.perf_counter() - started
     counts = param_counts(modules)
     pipe = build_pipeline(modules)
-    print(f"built on the meta device in {built:.2f} s (imports {imported:.1f} s before); pipeline {type(pipe).__name__}, "
-          f"vae_scale_factor {pipe.vae_scale_factor}, default size "
-          f"{pipe.unet.config.sample_size * pipe.vae_scale_factor} px, tokenizer {len(pipe.tokenizer)} ids")
+    print(
+        f"built on the meta device in {built:.2f} s (imports {imported:.1f} s before); pipeline {type(pipe).__name__}, "
+        f"vae_scale_factor {pipe.vae_scale_factor}, default size "
+        f"{pipe.unet.config.sample_size * pipe.vae_scale_factor} px, tokenizer {len(pipe.tokenizer)} ids"
+    )
     for name, n in counts.items():
         print(f"  {name:15s} {n:>15,d} parameters ({n * 2 / 1e9:.2f} GB in float16)")
     print(f"  {'total':15s} {sum(counts.values()):>15,d} parameters")
     ok = counts["unet"] == UNET_PARAMS
     print(f"UNet parameters {counts['unet']:,} {'==' if ok else '!='} {UNET_PARAMS:,} (SDXL base 1.0)")
     flops = guided_step_flops(modules["unet"], size)
-    print(f"one guided UNet step (batch 2) at {size}x{size}: {flops / 1e12:.2f} TFLOP; at {PEAK_TFLOPS:g} TFLOP/s "
-          f"the floor is {flops / 1e12 / PEAK_TFLOPS * 1e3:.1f} ms a step")
+    print(
+        f"one guided UNet step (batch 2) at {size}x{size}: {flops / 1e12:.2f} TFLOP; at {PEAK_TFLOPS:g} TFLOP/s "
+        f"the floor is {flops / 1e12 / PEAK_TFLOPS * 1e3:.1f} ms a step"
+    )
     result = {"params": counts, "unet_ok": ok, "size": size, "guided_step_tflop": flops / 1e12}
     write_json(result, "bench_gpu_sdxl_meta.json")
     return 0 if ok else 1
@@ -359,11 +363,29 @@ def engine_flow(engine, size: int, steps: int, strength: float) -> int:
 
     cancel = threading.Event()
     seen = []
-    x_lo = engine.base_latent(PROMPT, NEGATIVE, width=size, height=size, steps=steps, guidance=GUIDANCE, seed=SEED,
-                              on_step=lambda d, t: seen.append(d), cancel=cancel)
+    x_lo = engine.base_latent(
+        PROMPT,
+        NEGATIVE,
+        width=size,
+        height=size,
+        steps=steps,
+        guidance=GUIDANCE,
+        seed=SEED,
+        on_step=lambda d, t: seen.append(d),
+        cancel=cancel,
+    )
     seed2 = refine_seed(SEED, int(steps * strength))
-    x_hi = engine.img2img_latent(x_lo, REFINE_PROMPT, NEGATIVE, strength=strength, guidance=7.5, steps=steps,
-                                 seed=seed2, on_step=lambda d, t: seen.append(d), cancel=cancel)
+    x_hi = engine.img2img_latent(
+        x_lo,
+        REFINE_PROMPT,
+        NEGATIVE,
+        strength=strength,
+        guidance=7.5,
+        steps=steps,
+        seed=seed2,
+        on_step=lambda d, t: seen.append(d),
+        cancel=cancel,
+    )
     fused = frequency_fusion(x_hi, x_lo.to(x_hi.device, x_hi.dtype), generator=engine.generator(seed2))
     engine.decode(fused)
     return len(seen)
@@ -376,13 +398,27 @@ def reference_flow(txt, img, dev: Dev, size: int, steps: int, strength: float) -
     from critifusion_tui.engine.specfusion import refine_seed
 
     with torch.no_grad():
-        latent = txt(prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size, num_inference_steps=steps,
-                     guidance_scale=GUIDANCE, generator=torch.Generator(dev.name).manual_seed(SEED),
-                     output_type="latent").images
+        latent = txt(
+            prompt=PROMPT,
+            negative_prompt=NEGATIVE,
+            width=size,
+            height=size,
+            num_inference_steps=steps,
+            guidance_scale=GUIDANCE,
+            generator=torch.Generator(dev.name).manual_seed(SEED),
+            output_type="latent",
+        ).images
         seed2 = refine_seed(SEED, int(steps * strength))
-        img(prompt=REFINE_PROMPT, negative_prompt=NEGATIVE, image=latent, strength=strength,
-            num_inference_steps=steps, guidance_scale=7.5,
-            generator=torch.Generator(dev.name).manual_seed(seed2), output_type="pil")
+        img(
+            prompt=REFINE_PROMPT,
+            negative_prompt=NEGATIVE,
+            image=latent,
+            strength=strength,
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            generator=torch.Generator(dev.name).manual_seed(seed2),
+            output_type="pil",
+        )
 
 
 def median(values):
@@ -412,7 +448,10 @@ def time_loop(dev: Dev, base, args) -> dict:
     t_long, t_short = median(longs), median(shorts)
     loop_ms = (t_long - t_short) / (args.steps - args.short_steps) * 1e3
     return {
-        "t_long_s": t_long, "t_short_s": t_short, "samples_long_s": longs, "samples_short_s": shorts,
+        "t_long_s": t_long,
+        "t_short_s": t_short,
+        "samples_long_s": longs,
+        "samples_short_s": shorts,
         "steps_per_s_end_to_end": args.steps / t_long,
         "loop_ms_per_step": loop_ms,
         "loop_steps_per_s": 1e3 / loop_ms if loop_ms > 0 else float("nan"),
@@ -501,20 +540,37 @@ def measure_row(name: str, dtype_name: str, folder: Path, dev: Dev, args, dtypes
 
         def base(n: int):
             with torch.no_grad():
-                return pipe(prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size, num_inference_steps=n,
-                            guidance_scale=GUIDANCE, generator=torch.Generator(dev.name).manual_seed(SEED),
-                            output_type="latent").images
+                return pipe(
+                    prompt=PROMPT,
+                    negative_prompt=NEGATIVE,
+                    width=size,
+                    height=size,
+                    num_inference_steps=n,
+                    guidance_scale=GUIDANCE,
+                    generator=torch.Generator(dev.name).manual_seed(SEED),
+                    output_type="latent",
+                ).images
 
         decode = None
     else:
-        engine = Diffusion(str(folder), device=dev.name, dtype=str(dtype).removeprefix("torch."),
-                           **SWITCHES[name]).load()
+        engine = Diffusion(
+            str(folder), device=dev.name, dtype=str(dtype).removeprefix("torch."), **SWITCHES[name]
+        ).load()
         model = engine
         cancel = threading.Event()
 
         def base(n: int):
-            return engine.base_latent(PROMPT, NEGATIVE, width=size, height=size, steps=n, guidance=GUIDANCE,
-                                      seed=SEED, on_step=lambda d, t: None, cancel=cancel)
+            return engine.base_latent(
+                PROMPT,
+                NEGATIVE,
+                width=size,
+                height=size,
+                steps=n,
+                guidance=GUIDANCE,
+                seed=SEED,
+                on_step=lambda d, t: None,
+                cancel=cancel,
+            )
 
         decode = engine.decode
     dev.sync()
@@ -542,13 +598,17 @@ def measure(args, results: dict, dev: Dev, dtypes: dict, budget: Budget) -> None
     try:
         flops = guided_step_flops(build_modules("meta")["unet"], size)
     except Exception as exc:  # noqa: BLE001  (a torch without a FLOP formula: use the counted figure)
-        log(f"FLOP count on the meta device failed ({type(exc).__name__}: {exc}); using "
-            f"{FLOOR_TFLOP_PER_STEP} TFLOP at 1024 px scaled by the pixel count")
+        log(
+            f"FLOP count on the meta device failed ({type(exc).__name__}: {exc}); using "
+            f"{FLOOR_TFLOP_PER_STEP} TFLOP at 1024 px scaled by the pixel count"
+        )
         flops = FLOOR_TFLOP_PER_STEP * 1e12 * (size / 1024) ** 2
     floor_ms = flops / 1e12 / PEAK_TFLOPS * 1e3
     results["floor"] = {"guided_step_tflop": flops / 1e12, "peak_tflops": PEAK_TFLOPS, "floor_ms_per_step": floor_ms}
     results["targets"] = TARGETS
-    log(f"one guided UNet step at {size}x{size}: {flops / 1e12:.2f} TFLOP -> floor {floor_ms:.1f} ms at {PEAK_TFLOPS:g} TFLOP/s")
+    log(
+        f"one guided UNet step at {size}x{size}: {flops / 1e12:.2f} TFLOP -> floor {floor_ms:.1f} ms at {PEAK_TFLOPS:g} TFLOP/s"
+    )
 
     folder = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="sdxl-random-"))
     if not (folder / "model_index.json").is_file():
@@ -589,10 +649,12 @@ def measure(args, results: dict, dev: Dev, dtypes: dict, budget: Budget) -> None
         if (name, dtype_name) == ("plain", "float16"):
             row["syncs"] = syncs_per_step(dev, base, args)
         rows.append(row)
-        log(f"{label}: load {row['load_s']:.1f} s, first image {row['first_image_s']:.1f} s, "
+        log(
+            f"{label}: load {row['load_s']:.1f} s, first image {row['first_image_s']:.1f} s, "
             f"{row['steps_per_s_end_to_end']:.2f} steps/s end to end, loop {row['loop_ms_per_step']:.1f} ms/step"
             + (f", decode {row['vae_decode_ms']:.0f} ms" if "vae_decode_ms" in row else "")
-            + f", peak {row['peak_gib']:.2f} GiB")
+            + f", peak {row['peak_gib']:.2f} GiB"
+        )
         flow = (name, dtype_name) == ("auto", "float16") and "flow" in args.rows
         if flow:
             flow_vram(results, model, dev, args, base_alloc)
@@ -625,11 +687,16 @@ def flow_vram(results: dict, engine, dev: Dev, args, base_alloc: int) -> None:
     seen: list[int] = []
     flow_s = dev.timed(lambda: seen.append(engine_flow(engine, args.size, args.steps, args.strength)))
     results["vram_engine"] = {
-        "row": "auto float16", "peak_gib": gib(dev.peak() - base_alloc), "flow_s": flow_s,
-        "reserved_peak_gib": gib(dev.peak_reserved()), "callback_steps": seen[0],
+        "row": "auto float16",
+        "peak_gib": gib(dev.peak() - base_alloc),
+        "flow_s": flow_s,
+        "reserved_peak_gib": gib(dev.peak_reserved()),
+        "callback_steps": seen[0],
     }
-    log(f"engine flow (base {args.steps} + img2img at {args.strength} + fusion + decode): {flow_s:.2f} s; "
-        f"peak {results['vram_engine']['peak_gib']:.2f} GiB allocated")
+    log(
+        f"engine flow (base {args.steps} + img2img at {args.strength} + fusion + decode): {flow_s:.2f} s; "
+        f"peak {results['vram_engine']['peak_gib']:.2f} GiB allocated"
+    )
 
 
 def reference_vram(results: dict, folder: Path, dev: Dev, args, dtype) -> None:
@@ -645,11 +712,16 @@ def reference_vram(results: dict, folder: Path, dev: Dev, args, dtype) -> None:
     dev.reset_peak()
     flow_s = dev.timed(lambda: reference_flow(txt, img, dev, args.size, args.steps, args.strength))
     results["vram_reference"] = {
-        "load_s": load_s, "weights_gib": gib(weights), "peak_gib": gib(dev.peak() - base_alloc),
-        "flow_s": flow_s, "reserved_peak_gib": gib(dev.peak_reserved()),
+        "load_s": load_s,
+        "weights_gib": gib(weights),
+        "peak_gib": gib(dev.peak() - base_alloc),
+        "flow_s": flow_s,
+        "reserved_peak_gib": gib(dev.peak_reserved()),
     }
-    log(f"reference: two pipelines loaded in {load_s:.1f} s, {gib(weights):.2f} GiB of weights; "
-        f"flow {flow_s:.2f} s, peak {results['vram_reference']['peak_gib']:.2f} GiB allocated")
+    log(
+        f"reference: two pipelines loaded in {load_s:.1f} s, {gib(weights):.2f} GiB of weights; "
+        f"flow {flow_s:.2f} s, peak {results['vram_reference']['peak_gib']:.2f} GiB allocated"
+    )
     txt = img = None  # noqa: F841  (both dropped before the memory is freed)
     dev.free()
 
@@ -684,7 +756,8 @@ def summarize(results: dict) -> None:
     for r in compiled:
         if r["dtype"] in off:
             verdict.setdefault("compile_first_image_extra_s", {})[r["dtype"]] = (
-                r["first_image_s"] - off[r["dtype"]]["first_image_s"])
+                r["first_image_s"] - off[r["dtype"]]["first_image_s"]
+            )
     results["verdict"] = verdict
 
 
@@ -697,12 +770,16 @@ def print_table(results: dict, args) -> None:
     rows = results.get("rows", [])
     floor = results.get("floor", {}).get("floor_ms_per_step", float("nan"))
     print()
-    print(f"{results['device']}: {args.size}x{args.size}, guidance {GUIDANCE} (batch 2), {args.steps} steps "
-          f"(loop from T{args.steps} - T{args.short_steps}), {args.repeats} repeat(s), random weights; "
-          f"floor {floor:.1f} ms/step")
+    print(
+        f"{results['device']}: {args.size}x{args.size}, guidance {GUIDANCE} (batch 2), {args.steps} steps "
+        f"(loop from T{args.steps} - T{args.short_steps}), {args.repeats} repeat(s), random weights; "
+        f"floor {floor:.1f} ms/step"
+    )
     print()
-    print("| row | dtype | load s | first image s | steps/s (end to end) | loop ms/step | of the floor | "
-          "x plain (end to end) | x plain (loop) | VAE decode ms (dtype) | peak GiB |")
+    print(
+        "| row | dtype | load s | first image s | steps/s (end to end) | loop ms/step | of the floor | "
+        "x plain (end to end) | x plain (loop) | VAE decode ms (dtype) | peak GiB |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         if "error" in r:
@@ -711,56 +788,84 @@ def print_table(results: dict, args) -> None:
         decode = f"{r['vae_decode_ms']:.0f} ({r['vae_decode_dtype']})" if "vae_decode_ms" in r else "-"
         over = f"{r['speed_over_plain']:.3f}" if "speed_over_plain" in r else "-"
         loop_over = f"{r['loop_speed_over_plain']:.3f}" if "loop_speed_over_plain" in r else "-"
-        print(f"| {r['row']} | {r['dtype']} | {r['load_s']:.1f} | {r['first_image_s']:.1f} | "
-              f"{r['steps_per_s_end_to_end']:.2f} | {r['loop_ms_per_step']:.1f} | "
-              f"{r.get('fraction_of_floor', float('nan')) * 100:.0f}% | {over} | {loop_over} | {decode} | "
-              f"{r['peak_gib']:.2f} |")
+        print(
+            f"| {r['row']} | {r['dtype']} | {r['load_s']:.1f} | {r['first_image_s']:.1f} | "
+            f"{r['steps_per_s_end_to_end']:.2f} | {r['loop_ms_per_step']:.1f} | "
+            f"{r.get('fraction_of_floor', float('nan')) * 100:.0f}% | {over} | {loop_over} | {decode} | "
+            f"{r['peak_gib']:.2f} |"
+        )
     for line in results.get("skipped", []):
         print(f"| skipped: {line} |  |  |  |  |  |  |  |  |  |  |")
     print()
     v = results.get("verdict", {})
     t = TARGETS
     for dtype, value in v.get("engine_over_plain", {}).items():
-        print(f"- engine (switches off) / plain, {dtype}: {value:.3f}x  (target >= {t['engine_over_plain']}x: "
-              f"{_met(value, t['engine_over_plain'], True)})")
+        print(
+            f"- engine (switches off) / plain, {dtype}: {value:.3f}x  (target >= {t['engine_over_plain']}x: "
+            f"{_met(value, t['engine_over_plain'], True)})"
+        )
     if "switches_over_plain" in v:
         s = v["switches_over_plain"]
-        print(f"- best switched row / plain: {s['value']:.3f}x ({s['row']})  (target >= {t['switches_over_plain']}x: "
-              f"{_met(s['value'], t['switches_over_plain'], True)})")
+        print(
+            f"- best switched row / plain: {s['value']:.3f}x ({s['row']})  (target >= {t['switches_over_plain']}x: "
+            f"{_met(s['value'], t['switches_over_plain'], True)})"
+        )
     if "ms_per_step" in v:
         s = v["ms_per_step"]
-        print(f"- fastest loop: {s['value']:.1f} ms per guided step ({s['row']}); floor {floor:.1f} ms  "
-              f"(target <= {t['ms_per_step']:g} ms: {_met(s['value'], t['ms_per_step'], False)})")
+        print(
+            f"- fastest loop: {s['value']:.1f} ms per guided step ({s['row']}); floor {floor:.1f} ms  "
+            f"(target <= {t['ms_per_step']:g} ms: {_met(s['value'], t['ms_per_step'], False)})"
+        )
     for dtype, extra in v.get("compile_first_image_extra_s", {}).items():
         print(f"- first image with compile (all) vs without (engine), {dtype}: {extra:+.1f} s")
     ve, vr = results.get("vram_engine"), results.get("vram_reference")
     if ve:
         print(f"- refinement flow peak VRAM, engine ({ve['row']}, modules shared): {ve['peak_gib']:.2f} GiB")
     if vr:
-        print(f"- refinement flow peak VRAM, two pipelines loaded: {vr['peak_gib']:.2f} GiB "
-              f"(weights {vr['weights_gib']:.2f} GiB)")
+        print(
+            f"- refinement flow peak VRAM, two pipelines loaded: {vr['peak_gib']:.2f} GiB "
+            f"(weights {vr['weights_gib']:.2f} GiB)"
+        )
     if "flow_vram_ratio" in v:
-        print(f"- engine / two pipelines: {v['flow_vram_ratio']:.2f}x  (target <= {t['flow_vram_ratio']}x: "
-              f"{_met(v['flow_vram_ratio'], t['flow_vram_ratio'], False)})")
+        print(
+            f"- engine / two pipelines: {v['flow_vram_ratio']:.2f}x  (target <= {t['flow_vram_ratio']}x: "
+            f"{_met(v['flow_vram_ratio'], t['flow_vram_ratio'], False)})"
+        )
     for r in rows:
         if r.get("syncs"):
             sy = r["syncs"]
-            print(f"- host-device syncs per denoising step, {r['row']} {r['dtype']}: {sy['per_step']:g} "
-                  f"({sy['syncs'][0]} in {sy['steps'][0]} steps, {sy['syncs'][1]} in {sy['steps'][1]})")
+            print(
+                f"- host-device syncs per denoising step, {r['row']} {r['dtype']}: {sy['per_step']:g} "
+                f"({sy['syncs'][0]} in {sy['steps'][0]} steps, {sy['syncs'][1]} in {sy['steps'][1]})"
+            )
         if r.get("attention_kernels_ran"):
             names = ", ".join(f"{k} x{n}" for k, n in r["attention_kernels_ran"][:4])
-            print(f"- attention, {r['row']} {r['dtype']}: recorded {r['attention'].get('sdpa_kernel')} "
-                  f"({r['attention'].get('unet')}); ran: {names}")
+            print(
+                f"- attention, {r['row']} {r['dtype']}: recorded {r['attention'].get('sdpa_kernel')} "
+                f"({r['attention'].get('unet')}); ran: {names}"
+            )
 
 
 def shrink_to_tiny() -> None:
     """For --cpu-dry-run: the same architecture families, tiny (SDXL-shaped, a few M params)."""
-    UNET_CONFIG.update(block_out_channels=[32, 64, 64], attention_head_dim=[2, 4, 4], norm_num_groups=8,
-                       transformer_layers_per_block=[1, 1, 1], cross_attention_dim=64, addition_time_embed_dim=8,
-                       projection_class_embeddings_input_dim=6 * 8 + 32, sample_size=16)
+    UNET_CONFIG.update(
+        block_out_channels=[32, 64, 64],
+        attention_head_dim=[2, 4, 4],
+        norm_num_groups=8,
+        transformer_layers_per_block=[1, 1, 1],
+        cross_attention_dim=64,
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        sample_size=16,
+    )
     VAE_CONFIG.update(block_out_channels=[8, 8, 16, 16], norm_num_groups=8, layers_per_block=1)
-    tiny_text = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
-                 "projection_dim": 32}
+    tiny_text = {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "projection_dim": 32,
+    }
     TEXT_CONFIG.update(tiny_text)
     TEXT_2_CONFIG.update(tiny_text)
 
@@ -818,27 +923,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short-steps", type=int, default=10, help="the short run, for the loop's rate")
     parser.add_argument("--repeats", type=int, default=2, help="timed (long, short) pairs per row")
     parser.add_argument("--strength", type=float, default=0.75, help="img2img strength of the VRAM flow")
-    parser.add_argument("--budget-s", type=float, default=None,
-                        help="skip a row that would end later than this many seconds after the start "
-                             "(default 420; no limit in --cpu-dry-run)")
-    parser.add_argument("--rows", default=",".join((*ROW_NAMES, "flow")),
-                        help=f"rows to run, comma-separated, of: {', '.join(ROW_NAMES)}, flow (the VRAM flow, "
-                             "after the auto float16 row)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="skip a row that would end later than this many seconds after the start "
+        "(default 420; no limit in --cpu-dry-run)",
+    )
+    parser.add_argument(
+        "--rows",
+        default=",".join((*ROW_NAMES, "flow")),
+        help=f"rows to run, comma-separated, of: {', '.join(ROW_NAMES)}, flow (the VRAM flow, "
+        "after the auto float16 row)",
+    )
     parser.add_argument("--dtypes", default="float16,bfloat16", help="float16 and/or bfloat16")
     parser.add_argument("--folder", default=None, help="save/reuse the random SDXL here (default: a temp dir, removed)")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
-    parser.add_argument("--meta-check", action="store_true",
-                        help="no GPU: build on the meta device, check parameter counts, count FLOPs")
+    parser.add_argument(
+        "--meta-check",
+        action="store_true",
+        help="no GPU: build on the meta device, check parameter counts, count FLOPs",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 512 px, 8/4 steps, 1 repeat")
-    parser.add_argument("--cpu-dry-run", action="store_true",
-                        help="no GPU: run every row and phase on the CPU with a TINY config (float32 for float16; "
-                             "compile with dynamo's eager backend). Checks the script's code paths; its numbers "
-                             "mean nothing")
+    parser.add_argument(
+        "--cpu-dry-run",
+        action="store_true",
+        help="no GPU: run every row and phase on the CPU with a TINY config (float32 for float16; "
+        "compile with dynamo's eager backend). Checks the script's code paths; its numbers "
+        "mean nothing",
+    )
     args = parser.parse_args(argv)
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     unknown = [r for r in args.rows if r not in (*ROW_NAMES, "flow")] + [
-        d for d in args.dtypes if d not in ("float16", "bfloat16")]
+        d for d in args.dtypes if d not in ("float16", "bfloat16")
+    ]
     if unknown:
         parser.error(f"unknown rows or dtypes: {', '.join(unknown)}")
     if args.quick:
@@ -859,8 +978,11 @@ def main(argv: list[str] | None = None) -> int:
         args.size, args.steps, args.short_steps, args.repeats = 128, 6, 3, 1
         if args.budget_s is None:
             args.budget_s = float("inf")  # every row runs: the point is the code path
-        results = {"device": "CPU dry run, tiny config (not SDXL)", "args": vars(args),
-                   "dtype_note": "float16 rows ran in float32 (the CPU refuses float16)"}
+        results = {
+            "device": "CPU dry run, tiny config (not SDXL)",
+            "args": vars(args),
+            "dtype_note": "float16 rows ran in float32 (the CPU refuses float16)",
+        }
         dtypes = {"float16": torch.float32, "bfloat16": torch.bfloat16}
         measure(args, results, Dev("cpu"), dtypes, Budget(args.budget_s, started))
         results["total_s"] = time.perf_counter() - started
@@ -870,15 +992,19 @@ def main(argv: list[str] | None = None) -> int:
         ran = len(results["rows"]) - len(failed)
         phases = ["floor", "build", "vram_engine", "vram_reference", "verdict"]
         missing = [p for p in phases if p not in results and not results["skipped"]]
-        print(f"dry run done in {results['total_s']:.0f} s: {ran} rows ran, {len(failed)} failed {failed}, "
-              f"phases missing {missing}; float16 rows ran in float32; no number above is a measurement of SDXL")
+        print(
+            f"dry run done in {results['total_s']:.0f} s: {ran} rows ran, {len(failed)} failed {failed}, "
+            f"phases missing {missing}; float16 rows ran in float32; no number above is a measurement of SDXL"
+        )
         return 1 if failed or missing else 0
 
     if args.budget_s is None:
         args.budget_s = 420.0
     if not torch.cuda.is_available():
-        print(f"no CUDA device (torch {torch.__version__}): nothing measured. Run this on a CUDA machine; "
-              "--meta-check checks the configs without one.")
+        print(
+            f"no CUDA device (torch {torch.__version__}): nothing measured. Run this on a CUDA machine; "
+            "--meta-check checks the configs without one."
+        )
         return 0
     try:
         import diffusers
@@ -900,11 +1026,18 @@ def main(argv: list[str] | None = None) -> int:
         "args": vars(args),
     }
     quiet_loading()
-    log(f"{props.name}, {gib(props.total_memory):.0f} GiB; torch {torch.__version__}, diffusers "
-        f"{diffusers.__version__}, transformers {transformers.__version__}")
+    log(
+        f"{props.name}, {gib(props.total_memory):.0f} GiB; torch {torch.__version__}, diffusers "
+        f"{diffusers.__version__}, transformers {transformers.__version__}"
+    )
     try:
-        measure(args, results, Dev("cuda"), {"float16": torch.float16, "bfloat16": torch.bfloat16},
-                Budget(args.budget_s, started))
+        measure(
+            args,
+            results,
+            Dev("cuda"),
+            {"float16": torch.float16, "bfloat16": torch.bfloat16},
+            Budget(args.budget_s, started),
+        )
     finally:
         results["total_s"] = time.perf_counter() - started
         write_json(results)

@@ -38,8 +38,10 @@ def main() -> None:
     os.environ["XDG_CACHE_HOME"] = str(root / "user-cache")
     saved = {k: layouts.save_folder(build_tiny_sdxl(0), root / "saved" / k, k) for k in ("fp32", "fp16", "both")}
     single = {}
-    for kind, pipe, convert in (("sdxl", build_tiny_sdxl_distinct_widths(0), to_original_sdxl),
-                                ("sd", build_tiny_sd15(0), to_original_sd15)):
+    for kind, pipe, convert in (
+        ("sdxl", build_tiny_sdxl_distinct_widths(0), to_original_sdxl),
+        ("sd", build_tiny_sd15(0), to_original_sd15),
+    ):
         pipe.save_pretrained(root / f"{kind}-config")
         state = convert(pipe)
         single[kind] = {

@@ -74,20 +74,29 @@ def child(config: dict) -> dict:
     import asyncio
 
     from critifusion_tui.config import Settings
-    from critifusion_tui.engine.events import CandidateFinished, CandidateStarted, ModelLoading, StageFinished, StageStarted
+    from critifusion_tui.engine.events import (
+        CandidateFinished,
+        CandidateStarted,
+        ModelLoading,
+        StageFinished,
+        StageStarted,
+    )
     from critifusion_tui.engine.flow import Phase
     from critifusion_tui.engine.pipeline import Run, Session
     from tests.loopback import KEY_VALUE, KEY_VAR
 
     os.environ[KEY_VAR] = KEY_VALUE  # the tests' own fake key variable
-    settings = Settings.model_validate({
-        "providers": {"together": {"api_key_env": KEY_VAR, "base_url": config["url"], "timeout_s": 120.0,
-                                   "max_retries": 0}},
-        "criticore": {"candidates": CANDIDATES, "aggregator": [AGGREGATOR], "vlms": [VLM]},
-        "diffusion": {"model": "tiny-random", "device": "cpu", "width": 64, "height": 64, "steps": 4},
-        "specfusion": {"total_steps": 4, "last_k": 3},
-        "output": {"dir": config["out"]},
-    })
+    settings = Settings.model_validate(
+        {
+            "providers": {
+                "together": {"api_key_env": KEY_VAR, "base_url": config["url"], "timeout_s": 120.0, "max_retries": 0}
+            },
+            "criticore": {"candidates": CANDIDATES, "aggregator": [AGGREGATOR], "vlms": [VLM]},
+            "diffusion": {"model": "tiny-random", "device": "cpu", "width": 64, "height": 64, "steps": 4},
+            "specfusion": {"total_steps": 4, "last_k": 3},
+            "output": {"dir": config["out"]},
+        }
+    )
     if config["mode"] == "sequential":
         Run.preload = lambda self: None  # the flow before the overlap: the base stage loads
 
@@ -95,7 +104,9 @@ def child(config: dict) -> dict:
 
     async def main() -> None:
         session = Session(settings)
-        run = session.new_run(PROMPT, variants=config["variants"], emit=lambda e: stamped.append((time.perf_counter(), e)))
+        run = session.new_run(
+            PROMPT, variants=config["variants"], emit=lambda e: stamped.append((time.perf_counter(), e))
+        )
         try:
             if config["mode"] == "sequential":
                 run._unattended = True
@@ -110,12 +121,21 @@ def child(config: dict) -> dict:
     asyncio.run(main())
 
     def first(kind, stage: str, role: str | None = None) -> float | None:
-        return next((t - began for t, e in stamped if isinstance(e, kind) and e.stage == stage
-                     and (role is None or getattr(e, "role", None) == role)), None)
+        return next(
+            (
+                t - began
+                for t, e in stamped
+                if isinstance(e, kind) and e.stage == stage and (role is None or getattr(e, "role", None) == role)
+            ),
+            None,
+        )
 
     def last(kind, stage: str, role: str | None = None) -> float | None:
-        found = [t - began for t, e in stamped if isinstance(e, kind) and e.stage == stage
-                 and (role is None or getattr(e, "role", None) == role)]
+        found = [
+            t - began
+            for t, e in stamped
+            if isinstance(e, kind) and e.stage == stage and (role is None or getattr(e, "role", None) == role)
+        ]
         return found[-1] if found else None
 
     text_end = max(first(StageFinished, "tags"), first(StageFinished, "components"))
@@ -142,7 +162,10 @@ def trial(url: str, latency: float, mode: str, variants: str, threads: int) -> d
         if threads:  # set before torch starts (torch is imported by the run itself, not here)
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         done = subprocess.run(
-            [sys.executable, __file__, "--child", json.dumps(config)], capture_output=True, text=True, env=env,
+            [sys.executable, __file__, "--child", json.dumps(config)],
+            capture_output=True,
+            text=True,
+            env=env,
             timeout=900,
         )
         if done.returncode != 0:
@@ -150,7 +173,9 @@ def trial(url: str, latency: float, mode: str, variants: str, threads: int) -> d
         result = json.loads(done.stdout.strip().splitlines()[-1])
     result["gap"] = result["first_vision"] - result["text_end"]
     if result["comparison_vision"] is not None:
-        result["comparison_vision_minus_tags_aggregation_end"] = result["comparison_vision"] - result["tags_aggregation_end"]
+        result["comparison_vision_minus_tags_aggregation_end"] = (
+            result["comparison_vision"] - result["tags_aggregation_end"]
+        )
         result["comparison_vision_minus_base_finished"] = result["comparison_vision"] - result["base_finished"]
     return result
 
@@ -162,8 +187,13 @@ def median(rows: list[dict], key: str) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--latencies", type=float, nargs="+", default=[0.0, 4.0],
-                        help="seconds each request waits before its answer starts")
+    parser.add_argument(
+        "--latencies",
+        type=float,
+        nargs="+",
+        default=[0.0, 4.0],
+        help="seconds each request waits before its answer starts",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="runs per setting (each in a fresh process)")
     parser.add_argument("--modes", nargs="+", choices=("overlap", "sequential"), default=["overlap", "sequential"])
     parser.add_argument("--variants", nargs="+", choices=("full", "all"), default=["full", "all"])
@@ -180,8 +210,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from tests.loopback import LoopbackServer
 
-    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
-            "threads": args.threads}
+    info = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "threads": args.threads,
+    }
     print("machine:", json.dumps(info))
     print(f"{len(CANDIDATES)} candidates + aggregator, 1 VLM; tiny-random SDXL, 64 px, 4 steps, CPU")
     rows = []
@@ -196,17 +230,33 @@ def main(argv: list[str] | None = None) -> int:
             for variants in args.variants:
                 for mode in args.modes:
                     runs = [trial(server.url, latency, mode, variants, args.threads) for _ in range(args.repeats)]
-                    row = {"latency_s": latency, "mode": mode, "variants": variants, "runs": runs,
-                           **{key: median(runs, key) for key in (
-                               "gap", "text_end", "total", "comparison_vision_minus_tags_aggregation_end",
-                               "comparison_vision_minus_base_finished")}}
+                    row = {
+                        "latency_s": latency,
+                        "mode": mode,
+                        "variants": variants,
+                        "runs": runs,
+                        **{
+                            key: median(runs, key)
+                            for key in (
+                                "gap",
+                                "text_end",
+                                "total",
+                                "comparison_vision_minus_tags_aggregation_end",
+                                "comparison_vision_minus_base_finished",
+                            )
+                        },
+                    }
                     rows.append(row)
                     print_row(row)
     targets = check_targets(rows)
     for line in targets["lines"]:
         print(line)
-    results = {"machine": info, "args": {k: v for k, v in vars(args).items() if k != "child"}, "rows": rows,
-               "targets": targets}
+    results = {
+        "machine": info,
+        "args": {k: v for k, v in vars(args).items() if k != "child"},
+        "rows": rows,
+        "targets": targets,
+    }
     text = json.dumps(results, indent=2)
     outputs = [Path(args.json)] if args.json else []
     if os.environ.get("OUT"):
@@ -219,13 +269,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_row(row: dict) -> None:
-    line = (f"L={row['latency_s']:4.1f}s {row['mode']:10s} variants {row['variants']:4s}  "
-            f"text stages end {row['text_end']:6.2f}s  gap to the first vision request {row['gap']:6.2f}s  "
-            f"run {row['total']:6.2f}s  (waited for the load: {[r['waited_for_load'] for r in row['runs']]})")
+    line = (
+        f"L={row['latency_s']:4.1f}s {row['mode']:10s} variants {row['variants']:4s}  "
+        f"text stages end {row['text_end']:6.2f}s  gap to the first vision request {row['gap']:6.2f}s  "
+        f"run {row['total']:6.2f}s  (waited for the load: {[r['waited_for_load'] for r in row['runs']]})"
+    )
     if row["comparison_vision_minus_tags_aggregation_end"] is not None:
-        line += (f"\n      comparison critique request - tags aggregation end "
-                 f"{row['comparison_vision_minus_tags_aggregation_end']:+6.2f}s, - full base end "
-                 f"{row['comparison_vision_minus_base_finished']:+6.2f}s")
+        line += (
+            f"\n      comparison critique request - tags aggregation end "
+            f"{row['comparison_vision_minus_tags_aggregation_end']:+6.2f}s, - full base end "
+            f"{row['comparison_vision_minus_base_finished']:+6.2f}s"
+        )
     print(line, flush=True)
 
 
@@ -239,16 +293,20 @@ def check_targets(rows: list[dict]) -> dict:
         high = max(overlap, key=lambda r: r["latency_s"])
         ratio = high["gap"] / low["gap"] if low["gap"] > 0 else None
         found["gap_ratio"] = ratio
-        lines.append(f"target gap(L={high['latency_s']:g}) <= 0.5 x gap(L={low['latency_s']:g}): "
-                     f"{high['gap']:.2f} s / {low['gap']:.2f} s = {ratio:.2f} -> {'met' if ratio <= 0.5 else 'NOT met'}")
+        lines.append(
+            f"target gap(L={high['latency_s']:g}) <= 0.5 x gap(L={low['latency_s']:g}): "
+            f"{high['gap']:.2f} s / {low['gap']:.2f} s = {ratio:.2f} -> {'met' if ratio <= 0.5 else 'NOT met'}"
+        )
     comparison = [r for r in rows if r["mode"] == "overlap" and r["variants"] == "all"]
     if comparison:
         high = max(comparison, key=lambda r: r["latency_s"])
         early = high["comparison_vision_minus_tags_aggregation_end"]
         found["comparison_vision_minus_tags_aggregation_end"] = early
-        lines.append(f"target: the comparison critique request before the tags aggregation ends (L={high['latency_s']:g}): "
-                     f"{early:+.2f} s -> {'met' if early < 0 else 'NOT met'} "
-                     f"(it starts {-high['comparison_vision_minus_base_finished']:.2f} s before the full base ends)")
+        lines.append(
+            f"target: the comparison critique request before the tags aggregation ends (L={high['latency_s']:g}): "
+            f"{early:+.2f} s -> {'met' if early < 0 else 'NOT met'} "
+            f"(it starts {-high['comparison_vision_minus_base_finished']:.2f} s before the full base ends)"
+        )
     found["lines"] = lines
     return found
 

@@ -127,7 +127,9 @@ class ChildServer:
         self.chunk = chunk
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _CHILD, str(ROOT), json.dumps(model_texts()), str(chunk)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self.url = self.proc.stdout.readline().strip()
         if not self.url.startswith("http://127.0.0.1:"):
@@ -199,10 +201,12 @@ def make_settings(url: str):
     from tests.loopback import KEY_VALUE, KEY_VAR
 
     os.environ[KEY_VAR] = KEY_VALUE  # a variable of the tests' own naming, a fake key
-    return Settings(providers=ProvidersConfig(
-        together=TogetherConfig(api_key_env=KEY_VAR, base_url=url, timeout_s=60.0, max_retries=0),
-        ollama=OllamaConfig(host=url, timeout_s=60.0),
-    ))
+    return Settings(
+        providers=ProvidersConfig(
+            together=TogetherConfig(api_key_env=KEY_VAR, base_url=url, timeout_s=60.0, max_retries=0),
+            ollama=OllamaConfig(host=url, timeout_s=60.0),
+        )
+    )
 
 
 async def parallel_once(core, png: bytes) -> dict[str, float]:
@@ -224,7 +228,11 @@ async def sequential_once(core, router, png: bytes) -> dict[str, float]:
 
     async def chat(ref: str, messages, temperature: float, max_tokens: int, image=None) -> str:
         result = await router.model(ref).chat(
-            messages, temperature=temperature, max_tokens=max_tokens, image=image, on_delta=lambda piece: None,
+            messages,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            image=image,
+            on_delta=lambda piece: None,
         )
         return result.text
 
@@ -233,22 +241,34 @@ async def sequential_once(core, router, png: bytes) -> dict[str, float]:
         await chat(m, [system(cc.TAGS_SYSTEM), user(f"Idea: {PROMPT}")], cc.TAGS_TEMPERATURE, cc.TAGS_MAX_TOKENS)
         for m in core.candidates
     ]
-    await chat(AGGREGATOR, [system(cc.TAGS_AGG_SYSTEM), user(cc.DIVIDER.join(tag_texts))],
-               cc.TAGS_AGG_TEMPERATURE, cc.TAGS_AGG_MAX_TOKENS)
+    await chat(
+        AGGREGATOR,
+        [system(cc.TAGS_AGG_SYSTEM), user(cc.DIVIDER.join(tag_texts))],
+        cc.TAGS_AGG_TEMPERATURE,
+        cc.TAGS_AGG_MAX_TOKENS,
+    )
     comp_texts = [
         await chat(m, [system(cc.COMPONENTS_SYSTEM), user(PROMPT)], cc.COMPONENTS_TEMPERATURE, cc.COMPONENTS_MAX_TOKENS)
         for m in core.candidates
     ]
-    await chat(AGGREGATOR, [system(cc.COMPONENTS_AGG_SYSTEM), user(cc.DIVIDER.join(comp_texts))],
-               cc.COMPONENTS_AGG_TEMPERATURE, cc.COMPONENTS_AGG_MAX_TOKENS)
+    await chat(
+        AGGREGATOR,
+        [system(cc.COMPONENTS_AGG_SYSTEM), user(cc.DIVIDER.join(comp_texts))],
+        cc.COMPONENTS_AGG_TEMPERATURE,
+        cc.COMPONENTS_AGG_MAX_TOKENS,
+    )
     mid = time.perf_counter()
     question = cc.CRITIC_USER.format(prompt=PROMPT, components="[]")
     critic_texts = [
         await chat(m, [system(cc.CRITIC_SYSTEM), user(question)], cc.CRITIC_TEMPERATURE, cc.CRITIC_MAX_TOKENS, png)
         for m in core.vlms
     ]
-    await chat(AGGREGATOR, [system(cc.CRITIC_AGG_SYSTEM), user("\n".join(critic_texts))],
-               cc.CRITIC_AGG_TEMPERATURE, cc.CRITIC_AGG_MAX_TOKENS)
+    await chat(
+        AGGREGATOR,
+        [system(cc.CRITIC_AGG_SYSTEM), user("\n".join(critic_texts))],
+        cc.CRITIC_AGG_TEMPERATURE,
+        cc.CRITIC_AGG_MAX_TOKENS,
+    )
     end = time.perf_counter()
     return {"text_stages": mid - start, "critique": end - mid, "total": end - start}
 
@@ -300,15 +320,19 @@ async def bench(args) -> dict:
                 "sequential_total": stats([s["total"] for s in seq]) if seq else None,
                 "expected_sequential": calls_parallel * latency,
                 "speedup_vs_sequential": (statistics.median(s["total"] for s in seq) / statistics.median(total))
-                if seq and statistics.median(total) > 0 else None,
+                if seq and statistics.median(total) > 0
+                else None,
             }
             rows.append(row)
             print_row(row, calls_parallel)
     finally:
         await router.aclose()
         server.close()
-    streamed = (2 * len(CANDIDATES) * len(pieces(CANDIDATE_TEXT, args.chunk_chars))
-                + 3 * len(pieces(AGG_TEXT, args.chunk_chars)) + len(vlms) * len(pieces(VLM_TEXT, args.chunk_chars)))
+    streamed = (
+        2 * len(CANDIDATES) * len(pieces(CANDIDATE_TEXT, args.chunk_chars))
+        + 3 * len(pieces(AGG_TEXT, args.chunk_chars))
+        + len(vlms) * len(pieces(VLM_TEXT, args.chunk_chars))
+    )
     return {"calls_per_run": calls_parallel, "png_bytes": len(png), "streamed_deltas_per_run": streamed, "rows": rows}
 
 
@@ -316,10 +340,12 @@ def print_row(row: dict, calls: int) -> None:
     L = row["latency_s"]
     p = row["parallel_total"]
     o = row["overhead_vs_4L"]
-    line = (f"L={L:5.2f}s  parallel {p['median']:6.3f}s (min {p['min']:.3f}, max {p['max']:.3f})  "
-            f"4L={4 * L:5.2f}  overhead {o['median'] * 1e3:7.1f} ms  "
-            f"[1+2 {row['parallel_text_stages']['median']:.3f}s, critique {row['parallel_critique']['median']:.3f}s, "
-            f"client CPU {row['client_cpu_per_run']['median'] * 1e3:.0f} ms]")
+    line = (
+        f"L={L:5.2f}s  parallel {p['median']:6.3f}s (min {p['min']:.3f}, max {p['max']:.3f})  "
+        f"4L={4 * L:5.2f}  overhead {o['median'] * 1e3:7.1f} ms  "
+        f"[1+2 {row['parallel_text_stages']['median']:.3f}s, critique {row['parallel_critique']['median']:.3f}s, "
+        f"client CPU {row['client_cpu_per_run']['median'] * 1e3:.0f} ms]"
+    )
     if row["sequential_total"]:
         s = row["sequential_total"]
         line += f"  sequential {s['median']:6.3f}s ({calls}L={calls * L:.2f})  x{row['speedup_vs_sequential']:.2f}"
@@ -328,16 +354,25 @@ def print_row(row: dict, calls: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--latencies", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0],
-                        help="seconds each request waits before its answer starts")
+    parser.add_argument(
+        "--latencies",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.25, 0.5, 1.0],
+        help="seconds each request waits before its answer starts",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed parallel runs per latency")
     parser.add_argument("--seq-repeats", type=int, default=1, help="timed sequential runs per latency (0: skip)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds at L=0 first")
     parser.add_argument("--vlms", type=int, choices=(1, 2), default=2, help="how many critics")
     parser.add_argument("--image-px", type=int, default=1024, help="side of the PNG sent to the critics")
-    parser.add_argument("--chunk-chars", type=int, default=4,
-                        help="characters per streamed delta (4 ~ one token per event, as real services "
-                             "stream; 0: each answer in one delta)")
+    parser.add_argument(
+        "--chunk-chars",
+        type=int,
+        default=4,
+        help="characters per streamed delta (4 ~ one token per event, as real services "
+        "stream; 0: each answer in one delta)",
+    )
     parser.add_argument("--inproc", action="store_true", help="run the loopback server in this process")
     parser.add_argument("--json", default=None, help="write the results as JSON here")
     parser.add_argument("--quick", action="store_true", help="smoke run: L in {0, 0.1}, 1 repeat, 256 px image")
@@ -356,12 +391,16 @@ def main(argv: list[str] | None = None) -> int:
         "server": "in-process" if args.inproc else "child process",
     }
     print("machine:", json.dumps(info))
-    print(f"{len(CANDIDATES)} candidates, aggregator {AGGREGATOR}, {args.vlms} VLM(s); "
-          f"critical path 4 round trips; image {args.image_px} px")
+    print(
+        f"{len(CANDIDATES)} candidates, aggregator {AGGREGATOR}, {args.vlms} VLM(s); "
+        f"critical path 4 round trips; image {args.image_px} px"
+    )
     results = {"machine": info, "args": vars(args), **asyncio.run(bench(args))}
-    print(f"PNG sent to each critic: {results['png_bytes'] / 1e6:.2f} MB; {results['calls_per_run']} calls and "
-          f"{results['streamed_deltas_per_run']} streamed deltas "
-          f"({f'{args.chunk_chars} chars each' if args.chunk_chars > 0 else 'one per answer'}) per run")
+    print(
+        f"PNG sent to each critic: {results['png_bytes'] / 1e6:.2f} MB; {results['calls_per_run']} calls and "
+        f"{results['streamed_deltas_per_run']} streamed deltas "
+        f"({f'{args.chunk_chars} chars each' if args.chunk_chars > 0 else 'one per answer'}) per run"
+    )
     text = json.dumps(results, indent=2)
     targets = [Path(args.json)] if args.json else []
     if os.environ.get("OUT"):

@@ -36,7 +36,9 @@ def main() -> None:
     print(f"prompt: {n} CLIP tokens")
     print(f"import tokens:        {imported * 1e3:8.2f} ms")
     print(f"first count (loads):  {first * 1e3:8.2f} ms")
-    print(f"steady count, median: {statistics.median(samples) * 1e6:8.1f} us  (p99 {sorted(samples)[int(len(samples) * .99)] * 1e6:.1f} us)")
+    print(
+        f"steady count, median: {statistics.median(samples) * 1e6:8.1f} us  (p99 {sorted(samples)[int(len(samples) * 0.99)] * 1e6:.1f} us)"
+    )
     print(f"clip77_strict, 2x:    {cut * 1e6:8.1f} us")
 
 

@@ -30,11 +30,13 @@ async def measure(presses: int, size: int) -> dict[str, list[float]]:
     from critifusion_tui.tui.app import TAGS_GATE, CritiFusionApp
     from critifusion_tui.tui.screens.log import LogScreen
 
-    settings = Settings.model_validate({
-        "criticore": {"candidates": ["rules"], "aggregator": "rules", "vlms": ["rules"]},
-        "diffusion": {"model": "tiny-random", "device": "cpu", "width": size, "height": size, "steps": 1000},
-        "output": {"dir": tempfile.mkdtemp()},
-    })
+    settings = Settings.model_validate(
+        {
+            "criticore": {"candidates": ["rules"], "aggregator": "rules", "vlms": ["rules"]},
+            "diffusion": {"model": "tiny-random", "device": "cpu", "width": size, "height": size, "steps": 1000},
+            "output": {"dir": tempfile.mkdtemp()},
+        }
+    )
     app = CritiFusionApp(LoadedConfig(settings, None, "benchmark"), "a red fox", image_class=HalfcellImage)
     results: dict[str, list[float]] = {"idle": [], "during diffusion": []}
 
@@ -82,7 +84,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     results = asyncio.run(measure(args.presses, args.size))
-    print(f"key -> screen change, {args.presses} presses each, tiny SDXL at {args.size} px, {args.threads} torch threads")
+    print(
+        f"key -> screen change, {args.presses} presses each, tiny SDXL at {args.size} px, {args.threads} torch threads"
+    )
     for name, samples in results.items():
         ms = sorted(s * 1000 for s in samples)
         p95 = ms[int(len(ms) * 0.95) - 1]

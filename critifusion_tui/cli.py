@@ -28,15 +28,23 @@ VALUE_OPTIONS = ("--config", "-c", "--set", "-s")
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "-c", "--config", metavar="PATH",
+        "-c",
+        "--config",
+        metavar="PATH",
         help="config file (default: $CRITIFUSION_CONFIG, ./config.toml, the user config dir)",
     )
     common.add_argument(
-        "-s", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        "-s",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
         help="override one config key, e.g. --set diffusion.steps=30 (repeatable)",
     )
     common.add_argument(
-        "--demo", action="store_true",
+        "--demo",
+        action="store_true",
         help="offline demo: tiny random model (its images are noise) and the rules critic; no GPU, key or server",
     )
     return common
@@ -62,28 +70,36 @@ def build_parser() -> argparse.ArgumentParser:
     tui = sub.add_parser("tui", parents=[common], help="open the app (the default)")
     tui.add_argument("prompt", nargs="?", default="", help="prompt to start with")
     tui.add_argument(
-        "--images", choices=("auto", "kitty", "sixel", "halfblock", "none"),
+        "--images",
+        choices=("auto", "kitty", "sixel", "halfblock", "none"),
         help="inline image protocol (default: tui.images, auto-detected)",
     )
     tui.add_argument(
-        "--variants", choices=("full", "all"), default="full",
+        "--variants",
+        choices=("full", "all"),
+        default="full",
         help="full: the method; all: also refine the base made from your own prompt (SPEC 7)",
     )
 
     run = sub.add_parser(
-        "run", parents=[common], help="run the whole method headless",
+        "run",
+        parents=[common],
+        help="run the whole method headless",
         description="Run every stage without the app, saving each to a run folder as it completes.",
     )
     run.add_argument("prompt", nargs="?", help="what to draw")
     run.add_argument("--out", metavar="DIR", help="the run folder (with --prompts: the folder of run folders)")
     run.add_argument("--seed", type=int, help="seed of the base image (default: diffusion.seed)")
     run.add_argument(
-        "--variants", choices=("full", "all"), default="full",
+        "--variants",
+        choices=("full", "all"),
+        default="full",
         help="full: the method; all: also refine the base made from your own prompt (SPEC 7)",
     )
     run.add_argument("--json", action="store_true", help="print the run folder and a summary as JSON")
     run.add_argument(
-        "--prompts", metavar="FILE",
+        "--prompts",
+        metavar="FILE",
         help="a batch: one prompt per line, DrawBench/PartiPrompts CSV/TSV (Prompt column) or HPDv2 JSON list;"
         " finished ones are skipped",
     )
@@ -91,20 +107,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--category", metavar="X", help="with --prompts: only the rows of this Category")
     run.add_argument("--resume", metavar="DIR", help="continue a run from its last completed stage")
     run.add_argument(
-        "--summary", metavar="DIR",
+        "--summary",
+        metavar="DIR",
         help="write DIR/batch-summary.json for a --prompts batch folder (done, failed, skipped, images/hour)",
     )
     run.add_argument(
-        "--replay", metavar="DIR",
+        "--replay",
+        metavar="DIR",
         help="run again with the model answers recorded in a past run's folder (no provider is called)",
     )
     run.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="let --out name a non-empty folder that holds no run (its files may be overwritten)",
     )
 
     prompt = sub.add_parser(
-        "prompt", parents=[common], help="expand an idea into a prompt (text stages only, no image)",
+        "prompt",
+        parents=[common],
+        help="expand an idea into a prompt (text stages only, no image)",
         description=(
             "Run CritiCore's text stages on IDEA (tags and components, concurrently) and print the positive "
             "prompt alone on standard output (progress and warnings go to standard error). With --critique IMAGE, "
@@ -114,16 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prompt.add_argument("idea", nargs="?", default="", help="what to draw, in your words")
     prompt.add_argument(
-        "--json", action="store_true",
+        "--json",
+        action="store_true",
         help="print positive, negative, components, every model's answer and the critique as JSON",
     )
     prompt.add_argument(
-        "--critique", metavar="IMAGE",
+        "--critique",
+        metavar="IMAGE",
         help="also criticise this image file against the idea and merge the critique into a refinement prompt",
     )
 
     refine = sub.add_parser(
-        "refine", parents=[common], help="refine an existing image (or a past run's base) with SpecFusion",
+        "refine",
+        parents=[common],
+        help="refine an existing image (or a past run's base) with SpecFusion",
         description=(
             "SpecFusion on an image you have: it is scaled to cover the model's size (diffusion.width/height, or the "
             "model's native size), centre-cropped to it, VAE-encoded and refined toward --prompt. With --from RUN_DIR, "
@@ -137,15 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--from", dest="from_run", metavar="RUN_DIR", help="refine the base of this past run instead")
     refine.add_argument("--critique", action="store_true", help="criticise the image first (stages 2, 4 and 5)")
     refine.add_argument("--out", metavar="DIR", help="the run folder (default: a new folder under output.dir)")
-    refine.add_argument("--seed", type=int, help="the run's seed (default: diffusion.seed; with --from, the past run's)")
+    refine.add_argument(
+        "--seed", type=int, help="the run's seed (default: diffusion.seed; with --from, the past run's)"
+    )
     refine.add_argument("--json", action="store_true", help="print the run folder and a summary as JSON")
     refine.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="let --out name a non-empty folder that holds no run (its files may be overwritten)",
     )
 
     ev = sub.add_parser(
-        "eval", parents=[common], help="score run folders with PickScore, HPSv2, ImageReward, Aesthetic",
+        "eval",
+        parents=[common],
+        help="score run folders with PickScore, HPSv2, ImageReward, Aesthetic",
         description=(
             "Score every image variant of the run folders at or under the given paths against the run's own "
             "prompt, record the scores in each manifest (images already scored with the same weights are "
@@ -153,9 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
             "difference against base_original. Weights come from the local Hugging Face cache or paths in [eval]."
         ),
     )
-    ev.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_PARENT", help="a run folder, or a folder holding run folders")
     ev.add_argument(
-        "--metrics", metavar="LIST",
+        "paths", nargs="+", metavar="RUN_DIR_OR_PARENT", help="a run folder, or a folder holding run folders"
+    )
+    ev.add_argument(
+        "--metrics",
+        metavar="LIST",
         help=f"comma-separated, from {','.join(EVAL_METRICS)} (default: eval.metrics)",
     )
     ev.add_argument("--json", action="store_true", help="print the runs' scores and the summary as JSON")
@@ -275,8 +308,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("critifusion run: the prompt is empty (only white space)", file=sys.stderr)
         return EXIT_USAGE
     if args.seed is not None and not 0 <= args.seed < 2**63:
-        print("critifusion run: --seed must be 0 or more" if args.seed < 0 else
-              "critifusion run: --seed must be below 2**63 (9223372036854775808)", file=sys.stderr)
+        print(
+            "critifusion run: --seed must be 0 or more"
+            if args.seed < 0
+            else "critifusion run: --seed must be below 2**63 (9223372036854775808)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     loaded = _load(args)
     if loaded is None:
@@ -296,7 +333,7 @@ def _seed_problem(command: str, seed: int | None) -> str | None:
 
 def cmd_prompt(args: argparse.Namespace) -> int:
     if not args.idea.strip():
-        print("critifusion prompt: give the idea to expand, e.g. critifusion prompt \"a red fox\"", file=sys.stderr)
+        print('critifusion prompt: give the idea to expand, e.g. critifusion prompt "a red fox"', file=sys.stderr)
         return EXIT_USAGE
     if args.critique is not None and not args.critique.strip():
         print("critifusion prompt: --critique needs an image file", file=sys.stderr)
@@ -357,7 +394,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "tui": cmd_tui, "run": cmd_run, "prompt": cmd_prompt, "refine": cmd_refine, "eval": cmd_eval, "doctor": cmd_doctor,
+    "tui": cmd_tui,
+    "run": cmd_run,
+    "prompt": cmd_prompt,
+    "refine": cmd_refine,
+    "eval": cmd_eval,
+    "doctor": cmd_doctor,
 }
 
 

@@ -381,9 +381,7 @@ def find_config(explicit: str | os.PathLike | None = None) -> tuple[Path | None,
     return None, "built-in defaults"
 
 
-def load_config(
-    explicit: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
-) -> LoadedConfig:
+def load_config(explicit: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> LoadedConfig:
     """Find, read and validate the configuration; apply ``--set`` overrides."""
     path, source = find_config(explicit)
     text = ""
@@ -493,9 +491,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-def validate(
-    data: dict[str, Any], where: str, text: str = "", overrides: list[str] | tuple[str, ...] = ()
-) -> Settings:
+def validate(data: dict[str, Any], where: str, text: str = "", overrides: list[str] | tuple[str, ...] = ()) -> Settings:
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

@@ -126,7 +126,9 @@ def role_checks(settings) -> list[Check]:
             checks.append(Check("together key", "ok", f"${together.api_key_env} is set ({needed})"))
         else:
             checks.append(
-                Check("together key", "fail", f"${together.api_key_env} is not set ({needed}); export your Together key")
+                Check(
+                    "together key", "fail", f"${together.api_key_env} is not set ({needed}); export your Together key"
+                )
             )
     if "ollama" in users:
         checks.append(Check("ollama", "info", f"server {ollama.host} (no key needed)"))
@@ -362,9 +364,9 @@ async def _ollama_checks(config, wanted) -> list[Placed]:
                 return f"{type(error).__name__}: {error}"
 
         # Vision is asked once per distinct pulled VLM, all at once.
-        vlms = list(dict.fromkeys(
-            ref.name for _, role, ref in wanted if role == "vlms" and model_listed(ref.name, available)
-        ))
+        vlms = list(
+            dict.fromkeys(ref.name for _, role, ref in wanted if role == "vlms" and model_listed(ref.name, available))
+        )
         answers = dict(zip(vlms, await asyncio.gather(*(vision(name) for name in vlms))))
     finally:
         await _close(provider)
@@ -418,7 +420,9 @@ def model_checks(settings) -> list[Check]:
     }[plan.source]
     kind = "SDXL" if plan.kind == "sdxl" else "SD 1.x"
     if plan.tiny:
-        checks = [Check("diffusion model", "warn", f"{plan.model}: {where}; a tiny random {kind}, its images are noise")]
+        checks = [
+            Check("diffusion model", "warn", f"{plan.model}: {where}; a tiny random {kind}, its images are noise")
+        ]
     else:
         checks = [Check("diffusion model", "warn" if plan.source == "download" else "ok", f"{where} ({kind})")]
     if plan.source in ("folder", "hub"):
@@ -465,8 +469,11 @@ def terminal_checks(settings, probe=None) -> list[Check]:
 
     requested = settings.tui.images
     setting = "" if requested == "auto" else f"tui.images = {requested}"
-    checks = [Check("TERM", "info", f"{os.environ.get('TERM', '(unset)')}"
-                    + (" inside tmux" if os.environ.get("TMUX") else ""))]
+    checks = [
+        Check(
+            "TERM", "info", f"{os.environ.get('TERM', '(unset)')}" + (" inside tmux" if os.environ.get("TMUX") else "")
+        )
+    ]
     if probe is None:
         if not (sys.stdin.isatty() and sys.stdout.isatty()):
             skipped = "not run in a terminal: detection skipped" + (f" ({setting})" if setting else "")
@@ -479,11 +486,14 @@ def terminal_checks(settings, probe=None) -> list[Check]:
         checks.append(Check("terminal", "warn", f"no answer to the graphics queries: {probe.error}"))
     decision = decide(requested, probe)
     if decision.refused:
-        return checks + [Check(
-            "images", "warn",
-            f"half-blocks: {setting}, but {decision.refused}; the app falls back to half-blocks "
-            f"(--images {requested} refuses to start)",
-        )]
+        return checks + [
+            Check(
+                "images",
+                "warn",
+                f"half-blocks: {setting}, but {decision.refused}; the app falls back to half-blocks "
+                f"(--images {requested} refuses to start)",
+            )
+        ]
     detail = decision.reason if not setting else f"{decision.reason} ({setting})"
     # A warning where the terminal could do better (an old kitty) or did not answer.
     better = decision.mode == "halfblock" and probe.kitty_graphics
@@ -502,6 +512,7 @@ def output_checks(settings) -> list[Check]:
 def render(sections: list[tuple[str, list[Check]]]) -> str:
     from critifusion_tui.providers.hygiene import clean_outside
     from critifusion_tui.redact import redact
+
     lines = []
     for title, checks in sections:
         lines.append(title)

@@ -105,9 +105,13 @@ class RichReporter:
 
         self.console = Console(file=stream, highlight=False)
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-            console=self.console, transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
         )
         self.tasks: dict[str, Any] = {}
         self.progress.start()
@@ -129,8 +133,10 @@ class RichReporter:
             from critifusion_tui.redact import redact
 
             line = redact(line)
-            style = "red" if isinstance(event, StageFailed) or getattr(event, "error", None) else (
-                "yellow" if isinstance(event, Notice) and event.level != "info" else None
+            style = (
+                "red"
+                if isinstance(event, StageFailed) or getattr(event, "error", None)
+                else ("yellow" if isinstance(event, Notice) and event.level != "info" else None)
             )
             # Text, not markup: model answers and prompts are data.
             self.console.print(Text(line, style=style or ""))
@@ -187,7 +193,15 @@ class Outcome:
 
 
 async def run_one(
-    session, outcomes: list[Outcome], *, prompt=None, resume=None, out=None, seed=None, variants="full", emit,
+    session,
+    outcomes: list[Outcome],
+    *,
+    prompt=None,
+    resume=None,
+    out=None,
+    seed=None,
+    variants="full",
+    emit,
     on_start=None,
     replay=None,
     force: bool = False,
@@ -204,8 +218,10 @@ async def run_one(
     outcome = Outcome()
     outcomes.append(outcome)
     try:
-        run = session.resume(resume, emit=emit) if resume else session.new_run(
-            prompt, seed=seed, out=out, variants=variants, emit=emit, force=force
+        run = (
+            session.resume(resume, emit=emit)
+            if resume
+            else session.new_run(prompt, seed=seed, out=out, variants=variants, emit=emit, force=force)
         )
     except (StoreError, ValueError) as exc:
         outcome.error = str(exc)
@@ -253,7 +269,6 @@ def batch_folder(parent: Path, index: int, prompt: str) -> Path:
 
     digest = hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:8]
     return parent / f"{index:03d}-{slugify(prompt)}-{digest}"
-
 
 
 def read_prompts(path: Path, limit: int | None = None, category: str | None = None) -> list[str]:
@@ -422,8 +437,11 @@ def run_command(args, loaded, overrides: list[str] | tuple[str, ...] = ()) -> in
     if args.json:
         summaries = redact_data([o.summary() for o in outcomes])
         print(
-            json.dumps(summaries if args.prompts else (summaries[0] if summaries else {}), indent=2, ensure_ascii=False),
-            file=json_stream, flush=True,
+            json.dumps(
+                summaries if args.prompts else (summaries[0] if summaries else {}), indent=2, ensure_ascii=False
+            ),
+            file=json_stream,
+            flush=True,
         )
     if interrupted:
         return 128 + stopped_by[0] if stopped_by else EXIT_INTERRUPTED

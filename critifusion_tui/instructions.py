@@ -293,7 +293,6 @@ class Instructions:
             out[name] = entry
         return out
 
-
     @classmethod
     def from_config(cls, config, base: Path | None = None) -> Instructions:
         """The templates a ``[criticore.instructions]`` section asks for: its ``style`` and each

@@ -99,9 +99,13 @@ async def _expand(settings, idea: str, image_png: bytes | None, reporter) -> dic
             **({"critique": _answers([c.answer for c in critique.critics], critique.aggregator)} if critique else {}),
         },
         "sources": {
-            "tags": tags.source, "components": components.source, **({"critique": critique.source} if critique else {}),
+            "tags": tags.source,
+            "components": components.source,
+            **({"critique": critique.source} if critique else {}),
         },
-        "critique": None if critique is None else {
+        "critique": None
+        if critique is None
+        else {
             "issues": list(critique.issues),
             "refined": critique.refined,
             "alignment": critique.alignment,
@@ -117,5 +121,6 @@ def _answers(*groups) -> list[dict[str, Any]]:
     """Each model's part: model, role, and its text or its error."""
     return [
         {"model": a.model, "role": a.role, "text": a.text, "error": a.error, "seconds": round(a.seconds, 3)}
-        for group in groups for a in group
+        for group in groups
+        for a in group
     ]

@@ -60,7 +60,9 @@ def read_prompt_file(path: Path, *, limit: int | None = None, category: str | No
     elif suffix in (".csv", ".tsv"):
         rows = _table_rows(text, path, "\t" if suffix == ".tsv" else ",")
     else:
-        rows = [(line.strip(), None) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        rows = [
+            (line.strip(), None) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
+        ]
     if category is not None:
         known = sorted({c for _, c in rows if c})
         if not known:

@@ -70,8 +70,14 @@ def refine_command(args, loaded, overrides=()) -> int:
         try:
             try:
                 run = start_refine_run(
-                    session, prompt, image=image, past=past, seed=args.seed,
-                    out=Path(args.out) if args.out else None, critique=args.critique, force=args.force,
+                    session,
+                    prompt,
+                    image=image,
+                    past=past,
+                    seed=args.seed,
+                    out=Path(args.out) if args.out else None,
+                    critique=args.critique,
+                    force=args.force,
                     emit=reporter,
                 )
             except (StoreError, ValueError) as exc:
@@ -109,7 +115,11 @@ def refine_command(args, loaded, overrides=()) -> int:
     if outcome.error:
         say(f"critifusion refine: {outcome.error}", err)
     if interrupted:
-        where = f"; completed stages are saved in {outcome.folder}; resume with: critifusion run --resume {outcome.folder}" if outcome.folder else ""
+        where = (
+            f"; completed stages are saved in {outcome.folder}; resume with: critifusion run --resume {outcome.folder}"
+            if outcome.folder
+            else ""
+        )
         say(f"critifusion refine: interrupted{where}", err)
     if args.json:
         summary = outcome.summary()

@@ -125,9 +125,7 @@ class LoopbackServer:
         httpd = _Server(("127.0.0.1", 0), _Handler)
         httpd.loopback = self  # type: ignore[attr-defined]
         self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
         self._thread.start()
         return self
 
@@ -321,13 +319,15 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         if script.garbage is not None:
             self._chunk(f"data: {script.garbage}\n\n")
-        last = _completion_chunk(model, '', finish='stop')
+        last = _completion_chunk(model, "", finish="stop")
         if not openai_path and tokens:  # Together puts the usage on the last chunk
             last["usage"] = _usage(tokens)
         self._chunk(f"data: {json.dumps(last)}\n\n")
         if openai_path and tokens and (body.get("stream_options") or {}).get("include_usage"):
             # OpenAI's way: one more chunk with no choices, only the usage.
-            self._chunk(f"data: {json.dumps({**_completion_chunk(model, ''), 'choices': [], 'usage': _usage(tokens)})}\n\n")
+            self._chunk(
+                f"data: {json.dumps({**_completion_chunk(model, ''), 'choices': [], 'usage': _usage(tokens)})}\n\n"
+            )
         self._chunk("data: [DONE]\n\n")
         self._end_chunked()
 
@@ -397,8 +397,15 @@ class _Handler(BaseHTTPRequestHandler):
         with self.loopback._lock:
             loaded = list(self.loopback.loaded)
         models = [
-            {"name": m, "model": m, "size": 2**30, "size_vram": 2**30, "digest": "0" * 12,
-             "expires_at": "2025-01-01T00:05:00Z", "details": {"format": "gguf", "family": "test"}}
+            {
+                "name": m,
+                "model": m,
+                "size": 2**30,
+                "size_vram": 2**30,
+                "digest": "0" * 12,
+                "expires_at": "2025-01-01T00:05:00Z",
+                "details": {"format": "gguf", "family": "test"},
+            }
             for m in loaded
         ]
         self._json(200, {"models": models})
@@ -408,8 +415,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._ollama_load(model, body.get("keep_alive"))
         if not body.get("prompt"):  # load or unload only, as Ollama answers it
             reason = "unload" if body.get("keep_alive") in (0, "0", "0s") else "load"
-            self._json(200, {"model": model, "created_at": "2025-01-01T00:00:00Z", "response": "",
-                             "done": True, "done_reason": reason})
+            self._json(
+                200,
+                {
+                    "model": model,
+                    "created_at": "2025-01-01T00:00:00Z",
+                    "response": "",
+                    "done": True,
+                    "done_reason": reason,
+                },
+            )
             return
         script = self._begin(model)
         if script is None:
@@ -418,8 +433,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._fault(script, together=False)
             return
         text = script.text if script.text is not None else f"reply from {model}"
-        self._json(200, {"model": model, "created_at": "2025-01-01T00:00:00Z", "response": text,
-                         "done": True, "done_reason": "stop"})
+        self._json(
+            200,
+            {
+                "model": model,
+                "created_at": "2025-01-01T00:00:00Z",
+                "response": text,
+                "done": True,
+                "done_reason": "stop",
+            },
+        )
 
     def _ollama_tags(self, body: dict) -> None:
         models = [
@@ -484,9 +507,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self._raw(status, json.dumps(payload).encode(), "application/json", headers)
 
-    def _raw(
-        self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None
-    ) -> None:
+    def _raw(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
@@ -533,9 +554,7 @@ def _completion(model: str, text: str, tokens: tuple[int, int] | None = (1, 1)) 
         "object": "chat.completion",
         "created": 0,
         "model": model,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        ],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         **({"usage": _usage(tokens)} if tokens else {}),
     }
 
@@ -546,9 +565,7 @@ def _completion_chunk(model: str, piece: str, finish: str | None = None) -> dict
         "object": "chat.completion.chunk",
         "created": 0,
         "model": model,
-        "choices": [
-            {"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": finish}
-        ],
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": finish}],
     }
 
 

@@ -59,6 +59,7 @@ def test_documented_config_keeps_comments_and_order(tmp_path: Path):
         path,
     )
     after = path.read_text(encoding="utf-8")
+
     def comments(text: str) -> list[str]:
         return [line for line in text.splitlines() if line.lstrip().startswith("#")]
 
@@ -68,7 +69,7 @@ def test_documented_config_keeps_comments_and_order(tmp_path: Path):
     assert comments(after) == comments(before)
     assert headers(after) == headers(before)
     assert "width = 512\n" in after and 'width = "auto"' not in after
-    assert 'guidance = 6.5\n' in after and 'guidance = "auto"' not in after
+    assert "guidance = 6.5\n" in after and 'guidance = "auto"' not in after
     # The multi-line array stays multi-line, in the file's own two-space indent.
     assert 'candidates = [\n  "rules",\n  "ollama:llama3.1",\n]\n' in after
     # Only the named lines changed.
@@ -205,8 +206,6 @@ def test_keeps_file_mode_and_writes_through_a_symlink(tmp_path: Path, small: Pat
 def test_default_save_path(tmp_path: Path, monkeypatch):
     in_use = LoadedConfig(Settings(), tmp_path / "mine.toml", "--config")
     assert default_save_path(in_use) == tmp_path / "mine.toml"
-    monkeypatch.setattr(
-        "critifusion_tui.settings_file.user_config_path", lambda: tmp_path / "user" / "config.toml"
-    )
+    monkeypatch.setattr("critifusion_tui.settings_file.user_config_path", lambda: tmp_path / "user" / "config.toml")
     defaults = LoadedConfig(Settings(), None, "built-in defaults")
     assert default_save_path(defaults) == tmp_path / "user" / "config.toml"

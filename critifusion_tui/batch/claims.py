@@ -219,8 +219,12 @@ class ClaimBoard:
     def _owner(self) -> Owner:
         pid = os.getpid()
         return Owner(
-            rank=self.rank, host=self.host, pid=pid, launch=self.launch,
-            since=time.strftime("%Y-%m-%dT%H:%M:%S%z"), pid_start=pid_start(pid),
+            rank=self.rank,
+            host=self.host,
+            pid=pid,
+            launch=self.launch,
+            since=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            pid_start=pid_start(pid),
         )
 
     def _create(self, path: Path) -> bool:

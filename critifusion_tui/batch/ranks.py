@@ -102,6 +102,6 @@ def device_for(configured: str, place: Place) -> tuple[str, str | None]:
     if place.world_size > 1:
         return configured, (
             f"diffusion.device is {configured!r}, so every process of this launch uses it; "
-            f"set diffusion.device = \"auto\" to give each its own ({place.device} here)"
+            f'set diffusion.device = "auto" to give each its own ({place.device} here)'
         )
     return configured, None

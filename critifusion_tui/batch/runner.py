@@ -78,8 +78,10 @@ def run_batch(args, settings, overrides=()) -> int:
         print(f"critifusion: cannot read {args.prompts}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     if not prompts:
-        print(f"critifusion: {args.prompts} holds no prompts (blank lines and lines starting with # are skipped)",
-              file=sys.stderr)
+        print(
+            f"critifusion: {args.prompts} holds no prompts (blank lines and lines starting with # are skipped)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     out = Path(args.out) if args.out else settings.output.path()
     jobs = [Job(prompt, batch_folder(out, index, prompt)) for index, prompt in enumerate(prompts, start=1)]
@@ -135,17 +137,21 @@ def run_batch(args, settings, overrides=()) -> int:
             for job in jobs:
                 if job.name not in settled:
                     record = manifest_of(job.folder)
-                    if record is not None and (record.status == "done" or (
-                        record.status == "failed" and record.last_launch == place.launch
-                    )):
+                    if record is not None and (
+                        record.status == "done" or (record.status == "failed" and record.last_launch == place.launch)
+                    ):
                         settled.add(job.name)
             counted = len(settled)
             return counted
 
         def stamp(run, took_over: Owner | None) -> None:
             entry = {
-                "rank": place.rank, "world_size": place.world_size, "host": place.host,
-                "pid": os.getpid(), "device": device, "launch": place.launch,
+                "rank": place.rank,
+                "world_size": place.world_size,
+                "host": place.host,
+                "pid": os.getpid(),
+                "device": device,
+                "launch": place.launch,
                 "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             if took_over is not None:
@@ -254,12 +260,22 @@ def _finish(out, place, device, jobs, outcomes, started, providers, interrupted,
     """This process's report; on rank 0 (unless interrupted) the batch summary too."""
     from critifusion_tui.batch.summary import read_reports, render, summarize, write_report, write_summary
 
-    ran = [o for o in outcomes if o.folder is not None and o.record is not None and o.record.last_launch == place.launch]
+    ran = [
+        o for o in outcomes if o.folder is not None and o.record is not None and o.record.last_launch == place.launch
+    ]
     report = {
-        "rank": place.rank, "world_size": place.world_size, "host": place.host, "device": device,
-        "launch": place.launch, "started": started, "ended": time.time(), "interrupted": interrupted,
-        "ran": len(ran), "done": sum(o.status == "done" for o in ran),
-        "failed": sum(o.status == "failed" for o in ran), "providers": providers,
+        "rank": place.rank,
+        "world_size": place.world_size,
+        "host": place.host,
+        "device": device,
+        "launch": place.launch,
+        "started": started,
+        "ended": time.time(),
+        "interrupted": interrupted,
+        "ran": len(ran),
+        "done": sum(o.status == "done" for o in ran),
+        "failed": sum(o.status == "failed" for o in ran),
+        "providers": providers,
     }
     if place.main:
         report["jobs"] = [[job.name, job.prompt] for job in jobs]

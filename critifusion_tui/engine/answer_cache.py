@@ -26,8 +26,13 @@ def default_folder() -> Path:
 
 
 def cache_key(
-    model: str, messages: Sequence[Any], *, temperature: float, max_tokens: int,
-    image: bytes | None = None, schema: Mapping[str, Any] | None = None,
+    model: str,
+    messages: Sequence[Any],
+    *,
+    temperature: float,
+    max_tokens: int,
+    image: bytes | None = None,
+    schema: Mapping[str, Any] | None = None,
 ) -> str:
     """The key of one call: everything that decides what the model is asked."""
     turns = [

@@ -33,8 +33,27 @@ ECHO_MIN_WORDS = 4
 # What the instruction's own example holds, and what small models copy from it or from a
 # JSON schema, instead of content.
 PLACEHOLDERS = frozenset(
-    {"", "...", "…", "string", "str", "text", "tag", "tags", "component", "components",
-     "<component>", "<tag>", "item", "example", "n/a", "none", "null", "todo", "xxx"}
+    {
+        "",
+        "...",
+        "…",
+        "string",
+        "str",
+        "text",
+        "tag",
+        "tags",
+        "component",
+        "components",
+        "<component>",
+        "<tag>",
+        "item",
+        "example",
+        "n/a",
+        "none",
+        "null",
+        "todo",
+        "xxx",
+    }
 )
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -51,9 +70,7 @@ _TEXT_LANGS = frozenset({"", "text", "txt", "plaintext", "markdown", "md", "csv"
 # ``format``, OpenAI-compatible ``response_format``): small models then answer in shape.
 COMPONENTS_SCHEMA = {
     "type": "object",
-    "properties": {
-        "components": {"type": "array", "items": {"type": "string"}, "minItems": 3, "maxItems": 6}
-    },
+    "properties": {"components": {"type": "array", "items": {"type": "string"}, "minItems": 3, "maxItems": 6}},
     "required": ["components"],
 }
 CRITIQUE_SCHEMA = {
@@ -216,7 +233,9 @@ def read_tags(
 PROSE_MAX_WORDS = 60
 
 
-def read_prose(text: str, guard: EchoGuard = NO_GUARD, *, prompt: str = "", max_words: int = PROSE_MAX_WORDS) -> Reading:
+def read_prose(
+    text: str, guard: EchoGuard = NO_GUARD, *, prompt: str = "", max_words: int = PROSE_MAX_WORDS
+) -> Reading:
     """A prose answer (the "prose" instructions style): one short description in sentences.
 
     Sentences are the answer here, not a flaw: labels on every line, list markers, emphasis,
@@ -299,17 +318,13 @@ def component_text(item: object) -> str:
         return ""
     lowered = {str(k).lower(): v for k, v in item.items()}
     name = next((str(lowered[k]).strip() for k in _NAME_KEYS if isinstance(lowered.get(k), str)), "")
-    description = next(
-        (str(lowered[k]).strip() for k in _DESCRIPTION_KEYS if isinstance(lowered.get(k), str)), ""
-    )
+    description = next((str(lowered[k]).strip() for k in _DESCRIPTION_KEYS if isinstance(lowered.get(k), str)), "")
     if name and description and name.lower() not in description.lower():
         return f"{name}: {description}"
     return " ".join((description or name).split())
 
 
-def read_components(
-    text: str, guard: EchoGuard = NO_GUARD, *, asked: tuple[int, int] = COMPONENTS_RANGE
-) -> Reading:
+def read_components(text: str, guard: EchoGuard = NO_GUARD, *, asked: tuple[int, int] = COMPONENTS_RANGE) -> Reading:
     """A components answer (SPEC 2): a JSON object with a "components" list of strings.
 
     The object may sit in a fenced JSON block or in prose; objects inside code in another

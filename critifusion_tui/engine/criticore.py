@@ -75,8 +75,17 @@ if TYPE_CHECKING:
     from critifusion_tui.engine.replay import Replay
 
 __all__ = [
-    "Answer", "ComponentsResult", "CritiCore", "Critic", "CritiqueResult", "TagsResult",
-    "extract_tag", "issue_lines", "parse_alignment", "parse_components", "parse_critic",
+    "Answer",
+    "ComponentsResult",
+    "CritiCore",
+    "Critic",
+    "CritiqueResult",
+    "TagsResult",
+    "extract_tag",
+    "issue_lines",
+    "parse_alignment",
+    "parse_components",
+    "parse_critic",
 ]
 
 # --- The method's numbers (SPEC 1, 2, 4) ---------------------------------------------------
@@ -132,7 +141,12 @@ class Answer:
     def record(self) -> dict[str, Any]:
         # A failed answer keeps only an excerpt: the manifest is rewritten after every stage.
         text = self.text if self.ok or len(self.text) <= FAILED_EXCERPT else self.text[:FAILED_EXCERPT] + " …[cut]"
-        record: dict[str, Any] = {"model": self.model, "text": text, "error": self.error, "seconds": round(self.seconds, 3)}
+        record: dict[str, Any] = {
+            "model": self.model,
+            "text": text,
+            "error": self.error,
+            "seconds": round(self.seconds, 3),
+        }
         if self.error_code == "unusable_answer":
             record["unusable"] = True
         if self.notes:
@@ -393,8 +407,12 @@ class CritiCore:
     def from_settings(cls, router, settings, emit: Emit = ignore) -> CritiCore:
         core = settings.criticore
         made = cls(
-            router, candidates=core.candidates, aggregator=core.aggregator, vlms=core.vlms,
-            preset=core.preset, emit=emit,
+            router,
+            candidates=core.candidates,
+            aggregator=core.aggregator,
+            vlms=core.vlms,
+            preset=core.preset,
+            emit=emit,
             instructions=Instructions.from_config(getattr(core, "instructions", None)),
         )
         if getattr(core, "cache", "off") == "read-write":
@@ -437,15 +455,21 @@ class CritiCore:
             except (asyncio.CancelledError, KeyboardInterrupt):
                 raise
             except Exception as exc:  # a bug or an unexpected client error: visible, not fatal
-                answer = Answer(model, role, error=f"{type(exc).__name__}: {short_detail(exc, 500)}", error_code="unexpected")
+                answer = Answer(
+                    model, role, error=f"{type(exc).__name__}: {short_detail(exc, 500)}", error_code="unexpected"
+                )
             else:
                 notes = list(reading.notes) if reading is not None and not _is_rules(model) else []
                 if getattr(result, "truncated", False):
                     notes.append(f"the answer was cut at {len(text):,} characters (the size cap for its max_tokens)")
                 if reading is not None and reading.problem:
                     answer = Answer(
-                        model, role, text=text, error=f"{model}: unusable answer: {reading.problem}",
-                        error_code="unusable_answer", notes=notes,
+                        model,
+                        role,
+                        text=text,
+                        error=f"{model}: unusable answer: {reading.problem}",
+                        error_code="unusable_answer",
+                        notes=notes,
                     )
                 else:
                     answer = Answer(model, role, text=text, notes=notes, reading=reading)
@@ -456,8 +480,14 @@ class CritiCore:
         answer.origin = getattr(meter, "source", "provider")
         self.emit(
             CandidateFinished(
-                stage, role=role, model=model, text=answer.text, error=answer.error,
-                seconds=answer.seconds, notes=tuple(answer.notes), origin=answer.origin,
+                stage,
+                role=role,
+                model=model,
+                text=answer.text,
+                error=answer.error,
+                seconds=answer.seconds,
+                notes=tuple(answer.notes),
+                origin=answer.origin,
             )
         )
         return answer
@@ -472,7 +502,9 @@ class CritiCore:
 
         return ask
 
-    def _chat(self, stage: str, role: str, model: str, messages, *, temperature, max_tokens, image=None, schema=None) -> Ask:
+    def _chat(
+        self, stage: str, role: str, model: str, messages, *, temperature, max_tokens, image=None, schema=None
+    ) -> Ask:
         """An Ask that chats with `model` (a slot label), streaming each cleaned piece as an event.
 
         `schema`: the answer's JSON schema, for backends that can constrain output to it.
@@ -487,7 +519,9 @@ class CritiCore:
             if self.cache is not None:
                 from critifusion_tui.engine.answer_cache import cache_key
 
-                key = cache_key(model, messages, temperature=temperature, max_tokens=max_tokens, image=image, schema=schema)
+                key = cache_key(
+                    model, messages, temperature=temperature, max_tokens=max_tokens, image=image, schema=schema
+                )
                 hit = None if (stage, model) in self._fresh else self.cache.get(key)
                 if hit is not None:
                     return self._served(stage, role, model, hit["text"], hit.get("output"), "cache")
@@ -530,8 +564,13 @@ class CritiCore:
         return ChatResult(text, ModelRef.parse(model_of(model)), 0.0, output=output or "free")
 
     async def _gather(
-        self, stage: str, role: str, models: Sequence[str], make_ask: Callable[[str], Ask],
-        previous: Sequence[Answer] | None, only: Iterable[str] | None,
+        self,
+        stage: str,
+        role: str,
+        models: Sequence[str],
+        make_ask: Callable[[str], Ask],
+        previous: Sequence[Answer] | None,
+        only: Iterable[str] | None,
         read: Read | None = None,
     ) -> list[Answer]:
         """Ask `models` in parallel; with `only`, re-ask just those and keep the rest of `previous`."""
@@ -569,7 +608,9 @@ class CritiCore:
         if failed:
             who = ", ".join(f"{a.model} ({a.error_code})" for a in failed)
             self.emit(
-                Notice(stage, "warning", f"{len(failed)} of {len(answers)} {role}s failed: {who}; going on with the others")
+                Notice(
+                    stage, "warning", f"{len(failed)} of {len(answers)} {role}s failed: {who}; going on with the others"
+                )
             )
 
     def _retry_changed_nothing(self, stage: str, only, previous, now: list, before: Callable[[Any], list]) -> bool:
@@ -577,7 +618,9 @@ class CritiCore:
         merge stands, so the aggregator is not asked again (and nothing downstream changes)."""
         if only is None or previous is None or now != before(previous):
             return False
-        self.emit(Notice(stage, "info", "the retry changed no usable answer: the merged result stands (no aggregator asked)"))
+        self.emit(
+            Notice(stage, "info", "the retry changed no usable answer: the merged result stands (no aggregator asked)")
+        )
         return True
 
     def _nothing_to_merge(self, stage: str, answer: Answer) -> None:
@@ -585,7 +628,9 @@ class CritiCore:
 
     # ---------------------------------------------------------------- stage 1: tags
 
-    async def tags(self, prompt: str, *, previous: TagsResult | None = None, only: Iterable[str] | None = None) -> TagsResult:
+    async def tags(
+        self, prompt: str, *, previous: TagsResult | None = None, only: Iterable[str] | None = None
+    ) -> TagsResult:
         started = time.perf_counter()
         seeds = ", ".join(seed_tags(prompt, self.preset))
         ins = self.instructions
@@ -596,7 +641,9 @@ class CritiCore:
         def make_ask(model: str) -> Ask:
             if _is_rules(model):
                 return self._offline("tags", "candidate", rules_tags(prompt, self.preset))
-            return self._chat("tags", "candidate", model, messages, temperature=TAGS_TEMPERATURE, max_tokens=TAGS_MAX_TOKENS)
+            return self._chat(
+                "tags", "candidate", model, messages, temperature=TAGS_TEMPERATURE, max_tokens=TAGS_MAX_TOKENS
+            )
 
         prose = self.style == "prose"
 
@@ -616,7 +663,9 @@ class CritiCore:
         attempts: list[Answer] = []
         if not texts:
             # SPEC 1.5: nobody answered, so the prompt and the seed tags are the positive.
-            self.emit(Notice("tags", "warning", "no candidate answered usably: using the prompt and the preset's seed tags"))
+            self.emit(
+                Notice("tags", "warning", "no candidate answered usably: using the prompt and the preset's seed tags")
+            )
             aggregated, source = "", "fallback"
             positive = rules_tags(prompt, self.preset)
         else:
@@ -634,7 +683,14 @@ class CritiCore:
                 def make_agg(model: str) -> Ask:
                     if _is_rules(model):
                         return self._offline("tags", "aggregator", (" " if prose else ", ").join(texts))
-                    return self._chat("tags", "aggregator", model, agg_messages, temperature=TAGS_AGG_TEMPERATURE, max_tokens=TAGS_AGG_MAX_TOKENS)
+                    return self._chat(
+                        "tags",
+                        "aggregator",
+                        model,
+                        agg_messages,
+                        temperature=TAGS_AGG_TEMPERATURE,
+                        max_tokens=TAGS_AGG_MAX_TOKENS,
+                    )
 
                 def read_agg(text: str) -> Reading:
                     if prose:
@@ -647,13 +703,22 @@ class CritiCore:
                     aggregated, source = _tags_text(attempts[-1]), "aggregator"
                 else:
                     # No aggregator answered: the candidates' own lists, in order, stand in for it.
-                    self.emit(Notice("tags", "warning", "no aggregator answered: merging the candidates' lists in order"))
+                    self.emit(
+                        Notice("tags", "warning", "no aggregator answered: merging the candidates' lists in order")
+                    )
                     aggregated, source = (texts[0] if prose else ", ".join(texts)), "candidates"
             positive = prose_prompt(aggregated, prompt) if prose else positive_prompt(aggregated, prompt, self.preset)
         return TagsResult(
-            prompt=prompt, preset=self.preset, candidates=answers, aggregator=attempts,
-            aggregated=aggregated, positive=positive, negative=negative_tags(self.preset),
-            source=source, seconds=time.perf_counter() - started, style=self.style,
+            prompt=prompt,
+            preset=self.preset,
+            candidates=answers,
+            aggregator=attempts,
+            aggregated=aggregated,
+            positive=positive,
+            negative=negative_tags(self.preset),
+            source=source,
+            seconds=time.perf_counter() - started,
+            style=self.style,
             instructions=self.instructions.record(used),
         )
 
@@ -672,12 +737,22 @@ class CritiCore:
             if _is_rules(model):
                 return self._offline("components", "candidate", json.dumps({"components": rules_components(prompt)}))
             return self._chat(
-                "components", "candidate", model, messages,
-                temperature=COMPONENTS_TEMPERATURE, max_tokens=COMPONENTS_MAX_TOKENS, schema=COMPONENTS_SCHEMA,
+                "components",
+                "candidate",
+                model,
+                messages,
+                temperature=COMPONENTS_TEMPERATURE,
+                max_tokens=COMPONENTS_MAX_TOKENS,
+                schema=COMPONENTS_SCHEMA,
             )
 
         answers = await self._gather(
-            "components", "candidate", self.candidates, make_ask, previous.candidates if previous is not None else None, only,
+            "components",
+            "candidate",
+            self.candidates,
+            make_ask,
+            previous.candidates if previous is not None else None,
+            only,
             lambda text: read_components(text, guard),
         )
         self._report_failures("components", answers, "candidate")
@@ -706,8 +781,12 @@ class CritiCore:
                 if _is_rules(model):
                     return self._offline("components", "aggregator", json.dumps({"components": _union(lists)}))
                 return self._chat(
-                    "components", "aggregator", model, agg_messages,
-                    temperature=COMPONENTS_AGG_TEMPERATURE, max_tokens=COMPONENTS_AGG_MAX_TOKENS,
+                    "components",
+                    "aggregator",
+                    model,
+                    agg_messages,
+                    temperature=COMPONENTS_AGG_TEMPERATURE,
+                    max_tokens=COMPONENTS_AGG_MAX_TOKENS,
                     schema=COMPONENTS_SCHEMA,
                 )
 
@@ -716,14 +795,21 @@ class CritiCore:
             if attempts and attempts[-1].ok:
                 components, source = _items(attempts[-1]), "aggregator"
             else:
-                self.emit(Notice("components", "warning", "no aggregator answered usably: merging the candidates' components"))
+                self.emit(
+                    Notice("components", "warning", "no aggregator answered usably: merging the candidates' components")
+                )
                 components, source = _union(lists), "candidates"
         if not components:
             self.emit(Notice("components", "warning", "no usable components: using the prompt's own clauses"))
             components, source = rules_components(prompt)[:MAX_COMPONENTS], "fallback"
         return ComponentsResult(
-            prompt=prompt, candidates=answers, aggregator=attempts, components=components,
-            source=source, seconds=time.perf_counter() - started, instructions=self.instructions.record(used),
+            prompt=prompt,
+            candidates=answers,
+            aggregator=attempts,
+            components=components,
+            source=source,
+            seconds=time.perf_counter() - started,
+            instructions=self.instructions.record(used),
         )
 
     async def tags_and_components(self, prompt: str) -> tuple[TagsResult, ComponentsResult]:
@@ -765,8 +851,13 @@ class CritiCore:
                 self.emit(Notice(stage, "info", verdict.note))
                 return self._offline(stage, "vlm", f"<issues></issues>\n<refined>{verdict.refined}</refined>")
             return self._chat(
-                stage, "vlm", model, messages,
-                temperature=CRITIC_TEMPERATURE, max_tokens=CRITIC_MAX_TOKENS, image=image_png,
+                stage,
+                "vlm",
+                model,
+                messages,
+                temperature=CRITIC_TEMPERATURE,
+                max_tokens=CRITIC_MAX_TOKENS,
+                image=image_png,
                 schema=CRITIQUE_SCHEMA,
             )
 
@@ -789,8 +880,16 @@ class CritiCore:
             # SPEC 4: no critic answered, so the prompt stands and there are no issues.
             self.emit(Notice(stage, "warning", "no vision model answered usably: the refinement keeps the prompt"))
             return CritiqueResult(
-                image_prompt, components, critics, attempts, [], clip77_strict(image_prompt), None,
-                "none", time.perf_counter() - started, self.instructions.record(used),
+                image_prompt,
+                components,
+                critics,
+                attempts,
+                [],
+                clip77_strict(image_prompt),
+                None,
+                "none",
+                time.perf_counter() - started,
+                self.instructions.record(used),
             )
         # A critic that saw nothing (the offline rules critic: the prompt back, no issues) has
         # nothing to merge; with one critic left that said something, its report stands.
@@ -799,8 +898,16 @@ class CritiCore:
             only_one = (telling or usable)[0]
             self._nothing_to_merge(stage, only_one.answer)
             return CritiqueResult(
-                image_prompt, components, critics, attempts, list(only_one.issues), only_one.refined,
-                alignment, "critic", time.perf_counter() - started, self.instructions.record(used),
+                image_prompt,
+                components,
+                critics,
+                attempts,
+                list(only_one.issues),
+                only_one.refined,
+                alignment,
+                "critic",
+                time.perf_counter() - started,
+                self.instructions.record(used),
             )
         issues_block = "\n".join(f"[{c.answer.model}] {line}" for c in telling for line in c.issues)
         refined_block = "\n".join(f"[{c.answer.model}] {c.refined}" for c in telling)
@@ -816,8 +923,12 @@ class CritiCore:
                 merged = "<issues>" + "\n".join(merged_issues) + f"</issues>\n<refined>{telling[0].refined}</refined>"
                 return self._offline(stage, "aggregator", merged)
             return self._chat(
-                stage, "aggregator", model, agg_messages,
-                temperature=CRITIC_AGG_TEMPERATURE, max_tokens=CRITIC_AGG_MAX_TOKENS,
+                stage,
+                "aggregator",
+                model,
+                agg_messages,
+                temperature=CRITIC_AGG_TEMPERATURE,
+                max_tokens=CRITIC_AGG_MAX_TOKENS,
                 schema=CRITIQUE_SCHEMA,
             )
 
@@ -832,15 +943,26 @@ class CritiCore:
             self.emit(Notice(stage, "warning", "no aggregator answered: using the first critic's report"))
             issues, refined, source = telling[0].issues, telling[0].refined, "critic"
         return CritiqueResult(
-            image_prompt, components, critics, attempts, issues, refined, alignment, source,
-            time.perf_counter() - started, self.instructions.record(used),
+            image_prompt,
+            components,
+            critics,
+            attempts,
+            issues,
+            refined,
+            alignment,
+            source,
+            time.perf_counter() - started,
+            self.instructions.record(used),
         )
 
     # ---------------------------------------------------------------- stage 5: merge
 
     @staticmethod
     def refinement_prompt(
-        critique: CritiqueResult | str, tags: TagsResult | str, user_prompt: str | None = None, *,
+        critique: CritiqueResult | str,
+        tags: TagsResult | str,
+        user_prompt: str | None = None,
+        *,
         style: str | None = None,
     ) -> str:
         """SPEC 5: the critic's refined prompt merged with the stage-1 tags.

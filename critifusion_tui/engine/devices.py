@@ -69,7 +69,7 @@ def resolve_device(device: str = "auto") -> str:
         if not torch.cuda.is_available():
             raise DiffusionLoadError(
                 f'diffusion.device is "{device}" but this torch build sees no CUDA GPU '
-                f"(torch {torch.__version__}). Fix: set diffusion.device = \"auto\" or \"cpu\", "
+                f'(torch {torch.__version__}). Fix: set diffusion.device = "auto" or "cpu", '
                 "or install a CUDA build of torch."
             )
         index = int(name.split(":")[1]) if ":" in name else 0
@@ -87,9 +87,7 @@ def resolve_device(device: str = "auto") -> str:
                 'Fix: set diffusion.device = "auto" or "cpu".'
             )
         return "mps"
-    raise DiffusionLoadError(
-        f"unknown diffusion.device {device!r}: expected auto, cpu, mps, cuda or cuda:N"
-    )
+    raise DiffusionLoadError(f"unknown diffusion.device {device!r}: expected auto, cpu, mps, cuda or cuda:N")
 
 
 def resolve_dtype(dtype: Any = "auto", device: str = "cpu") -> torch.dtype:
@@ -103,9 +101,7 @@ def resolve_dtype(dtype: Any = "auto", device: str = "cpu") -> torch.dtype:
         if name == "auto":
             return torch.float32 if device == "cpu" else torch.float16
         if name not in _DTYPE_NAMES:
-            raise DiffusionLoadError(
-                f"unknown diffusion.dtype {dtype!r}: expected auto, float16, bfloat16 or float32"
-            )
+            raise DiffusionLoadError(f"unknown diffusion.dtype {dtype!r}: expected auto, float16, bfloat16 or float32")
         resolved = getattr(torch, _DTYPE_NAMES[name])
     if resolved not in (torch.float16, torch.bfloat16, torch.float32):
         raise DiffusionLoadError(f"diffusion.dtype {resolved} is not supported")
@@ -209,7 +205,11 @@ class SpeedSwitches:
         if self.compile:
             compiled = f"compile on, regional, mode {self.compile_mode} ({self.why.get('compile', '')})"
         return "; ".join(
-            (part("channels_last", "channels_last", self.channels_last), part("fused QKV", "fuse_qkv", self.fuse_qkv), compiled)
+            (
+                part("channels_last", "channels_last", self.channels_last),
+                part("fused QKV", "fuse_qkv", self.fuse_qkv),
+                compiled,
+            )
         )
 
 
@@ -318,6 +318,8 @@ def sdpa_backend(device: str, dtype: Any, *, heads: int, head_dim: int, tokens: 
     if self_kernel == cross_kernel:
         return self_kernel
     return f"self-attention {self_kernel}, cross-attention {cross_kernel}"
+
+
 def cuda_memory_short(device: str, headroom: int = DIFFUSION_HEADROOM_BYTES) -> bool:
     """Whether a CUDA device has less memory free for the next diffusion than `headroom`.
 

@@ -41,7 +41,12 @@ from critifusion_tui.engine.diffusion_loading import (
     build_pipeline,
     pipeline_classes,
 )
-from critifusion_tui.engine.diffusion_running import DiffusionRunning, StepCallback, img2img_step_count, vae_decode_dtype
+from critifusion_tui.engine.diffusion_running import (
+    DiffusionRunning,
+    StepCallback,
+    img2img_step_count,
+    vae_decode_dtype,
+)
 from critifusion_tui.engine.load_output import CapturedOutput, capture_output
 from critifusion_tui.engine.model_source import LoadPlan, plan_load
 from critifusion_tui.engine.scheduler_plan import scheduler_overrides
@@ -143,8 +148,17 @@ class Diffusion(DiffusionRunning):
             "device": getattr(cfg, "device", "auto"),
             "dtype": getattr(cfg, "dtype", "auto"),
         }
-        keys = ("cpu_offload", "vae_tiling", "compile", "channels_last", "fuse_qkv", "compile_mode", "variant",
-                "offline", "single_file_config")
+        keys = (
+            "cpu_offload",
+            "vae_tiling",
+            "compile",
+            "channels_last",
+            "fuse_qkv",
+            "compile_mode",
+            "variant",
+            "offline",
+            "single_file_config",
+        )
         for key in keys:
             if hasattr(cfg, key):
                 kwargs[key] = getattr(cfg, key)
@@ -247,8 +261,12 @@ class Diffusion(DiffusionRunning):
 
     def _resolve_switches(self, device: str) -> SpeedSwitches:
         return resolve_switches(
-            device, channels_last=self.channels_last, fuse_qkv=self.fuse_qkv, compile=self.compile,
-            compile_mode=self.compile_mode, cpu_offload=self.cpu_offload,
+            device,
+            channels_last=self.channels_last,
+            fuse_qkv=self.fuse_qkv,
+            compile=self.compile,
+            compile_mode=self.compile_mode,
+            cpu_offload=self.cpu_offload,
         )
 
     def scheduler_summary(self) -> dict[str, Any]:
@@ -319,8 +337,7 @@ class Diffusion(DiffusionRunning):
                 self._device = plan.device
                 self._free_memory()
                 raise DiffusionOutOfMemory(
-                    f"Out of GPU memory while moving {self.model} to {plan.device} ({dtype}). "
-                    f"{OOM_HINT} ({detail})"
+                    f"Out of GPU memory while moving {self.model} to {plan.device} ({dtype}). {OOM_HINT} ({detail})"
                 )
             return self
 

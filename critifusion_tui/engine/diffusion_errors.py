@@ -47,5 +47,3 @@ class DiffusionCancelled(DiffusionError):
         self.done, self.total, self.what = done, total, what
         where = f" after step {done} of {total}" if total else " before the first step"
         super().__init__(f"{what} cancelled{where}")
-
-

@@ -123,8 +123,13 @@ def _from_folder(plan: LoadPlan, dtype: Any) -> Any:
             for c in plan.mixed_components()
         }
         return txt_cls.from_pretrained(
-            plan.location, dtype=dtype, variant=plan.variant, local_files_only=True,
-            **_kind_kwargs(plan.kind), **_method_scheduler(plan.location), **loaded,
+            plan.location,
+            dtype=dtype,
+            variant=plan.variant,
+            local_files_only=True,
+            **_kind_kwargs(plan.kind),
+            **_method_scheduler(plan.location),
+            **loaded,
         )
     except Exception as exc:
         raise DiffusionLoadError(
@@ -145,8 +150,12 @@ def _from_single_file(plan: LoadPlan, dtype: Any) -> Any:
             path = link
         try:
             return txt_cls.from_single_file(
-                str(path), config=plan.config_folder, local_files_only=True, dtype=dtype,
-                **_kind_kwargs(plan.kind), **_method_scheduler(plan.config_folder),
+                str(path),
+                config=plan.config_folder,
+                local_files_only=True,
+                dtype=dtype,
+                **_kind_kwargs(plan.kind),
+                **_method_scheduler(plan.config_folder),
             )
         except Exception as exc:
             raise DiffusionLoadError(
@@ -250,7 +259,7 @@ def fuse_qkv(pipe: Any, *, skip_unsupported: bool = False) -> list[str]:
                 continue
             raise DiffusionLoadError(
                 f"diffusion.fuse_qkv = true, but the {name} cannot fuse its attention projections "
-                f"({first_line(exc)}). Fix: set diffusion.fuse_qkv = \"auto\" or false."
+                f'({first_line(exc)}). Fix: set diffusion.fuse_qkv = "auto" or false.'
             ) from exc
         _share_fused_weights(model)
         fused.append(name)

@@ -86,9 +86,7 @@ def _cancel_requested(cancel: Any) -> bool:
         return bool(is_set())
     if callable(cancel):
         return bool(cancel())
-    raise TypeError(
-        f"cancel must be a callable returning bool or an object with is_set(), got {type(cancel).__name__}"
-    )
+    raise TypeError(f"cancel must be a callable returning bool or an object with is_set(), got {type(cancel).__name__}")
 
 
 def _step_callback(what: str, on_step: StepCallback | None, cancel: Any) -> Callable[..., Any]:
@@ -190,8 +188,17 @@ class DiffusionRunning:
         if int(steps) < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         return self._denoise(
-            self._txt2img, "base image", prompt=prompt, negative=negative, steps=steps, guidance=guidance,
-            seed=seed, on_step=on_step, cancel=cancel, width=width, height=height,
+            self._txt2img,
+            "base image",
+            prompt=prompt,
+            negative=negative,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            on_step=on_step,
+            cancel=cancel,
+            width=width,
+            height=height,
         )
 
     def img2img_latent(
@@ -228,8 +235,17 @@ class DiffusionRunning:
                 " = 0 steps: raise the strength or the steps"
             )
         return self._denoise(
-            self._img2img, "refinement", prompt=prompt, negative=negative, steps=steps, guidance=guidance,
-            seed=seed, on_step=on_step, cancel=cancel, image=latent, strength=float(strength),
+            self._img2img,
+            "refinement",
+            prompt=prompt,
+            negative=negative,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            on_step=on_step,
+            cancel=cancel,
+            image=latent,
+            strength=float(strength),
         )
 
     def _denoise(

@@ -89,6 +89,7 @@ class RunFlow:
         async def base_stage(self, *, original: bool = False) -> dict[str, Any]: ...
         async def critique_stage(self, *, original: bool = False, only: Any = None) -> dict[str, Any]: ...
         async def refine_stage(self, *, original: bool = False) -> dict[str, Any]: ...
+
     _unattended = False  # run_all answers the gates itself: no "paused" between its steps
 
     # ---------------------------------------------------------------- where the run stands
@@ -209,7 +210,7 @@ class RunFlow:
             await self._run_stage_by_name(stage, only=only)
             step = step_of(stage)
             if not step.concurrent:
-                for later in step.stages[step.stages.index(stage) + 1:]:
+                for later in step.stages[step.stages.index(stage) + 1 :]:
                     if not self.done(later):
                         await self._run_stage_by_name(later)
 
@@ -330,8 +331,13 @@ class RunFlow:
                     yield ask(step.gate)
 
         await Schedule(
-            self.stages, run=self._run_stage_by_name, done=self.done, held=held,
-            apart=self.keeps_ollama_apart, side_jobs=questions, model=self.model_state,
+            self.stages,
+            run=self._run_stage_by_name,
+            done=self.done,
+            held=held,
+            apart=self.keeps_ollama_apart,
+            side_jobs=questions,
+            model=self.model_state,
         ).run()
 
     # ---------------------------------------------------------------- inside
@@ -341,7 +347,10 @@ class RunFlow:
         # at once, side by side). Every stage that started ends (done or failed) before the
         # first failure is raised: a failing stage never leaves its sibling running unwatched.
         await Schedule(
-            step.stages, run=self._run_stage_by_name, done=self.done, apart=self.keeps_ollama_apart,
+            step.stages,
+            run=self._run_stage_by_name,
+            done=self.done,
+            apart=self.keeps_ollama_apart,
             model=self.model_state,
         ).run()
 

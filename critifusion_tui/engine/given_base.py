@@ -88,16 +88,32 @@ def start_refine_run(
     negative = negative_tags(run.settings.criticore.preset)
     run.prompts["positive"] = {"value": prompt, "by": "given"}
     run.prompts["negative"] = {"value": negative, "by": "given"}
-    run.store.save_stage(Stage.TAGS, {
-        "skipped": True, "source": "given", "positive": prompt, "negative": negative,
-        "candidates": [], "aggregator": [], "seconds": 0,
-    })
+    run.store.save_stage(
+        Stage.TAGS,
+        {
+            "skipped": True,
+            "source": "given",
+            "positive": prompt,
+            "negative": negative,
+            "candidates": [],
+            "aggregator": [],
+            "seconds": 0,
+        },
+    )
     run._emit(StageSkipped(Stage.TAGS, "the prompt is given: it is the positive prompt, no model asked"))
     if not critique:
         run.prompts["components"] = {"value": [], "by": "given"}
-        run.store.save_stage(Stage.COMPONENTS, {
-            "skipped": True, "source": "given", "components": [], "candidates": [], "aggregator": [], "seconds": 0,
-        })
+        run.store.save_stage(
+            Stage.COMPONENTS,
+            {
+                "skipped": True,
+                "source": "given",
+                "components": [],
+                "candidates": [],
+                "aggregator": [],
+                "seconds": 0,
+            },
+        )
         run._emit(StageSkipped(Stage.COMPONENTS, "no critique: the image is not checked against components"))
     run.set_skip_critique(not critique)
     return run
@@ -127,8 +143,10 @@ async def _encode(run: Run, given: GivenImage) -> dict[str, Any]:
     await run.load_model()
     width, height = await run.image_size()
     fitted, plan = fit(given.image, width, height)
-    where = "the model's native size" if "auto" in (run.settings.diffusion.width, run.settings.diffusion.height) else (
-        "the size diffusion.width/height set"
+    where = (
+        "the model's native size"
+        if "auto" in (run.settings.diffusion.width, run.settings.diffusion.height)
+        else ("the size diffusion.width/height set")
     )
     run._emit(Notice(Stage.BASE, "info", f"given image {given.path.name}: {plan.describe()} ({where})"))
     diffusion = run.diffusion
@@ -142,8 +160,15 @@ async def _encode(run: Run, given: GivenImage) -> dict[str, Any]:
     image_name = await asyncio.to_thread(run.store.write_png, base.image, fitted, chunks)
     run._emit(ImageReady(Stage.BASE, path=run.store.path(image_name), label=f"given: {given.path.name}"))
     record: dict[str, Any] = {
-        "source": "given", "given": given.record(), "fit": plan.record(), "prompt": run.prompt, "negative": "",
-        "image": image_name, "latent": base.latent, "width": width, "height": height,
+        "source": "given",
+        "given": given.record(),
+        "fit": plan.record(),
+        "prompt": run.prompt,
+        "negative": "",
+        "image": image_name,
+        "latent": base.latent,
+        "width": width,
+        "height": height,
     }
     _remember(run, record)
     return record
@@ -163,11 +188,14 @@ async def _copy(run: Run, past: RunStore) -> dict[str, Any]:
         raise RunFailed(Stage.BASE, f"cannot take the base of {past.folder}: {exc}") from None
     past_model = ((past.manifest.get("config") or {}).get("diffusion") or {}).get("model")
     if past_model and past_model != run.settings.diffusion.model:
-        run._emit(Notice(
-            Stage.BASE, "warning",
-            f"{past.folder} was drawn with {past_model}, this refine loads {run.settings.diffusion.model}:"
-            " a latent only means the same image to the VAE it was made with",
-        ))
+        run._emit(
+            Notice(
+                Stage.BASE,
+                "warning",
+                f"{past.folder} was drawn with {past_model}, this refine loads {run.settings.diffusion.model}:"
+                " a latent only means the same image to the VAE it was made with",
+            )
+        )
     await run.load_model()
     problem = latent_problem(latent)
     if problem is None and old.get("width") and old.get("height"):
@@ -182,8 +210,12 @@ async def _copy(run: Run, past: RunStore) -> dict[str, Any]:
     await asyncio.to_thread(atomic_write, run.store.folder / base.image, lambda f: f.write(png))
     run._emit(ImageReady(Stage.BASE, path=run.store.path(base.image), label=f"the base of {past.folder.name}"))
     record: dict[str, Any] = {
-        "source": "run", "from_run": _past_summary(past),
-        "prompt": old["prompt"], "negative": old["negative"], "image": base.image, "latent": base.latent,
+        "source": "run",
+        "from_run": _past_summary(past),
+        "prompt": old["prompt"],
+        "negative": old["negative"],
+        "image": base.image,
+        "latent": base.latent,
         **{k: old[k] for k in ("width", "height", "steps", "guidance", "seed") if k in old},
     }
     _remember(run, record)
@@ -219,4 +251,8 @@ def _remember(run: Run, record: dict[str, Any]) -> None:
 
 
 def _past_summary(past: RunStore) -> dict[str, Any]:
-    return {"folder": str(past.folder.resolve()), "prompt": past.manifest.get("prompt"), "seed": past.manifest.get("seed")}
+    return {
+        "folder": str(past.folder.resolve()),
+        "prompt": past.manifest.get("prompt"),
+        "seed": past.manifest.get("seed"),
+    }

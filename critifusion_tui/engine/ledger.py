@@ -35,7 +35,9 @@ def summarize(calls: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     total["seconds"] = 0.0
     for call in calls:
         key = (str(call.get("model", "")), str(call.get("role", "")))
-        row = rows.setdefault(key, {"model": key[0], "role": key[1], **{n: 0 for n in FIELDS}, "seconds": 0.0, "counted": False})
+        row = rows.setdefault(
+            key, {"model": key[0], "role": key[1], **{n: 0 for n in FIELDS}, "seconds": 0.0, "counted": False}
+        )
         free = call.get("source", "provider") != "provider"
         values = {
             "calls": 1,

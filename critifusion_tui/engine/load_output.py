@@ -110,6 +110,9 @@ def own_descriptor(stream: TextIO) -> TextIO:
         return stream
     _flush(stream)
     return os.fdopen(
-        os.dup(fd), "w", buffering=1,
-        encoding=getattr(stream, "encoding", None) or "utf-8", errors=getattr(stream, "errors", None) or "strict",
+        os.dup(fd),
+        "w",
+        buffering=1,
+        encoding=getattr(stream, "encoding", None) or "utf-8",
+        errors=getattr(stream, "errors", None) or "strict",
     )

@@ -55,7 +55,16 @@ StageStatus = Literal["done", "failed", "cancelled"]
 STATUSES: tuple[str, ...] = RunStatus.__args__  # type: ignore[attr-defined]
 STAGE_STATUSES: tuple[str, ...] = StageStatus.__args__  # type: ignore[attr-defined]
 # The stages of the method in the order a run makes them (SPEC 7's comparison branch last).
-STAGE_NAMES = ("tags", "components", "base", "critique", "refine", "base_original", "critique_original", "refine_original")
+STAGE_NAMES = (
+    "tags",
+    "components",
+    "base",
+    "critique",
+    "refine",
+    "base_original",
+    "critique_original",
+    "refine_original",
+)
 
 
 # ---------------------------------------------------------------- field types
@@ -94,7 +103,9 @@ def _prompt_text(value: Any) -> Any:
 
 
 def _prompt_value(value: Any) -> Any:
-    if not (value is None or isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+    if not (
+        value is None or isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+    ):
         raise _expected("text or a list of texts")
     return value
 
@@ -409,7 +420,11 @@ class RunManifest(ManifestModel):
         """(field, file name, size cap) of every file the manifest names."""
         for name, record in self.stages.records().items():
             for key, limit in FILE_FIELDS.items():
-                value = getattr(record, key, None) if key in type(record).model_fields else (record.model_extra or {}).get(key)
+                value = (
+                    getattr(record, key, None)
+                    if key in type(record).model_fields
+                    else (record.model_extra or {}).get(key)
+                )
                 if value is not None:
                     yield f"stages.{name}.{key}", value, limit
 
@@ -527,7 +542,9 @@ def check_before_write(data: dict[str, Any], where: str) -> RunManifest:
     try:
         return validate(data, where)
     except StoreError as exc:
-        raise StoreError(f"refusing to write a manifest history could not read (a bug; please report it): {exc}") from None
+        raise StoreError(
+            f"refusing to write a manifest history could not read (a bug; please report it): {exc}"
+        ) from None
 
 
 # What pydantic's error types expect, in the words of the manifest's other messages.

@@ -120,11 +120,7 @@ class LoadPlan:
         return [c for c in self.components if c.variant != self.variant]
 
     def weight_files(self) -> list[dict[str, Any]]:
-        return [
-            {"component": c.name, "path": path, "bytes": size}
-            for c in self.components
-            for path, size in c.files
-        ]
+        return [{"component": c.name, "path": path, "bytes": size} for c in self.components for path, size in c.files]
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready record (manifest, ``doctor``, ``run --json``)."""
@@ -151,8 +147,13 @@ def load_summary(record: dict[str, Any]) -> str:
     """One line for a person from a :meth:`LoadPlan.describe`-style record (what was loaded)."""
     from critifusion_tui.engine.scheduler_plan import scheduler_label
 
-    where = {"hub": "HF cache", "folder": "folder", "file": "single file", "tiny": "built in",
-             "download": "downloaded"}.get(record.get("source", ""), record.get("source", ""))
+    where = {
+        "hub": "HF cache",
+        "folder": "folder",
+        "file": "single file",
+        "tiny": "built in",
+        "download": "downloaded",
+    }.get(record.get("source", ""), record.get("source", ""))
     if record.get("source") == "file":
         where += f", config {record.get('single_file_config')}"
     elif record.get("source") in ("hub", "folder"):
@@ -353,8 +354,12 @@ def plan_load(
     if source == "tiny":
         kind = "sdxl" if location == TINY_RANDOM else "sd"
         return LoadPlan(
-            **common, source="tiny", location=location, kind=kind,
-            scheduler=describe_scheduler(TINY_SCHEDULER_CONFIG), native_size=(64, 64),
+            **common,
+            source="tiny",
+            location=location,
+            kind=kind,
+            scheduler=describe_scheduler(TINY_SCHEDULER_CONFIG),
+            native_size=(64, 64),
         )
     if source == "file":
         return _plan_single_file(Path(location), common, single_file_config)
@@ -373,7 +378,10 @@ def plan_load(
             f"folder or .safetensors file. (No local folder {Path(location).absolute()} exists either.)"
         )
     return LoadPlan(
-        **common, source="download", location=location, kind="sdxl",
+        **common,
+        source="download",
+        location=location,
+        kind="sdxl",
         variant="fp16" if variant == "fp16" or (variant == "auto" and prefer_fp16) else None,
         notes=(f"{location} is not in the Hugging Face cache: the first run downloads it",),
     )
@@ -480,7 +488,8 @@ def _plan_folder(
         if any((folder / sub).is_dir() for sub in ("unet", "vae", "text_encoder")):
             hint = " It has component folders: is model_index.json missing from a partial copy?"
         fix = (
-            f"`{_download_command(repo, ['model_index.json'])}`" if repo
+            f"`{_download_command(repo, ['model_index.json'])}`"
+            if repo
             else "point diffusion.model at the folder that contains model_index.json, or at a .safetensors checkpoint file"
         )
         raise DiffusionLoadError(f"{where} is not a diffusers pipeline folder (no model_index.json).{hint} Fix: {fix}.")
@@ -525,7 +534,7 @@ def _plan_folder(
                 label = "fp16" if wanted else "full (non-fp16)"
                 problems.append(
                     f"{name} has no {label} weights ({with_variant(_WEIGHT_NAMES[library][0], wanted)}) "
-                    f"but diffusion.variant = \"{variant}\""
+                    f'but diffusion.variant = "{variant}"'
                 )
                 fixes.append(f"{name}/{with_variant(_WEIGHT_NAMES[library][0], wanted)}")
             chosen[name] = wanted
@@ -543,13 +552,16 @@ def _plan_folder(
     suggest = present.most_common(1)[0][0] if present else wanted
     for name in without_weights:
         fixes.append(f"{name}/{with_variant(_WEIGHT_NAMES[weighted[name][0]][0], suggest)}")
-    scheduler_cfg = _read_json(folder / "scheduler" / "scheduler_config.json", problems, "scheduler/scheduler_config.json")
+    scheduler_cfg = _read_json(
+        folder / "scheduler" / "scheduler_config.json", problems, "scheduler/scheduler_config.json"
+    )
     if scheduler_cfg is None:
         fixes.append("scheduler/scheduler_config.json")
     if problems:
         what = "download" if repo else "folder"
         raise DiffusionLoadError(
-            f"the model {where} is incomplete (a partial {what}?): " + "; ".join(problems)
+            f"the model {where} is incomplete (a partial {what}?): "
+            + "; ".join(problems)
             + f". Fix: {'on a connected machine run' if repo else 'add the missing files, e.g.'} "
             f"`{_download_command(repo, sorted(set(fixes)), folder)}`."
         )
@@ -558,7 +570,10 @@ def _plan_folder(
     global_variant = wanted if counts.get(wanted, 0) == top else next(v for v, n in counts.items() if n == top)
     components = tuple(
         ComponentFiles(
-            name, weighted[name][0], weighted[name][1], v,
+            name,
+            weighted[name][0],
+            weighted[name][1],
+            v,
             tuple((str(p), p.stat().st_size) for p in weighted[name][2][v]),
         )
         for name, v in chosen.items()
@@ -571,9 +586,15 @@ def _plan_folder(
     except ValueError as exc:
         raise DiffusionLoadError(f"{where}: {exc}") from None
     return LoadPlan(
-        **common, source=source, location=str(folder), kind=kind, variant=global_variant,
-        components=components, scheduler=scheduler,
-        native_size=_native_size(folder), notes=tuple(notes),
+        **common,
+        source=source,
+        location=str(folder),
+        kind=kind,
+        variant=global_variant,
+        components=components,
+        scheduler=scheduler,
+        native_size=_native_size(folder),
+        notes=tuple(notes),
     )
 
 
@@ -693,7 +714,8 @@ def _single_file_config(kind: str, setting: str | None) -> tuple[Path, str]:
                 raise DiffusionLoadError(
                     f'diffusion.single_file_config = "{text}" is a {BUILTIN_CONFIGS[text]["kind"]} '
                     f"configuration but the checkpoint is {kind}. Fix: use one of "
-                    + ", ".join(n for n, c in BUILTIN_CONFIGS.items() if c["kind"] == kind) + "."
+                    + ", ".join(n for n, c in BUILTIN_CONFIGS.items() if c["kind"] == kind)
+                    + "."
                 )
             return materialise(text), f"built-in: {text}"
         path = Path(text).expanduser()
@@ -728,9 +750,17 @@ def _single_file_config(kind: str, setting: str | None) -> tuple[Path, str]:
 def _check_shapes(path: Path, keys: dict[str, tuple[int, ...]], kind: str, config: Path, source: str) -> None:
     """The checkpoint's UNet and text encoder widths must be the config's: a mismatch would
     otherwise surface as a wall of size errors halfway through the load."""
-    checks = [("model.diffusion_model.input_blocks.0.0.weight", "unet/config.json", lambda c: c["block_out_channels"][0], "UNet channels")]
+    checks = [
+        (
+            "model.diffusion_model.input_blocks.0.0.weight",
+            "unet/config.json",
+            lambda c: c["block_out_channels"][0],
+            "UNet channels",
+        )
+    ]
     text_key = (
-        "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight" if kind == "sdxl"
+        "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"
+        if kind == "sdxl"
         else "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
     )
     checks.append((text_key, "text_encoder/config.json", lambda c: c["hidden_size"], "text encoder width"))
@@ -758,15 +788,25 @@ def _plan_single_file(path: Path, common: dict[str, Any], setting: str | None) -
     config, source = _single_file_config(kind, setting)
     _check_shapes(path, keys, kind, config, source)
     try:
-        scheduler = describe_scheduler(json.loads((config / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8")))
+        scheduler = describe_scheduler(
+            json.loads((config / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+        )
     except (OSError, ValueError) as exc:
-        raise DiffusionLoadError(f"the single-file configuration {source} has no usable scheduler config ({first_line(exc)})") from None
+        raise DiffusionLoadError(
+            f"the single-file configuration {source} has no usable scheduler config ({first_line(exc)})"
+        ) from None
     notes = []
     if path.suffix != path.suffix.lower():
         notes.append(f"the {path.suffix} suffix is read as {path.suffix.lower()}")
     return LoadPlan(
-        **common, source="file", location=str(path), kind=kind,
+        **common,
+        source="file",
+        location=str(path),
+        kind=kind,
         components=(ComponentFiles("checkpoint", "", "", None, ((str(path), path.stat().st_size),)),),
-        config_folder=str(config), config_source=source, scheduler=scheduler,
-        native_size=_native_size(config), notes=tuple(notes),
+        config_folder=str(config),
+        config_source=source,
+        scheduler=scheduler,
+        native_size=_native_size(config),
+        notes=tuple(notes),
     )

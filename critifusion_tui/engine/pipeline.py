@@ -214,8 +214,14 @@ class Session:
         await self.router.aclose()
 
     def new_run(
-        self, prompt: str, *, seed: int | None = None, out: Path | None = None,
-        variants: str = "full", emit: Emit = ignore, force: bool = False,
+        self,
+        prompt: str,
+        *,
+        seed: int | None = None,
+        out: Path | None = None,
+        variants: str = "full",
+        emit: Emit = ignore,
+        force: bool = False,
     ) -> Run:
         """A fresh run folder for `prompt` (exactly `out` when given)."""
         from critifusion_tui.config import settings_for_manifest
@@ -324,7 +330,9 @@ class Run(RunFlow):
             candidates=[model_of(m) for m in roles["candidates"]] or ["rules"],
             aggregator=[model_of(m) for m in roles["aggregator"]] or ["rules"],
             vlms=[model_of(m) for m in roles["vlms"]] or ["rules"],
-            preset=old.preset, emit=self._emit, instructions=old.instructions,
+            preset=old.preset,
+            emit=self._emit,
+            instructions=old.instructions,
         )
         core.ledger = old.ledger
         core.replay = replay
@@ -371,10 +379,13 @@ class Run(RunFlow):
         if entry is not None and entry.get("by") == "user":
             if _as_text(value) != _as_text(before_model) and _as_text(value) != _as_text(entry.get("value")):
                 self.proposals[name] = {"value": value, "by": by}
-                self._emit(Notice(
-                    writer_of(name), "warning",
-                    f"{by} wrote a new {name} prompt; your edit is kept until you choose between them",
-                ))
+                self._emit(
+                    Notice(
+                        writer_of(name),
+                        "warning",
+                        f"{by} wrote a new {name} prompt; your edit is kept until you choose between them",
+                    )
+                )
             return
         self.prompts[name] = {"value": value, "by": by}
         if entry is not None and entry.get("value") != value:
@@ -432,9 +443,13 @@ class Run(RunFlow):
             self._emit(Notice("", "warning", text))
         removed = self.store.remove_temp_files()
         if removed:
-            self._emit(Notice("", "info", f"removed {len(removed)} unfinished temporary file(s) of an interrupted write"))
+            self._emit(
+                Notice("", "info", f"removed {len(removed)} unfinished temporary file(s) of an interrupted write")
+            )
 
-    async def _stage(self, name: str, work: Callable[[], Awaitable[dict[str, Any]]], detail: str = "") -> dict[str, Any]:
+    async def _stage(
+        self, name: str, work: Callable[[], Awaitable[dict[str, Any]]], detail: str = ""
+    ) -> dict[str, Any]:
         """Run one stage: events, timing, the record saved, failures recorded and re-raised."""
         try:
             return await self._run_stage(name, work, detail)
@@ -574,7 +589,11 @@ class Run(RunFlow):
                 raise ValueError(f"{model} has no usable critique")
             name = branch(stage == Stage.CRITIQUE_ORIGINAL).refinement
             positive = self.text("positive") or self.prompt
-            self.edit(name, self.criticore.refinement_prompt(critic.refined, positive, self.prompt, style=self.criticore.style), by=model)
+            self.edit(
+                name,
+                self.criticore.refinement_prompt(critic.refined, positive, self.prompt, style=self.criticore.style),
+                by=model,
+            )
         else:
             raise ValueError(f"the {stage} stage has no model answers")
 
@@ -655,13 +674,19 @@ class Run(RunFlow):
         try:
             names = await self.session.router.ollama.unload_loaded()
         except ProviderError as exc:
-            self._emit(Notice(stage, "warning", f"could not ask Ollama to unload its models before the diffusion: {exc}"))
+            self._emit(
+                Notice(stage, "warning", f"could not ask Ollama to unload its models before the diffusion: {exc}")
+            )
             return
         if names:
             why = "GPU memory is short" if setting == "auto" else "providers.ollama.unload_before_diffusion = true"
-            self._emit(Notice(
-                stage, "info", f"asked Ollama at {ollama.host} to unload {', '.join(names)} before the diffusion ({why})",
-            ))
+            self._emit(
+                Notice(
+                    stage,
+                    "info",
+                    f"asked Ollama at {ollama.host} to unload {', '.join(names)} before the diffusion ({why})",
+                )
+            )
 
     def _tell_load(self, stage: str, messages: list[tuple[str, str]]) -> None:
         for level, text in messages:
@@ -711,8 +736,15 @@ class Run(RunFlow):
             diffusion = self.diffusion
             await self._make_room_for_diffusion(name)
             latent = await self._in_thread(
-                name, diffusion.base_latent, prompt=prompt, negative=negative, width=width,
-                height=height, steps=cfg.steps, guidance=cfg.guidance, seed=self.seed,
+                name,
+                diffusion.base_latent,
+                prompt=prompt,
+                negative=negative,
+                width=width,
+                height=height,
+                steps=cfg.steps,
+                guidance=cfg.guidance,
+                seed=self.seed,
             )
             self._check_output(name, latent, guidance=cfg.guidance)
             self._latents[name] = latent
@@ -721,9 +753,15 @@ class Run(RunFlow):
             self._check_output(name, None, image, guidance=cfg.guidance)
             png = await self._save_png(name, image, prompt, negative, self.seed)
             return {
-                "prompt": prompt, "negative": negative, "image": png, "latent": spec(name).latent,
-                "seed": self.seed, "steps": cfg.steps, "guidance": cfg.guidance,
-                "width": width, "height": height,
+                "prompt": prompt,
+                "negative": negative,
+                "image": png,
+                "latent": spec(name).latent,
+                "seed": self.seed,
+                "steps": cfg.steps,
+                "guidance": cfg.guidance,
+                "width": width,
+                "height": height,
             }
 
         self.forget(name)
@@ -734,7 +772,12 @@ class Run(RunFlow):
         """Encode and write the PNG off the loop (a 1024 px PNG takes a noticeable moment),
         keeping the bytes for the critique (encoded once; no read of the file back)."""
         label = "tiny-random: noise" if self.diffusion.is_tiny_random else ""
-        chunks = {"prompt": prompt, "negative": negative, "seed": str(seed), "Software": f"critifusion-tui {__version__}"}
+        chunks = {
+            "prompt": prompt,
+            "negative": negative,
+            "seed": str(seed),
+            "Software": f"critifusion-tui {__version__}",
+        }
         name = spec(stage).image
         assert name is not None, f"the {stage} stage draws no image"  # the stage table names one for each drawing stage
         data = await asyncio.to_thread(self.store.save_png, name, image, chunks)
@@ -786,13 +829,19 @@ class Run(RunFlow):
 
         async def work() -> dict[str, Any]:
             result: CritiqueResult = await self.criticore.critique(
-                png, record["prompt"], components,
+                png,
+                record["prompt"],
+                components,
                 ask_alignment=self._critic_rates(),
-                only=only, previous=self._previous(name), stage=name,
+                only=only,
+                previous=self._previous(name),
+                stage=name,
             )
             self._results[name] = result
             tags_positive = self.text("positive") or self.prompt
-            refinement = self.criticore.refinement_prompt(result, tags_positive, self.prompt, style=self.criticore.style)
+            refinement = self.criticore.refinement_prompt(
+                result, tags_positive, self.prompt, style=self.criticore.style
+            )
             self._set_prompt(line.refinement, refinement, f"critique:{result.source}")
             return {**result.record(), "refinement_prompt": refinement}
 
@@ -857,12 +906,15 @@ class Run(RunFlow):
             raise RunFailed(
                 name,
                 f"adaptive mode takes its alignment score from {metric} (specfusion.alignment_from), "
-                f"which cannot run:\n{exc}\nOr set specfusion.alignment_from = \"critic\".",
+                f'which cannot run:\n{exc}\nOr set specfusion.alignment_from = "critic".',
             ) from None
         poor, good = METRIC_ALIGNMENT_RANGES[metric]
         return {
-            "source": metric, "value": round(value, 6), "alignment": round(mapped, 2),
-            "anchors": [poor, good], "weights": weights,
+            "source": metric,
+            "value": round(value, 6),
+            "alignment": round(mapped, 2),
+            "anchors": [poor, good],
+            "weights": weights,
         }
 
     def refine_params(self, *, original: bool = False, alignment: dict[str, Any] | None = None) -> RefineParams:
@@ -880,32 +932,51 @@ class Run(RunFlow):
         if spec.mode == "adaptive" and alignment is not None:
             cadr = cadr_from_alignment(alignment["alignment"])
             return RefineParams(
-                cadr.strength, cadr.guidance, cadr.steps, cadr.rho_t, spec.base_c, spec.noise_std,
-                seed, "adaptive", alignment["alignment"],
+                cadr.strength,
+                cadr.guidance,
+                cadr.steps,
+                cadr.rho_t,
+                spec.base_c,
+                spec.noise_std,
+                seed,
+                "adaptive",
+                alignment["alignment"],
             )
         guidance = spec.guidance if spec.guidance is not None else guidance_for_last_k(spec.last_k)
         rated = self.critic_alignment(original=original)
         return RefineParams(
-            strength_for_last_k(spec.last_k, spec.total_steps), guidance, spec.total_steps,
-            spec.rho_t, spec.base_c, spec.noise_std, seed, "fixed", rated["alignment"] if rated else None,
+            strength_for_last_k(spec.last_k, spec.total_steps),
+            guidance,
+            spec.total_steps,
+            spec.rho_t,
+            spec.base_c,
+            spec.noise_std,
+            seed,
+            "fixed",
+            rated["alignment"] if rated else None,
         )
 
     def _say_alignment(self, stage: str, alignment: dict[str, Any] | None, params: RefineParams) -> None:
         if self.settings.specfusion.mode != "adaptive":
             return
         if alignment is None:
-            self._emit(Notice(stage, "warning", "adaptive mode: no alignment rating from the critic, using the fixed rule"))
+            self._emit(
+                Notice(stage, "warning", "adaptive mode: no alignment rating from the critic, using the fixed rule")
+            )
             return
         if alignment["source"] == "critic":
             where = "the critics' rating"
         else:
             poor, good = alignment["anchors"]
             where = f"{alignment['source']} {alignment['value']:.4g} (linear, {poor:g} -> 0, {good:g} -> 100)"
-        self._emit(Notice(
-            stage, "info",
-            f"adaptive (CADR): alignment {alignment['alignment']:g} / 100 from {where}: strength {params.strength:.3f}, "
-            f"guidance {params.guidance:.2f}, {params.steps} steps, rho_t {params.rho_t:.3f}",
-        ))
+        self._emit(
+            Notice(
+                stage,
+                "info",
+                f"adaptive (CADR): alignment {alignment['alignment']:g} / 100 from {where}: strength {params.strength:.3f}, "
+                f"guidance {params.guidance:.2f}, {params.steps} steps, rho_t {params.rho_t:.3f}",
+            )
+        )
 
     async def refine_stage(self, *, original: bool = False) -> dict[str, Any]:
         line = branch(original)
@@ -933,14 +1004,25 @@ class Run(RunFlow):
             x_lo = self.latent(base)
             await self._make_room_for_diffusion(name)
             x_hi = await self._in_thread(
-                name, diffusion.img2img_latent, latent=x_lo, prompt=prompt, negative=negative,
-                strength=params.strength, guidance=params.guidance, steps=params.steps, seed=params.seed,
+                name,
+                diffusion.img2img_latent,
+                latent=x_lo,
+                prompt=prompt,
+                negative=negative,
+                strength=params.strength,
+                guidance=params.guidance,
+                steps=params.steps,
+                seed=params.seed,
             )
 
             def fuse_and_decode():
                 fused = frequency_fusion(
-                    x_hi, x_lo.to(x_hi.device, x_hi.dtype), base_c=params.base_c, rho_t=params.rho_t,
-                    noise_std=params.noise_std, generator=diffusion.generator(params.seed),
+                    x_hi,
+                    x_lo.to(x_hi.device, x_hi.dtype),
+                    base_c=params.base_c,
+                    rho_t=params.rho_t,
+                    noise_std=params.noise_std,
+                    generator=diffusion.generator(params.seed),
                 )
                 self._check_output(name, fused, guidance=params.guidance, noise_std=params.noise_std)
                 return diffusion.decode(fused)
@@ -949,10 +1031,17 @@ class Run(RunFlow):
             self._check_output(name, None, image, guidance=params.guidance, noise_std=params.noise_std)
             png = await self._save_png(name, image, prompt, negative, params.seed)
             return {
-                "prompt": prompt, "negative": negative, "strength": params.strength,
-                "guidance": params.guidance, "steps": params.steps, "rho_t": params.rho_t,
-                "base_c": params.base_c, "noise_std": params.noise_std, "seed": params.seed,
-                "mode": params.mode, "image": png,
+                "prompt": prompt,
+                "negative": negative,
+                "strength": params.strength,
+                "guidance": params.guidance,
+                "steps": params.steps,
+                "rho_t": params.rho_t,
+                "base_c": params.base_c,
+                "noise_std": params.noise_std,
+                "seed": params.seed,
+                "mode": params.mode,
+                "image": png,
                 **({"alignment": params.alignment} if params.alignment is not None else {}),
                 **({"alignment_from": alignment} if params.mode == "adaptive" else {}),
             }

@@ -154,7 +154,7 @@ _EMPHASIS = (
 )
 # Quote-like characters stripped from either end of a tag when unpaired: a model that quotes
 # its whole list leaves one on the first and one on the last tag.
-_LOOSE_QUOTES = "\"“”„«»`*"
+_LOOSE_QUOTES = '"“”„«»`*'
 # Single quotes are stripped only when they enclose the tag ('a cat'), so that a tag such as
 # "the painters'" keeps its apostrophe.
 _SINGLE_QUOTES = "'‘’"
@@ -304,8 +304,17 @@ def dedup_keep_order(tags: Iterable[str]) -> list[str]:
 BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "style",
-        ("style", "painterly", "illustration", "photorealistic", "neon", "poster",
-         "matte painting", "watercolor", "cyberpunk"),
+        (
+            "style",
+            "painterly",
+            "illustration",
+            "photorealistic",
+            "neon",
+            "poster",
+            "matte painting",
+            "watercolor",
+            "cyberpunk",
+        ),
     ),
     (
         "composition",
@@ -313,18 +322,38 @@ BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "lighting",
-        ("lighting", "light", "glow", "glowing", "aura", "rim", "sunset", "sunrise", "golden hour",
-         "global illumination", "cinematic"),
+        (
+            "lighting",
+            "light",
+            "glow",
+            "glowing",
+            "aura",
+            "rim",
+            "sunset",
+            "sunrise",
+            "golden hour",
+            "global illumination",
+            "cinematic",
+        ),
     ),
     (
         "color",
-        ("color", "palette", "vibrant", "muted", "monochrome", "pastel", "warm", "cool",
-         "balanced contrast"),
+        ("color", "palette", "vibrant", "muted", "monochrome", "pastel", "warm", "cool", "balanced contrast"),
     ),
     (
         "detail",
-        ("detailed", "hyperdetailed", "texture", "textured", "intricate", "high detail",
-         "highly detailed", "sharp focus", "uhd", "8k"),
+        (
+            "detailed",
+            "hyperdetailed",
+            "texture",
+            "textured",
+            "intricate",
+            "high detail",
+            "highly detailed",
+            "sharp focus",
+            "uhd",
+            "8k",
+        ),
     ),
 )
 
@@ -354,7 +383,7 @@ def order_tags(subject: str | Iterable[str], rest: Iterable[str]) -> list[str]:
 
 
 def cleanup_commas(text: str) -> str:
-    """", " between tags; no empty tags (", ,", ",,"), no leading or trailing commas or spaces.
+    """ ", " between tags; no empty tags (", ,", ",,"), no leading or trailing commas or spaces.
 
     A comma inside a quoted phrase is part of the phrase, not a tag boundary.
     """

@@ -19,8 +19,12 @@ from critifusion_tui.engine.manifest import AnswerRecord, RunManifest
 from critifusion_tui.providers.base import ProviderError
 
 # The manifest's text stages, and the name CritiCore asks each one's calls by.
-TEXT_STAGES = (("tags", "tags"), ("components", "components"), ("critique", "critique"),
-               ("critique_original", "critique_original"))
+TEXT_STAGES = (
+    ("tags", "tags"),
+    ("components", "components"),
+    ("critique", "critique"),
+    ("critique_original", "critique_original"),
+)
 
 
 class ReplayError(ProviderError):

@@ -17,8 +17,17 @@ if TYPE_CHECKING:
 # What decides which diffusion model is loaded, and how: a run whose values differ needs
 # another load; one whose values agree shares the loaded model.
 LOAD_KEYS = (
-    "model", "device", "dtype", "variant", "single_file_config", "cpu_offload", "vae_tiling",
-    "channels_last", "fuse_qkv", "compile", "compile_mode",
+    "model",
+    "device",
+    "dtype",
+    "variant",
+    "single_file_config",
+    "cpu_offload",
+    "vae_tiling",
+    "channels_last",
+    "fuse_qkv",
+    "compile",
+    "compile_mode",
 )
 
 
@@ -60,7 +69,9 @@ def _provider_differences(recorded: Any, ours: dict[str, Any]) -> list[str]:
                 keys.append(f"providers.{section}.{key}")
     if not keys:
         return []
-    return [f"the run folder recorded other provider settings ({', '.join(keys)}); this run uses the current configuration's"]
+    return [
+        f"the run folder recorded other provider settings ({', '.join(keys)}); this run uses the current configuration's"
+    ]
 
 
 def _method_differences(run: dict[str, Any], now: dict[str, Any]) -> list[str]:

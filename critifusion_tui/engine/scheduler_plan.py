@@ -47,8 +47,7 @@ def scheduler_overrides(saved: dict[str, Any]) -> dict[str, Any]:
     if prediction not in ("epsilon", "v_prediction", "sample"):
         # flow-matching models are not SDXL / SD 1.x; say so rather than guess.
         raise ValueError(
-            f"the model's scheduler predicts {prediction!r}; DPM-Solver here supports "
-            "epsilon, v_prediction and sample"
+            f"the model's scheduler predicts {prediction!r}; DPM-Solver here supports epsilon, v_prediction and sample"
         )
     overrides["prediction_type"] = prediction
     return overrides
@@ -59,7 +58,8 @@ def describe_scheduler(saved: dict[str, Any]) -> dict[str, Any]:
     overrides = scheduler_overrides(saved)
     kept = {key: saved.get(key) for key in _KEPT if saved.get(key) is not None}
     dropped = sorted(
-        key for key in ("use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas", "use_lu_lambdas")
+        key
+        for key in ("use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas", "use_lu_lambdas")
         if saved.get(key)
     )
     if saved.get("algorithm_type") not in (None, overrides["algorithm_type"]):
@@ -78,6 +78,5 @@ def describe_scheduler(saved: dict[str, Any]) -> dict[str, Any]:
 def scheduler_label(summary: dict[str, Any]) -> str:
     """One line for a person: ``DPM-Solver++ (Karras sigmas), epsilon, leading spacing``."""
     return (
-        f"DPM-Solver++ multistep (Karras sigmas), {summary['prediction_type']}, "
-        f"{summary['timestep_spacing']} spacing"
+        f"DPM-Solver++ multistep (Karras sigmas), {summary['prediction_type']}, {summary['timestep_spacing']} spacing"
     )

@@ -111,9 +111,7 @@ def frequency_fusion(
     if not isinstance(x_hi, torch.Tensor) or not isinstance(x_lo, torch.Tensor):
         raise TypeError("frequency_fusion takes two tensors")
     if x_hi.shape != x_lo.shape:
-        raise ValueError(
-            f"x_hi and x_lo must have the same shape, got {tuple(x_hi.shape)} and {tuple(x_lo.shape)}"
-        )
+        raise ValueError(f"x_hi and x_lo must have the same shape, got {tuple(x_hi.shape)} and {tuple(x_lo.shape)}")
     if x_hi.ndim < 2:
         raise ValueError(f"expected (..., H, W) tensors, got shape {tuple(x_hi.shape)}")
     if not (x_hi.is_floating_point() and x_lo.is_floating_point()):

@@ -52,7 +52,11 @@ class Branch:
 
 FULL = Branch("full", "the method", Stage.BASE, Stage.CRITIQUE, Stage.REFINE, "refinement")
 ORIGINAL = Branch(
-    "original", "your own prompt", Stage.BASE_ORIGINAL, Stage.CRITIQUE_ORIGINAL, Stage.REFINE_ORIGINAL,
+    "original",
+    "your own prompt",
+    Stage.BASE_ORIGINAL,
+    Stage.CRITIQUE_ORIGINAL,
+    Stage.REFINE_ORIGINAL,
     "refinement_original",
 )
 BRANCHES = (FULL, ORIGINAL)
@@ -96,19 +100,55 @@ TABLE: dict[Stage, StageSpec] = {
     for spec in (
         StageSpec(Stage.TAGS, "tags", "Tags", "SPEC 1", writes=("positive", "negative"), models=True),
         StageSpec(Stage.COMPONENTS, "components", "Components", "SPEC 2", writes=("components",), models=True),
-        StageSpec(Stage.BASE, "base", "Base", "SPEC 3", reads=("positive", "negative"),
-                  image="base.png", latent="base_latent.safetensors"),
-        StageSpec(Stage.CRITIQUE, "critique", "Critique", "SPEC 4-5", reads=("components", "positive"),
-                  writes=("refinement",), after=(Stage.BASE,), models=True),
-        StageSpec(Stage.REFINE, "refine", "Refine", "SPEC 6", reads=("refinement",), after=(Stage.BASE,),
-                  image="refined.png"),
-        StageSpec(Stage.BASE_ORIGINAL, "base", "Base (own)", "SPEC 7",
-                  image="base_original.png", latent="base_original_latent.safetensors"),
-        StageSpec(Stage.CRITIQUE_ORIGINAL, "critique", "Critique (own)", "SPEC 7",
-                  reads=("components", "positive"), writes=("refinement_original",),
-                  after=(Stage.BASE_ORIGINAL,), models=True),
-        StageSpec(Stage.REFINE_ORIGINAL, "refine", "Refine (own)", "SPEC 7", reads=("refinement_original",),
-                  after=(Stage.BASE_ORIGINAL,), image="refined_original.png"),
+        StageSpec(
+            Stage.BASE,
+            "base",
+            "Base",
+            "SPEC 3",
+            reads=("positive", "negative"),
+            image="base.png",
+            latent="base_latent.safetensors",
+        ),
+        StageSpec(
+            Stage.CRITIQUE,
+            "critique",
+            "Critique",
+            "SPEC 4-5",
+            reads=("components", "positive"),
+            writes=("refinement",),
+            after=(Stage.BASE,),
+            models=True,
+        ),
+        StageSpec(
+            Stage.REFINE, "refine", "Refine", "SPEC 6", reads=("refinement",), after=(Stage.BASE,), image="refined.png"
+        ),
+        StageSpec(
+            Stage.BASE_ORIGINAL,
+            "base",
+            "Base (own)",
+            "SPEC 7",
+            image="base_original.png",
+            latent="base_original_latent.safetensors",
+        ),
+        StageSpec(
+            Stage.CRITIQUE_ORIGINAL,
+            "critique",
+            "Critique (own)",
+            "SPEC 7",
+            reads=("components", "positive"),
+            writes=("refinement_original",),
+            after=(Stage.BASE_ORIGINAL,),
+            models=True,
+        ),
+        StageSpec(
+            Stage.REFINE_ORIGINAL,
+            "refine",
+            "Refine (own)",
+            "SPEC 7",
+            reads=("refinement_original",),
+            after=(Stage.BASE_ORIGINAL,),
+            image="refined_original.png",
+        ),
     )
 }
 
@@ -174,8 +214,11 @@ class Step:
     concurrent: bool = False
 
 
-TAGS_GATE = Gate("tags", ("positive", "negative", "components"),
-                 "Edit the tags, negative or components, then continue to draw the base image.")
+TAGS_GATE = Gate(
+    "tags",
+    ("positive", "negative", "components"),
+    "Edit the tags, negative or components, then continue to draw the base image.",
+)
 REFINE_GATE = Gate("refine", ("refinement",), "Edit the refinement prompt, then continue to refine (SpecFusion).")
 
 TEXT_STEP = Step("text", (Stage.TAGS, Stage.COMPONENTS), concurrent=True)
@@ -209,7 +252,8 @@ def gates_holding(stage: str) -> tuple[Gate, ...]:
     target = Stage(stage)
     reads = set(TABLE[target].reads)
     return tuple(
-        step.gate for step in GATED_STEPS
+        step.gate
+        for step in GATED_STEPS
         if step.gate is not None and (target in step.stages or reads & set(step.gate.fields))
     )
 

@@ -41,8 +41,12 @@ def slugify(text: str, limit: int = SLUG_MAX) -> str:
 
 # How a temporary sibling is opened: new (never an existing file or a link), not inherited.
 _TEMP_FLAGS = (
-    os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
 )
 
 
@@ -363,6 +367,8 @@ def claim_folder(folder: Path, *, force: bool = False) -> None:
         if (folder / MANIFEST).exists():
             raise StoreError(f"{folder} already holds a run; resume it with --resume {folder} or choose another --out")
         if not force and any(folder.iterdir()):
-            raise StoreError(f"{folder} is not empty and holds no run; choose an empty or new folder for --out (or --force to write into it)")
+            raise StoreError(
+                f"{folder} is not empty and holds no run; choose an empty or new folder for --out (or --force to write into it)"
+            )
     except OSError as exc:
         raise StoreError(f"cannot use run folder {folder}: {exc.strerror or exc}") from None

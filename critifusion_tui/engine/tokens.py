@@ -73,9 +73,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     insertion order (printable ranges first) is the order of the first 256 vocabulary ids.
     """
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     byte_values = printable[:]
     code_points = printable[:]
@@ -116,9 +114,7 @@ def _tables() -> _Tables:
     tokens += [BOS_TOKEN, EOS_TOKEN]
     vocab = {tok: i for i, tok in enumerate(tokens)}
     if len(vocab) != VOCAB_SIZE or len(merges) != _N_MERGES:
-        raise RuntimeError(
-            f"unexpected CLIP merges file: {len(vocab)} tokens, {len(merges)} merges"
-        )
+        raise RuntimeError(f"unexpected CLIP merges file: {len(vocab)} tokens, {len(merges)} merges")
     ranks = {(a, b): i for i, (a, b) in enumerate(merges)}
     return _Tables(
         byte_encoder=byte_encoder,

@@ -34,8 +34,14 @@ def build_head(state: dict, prefix: str = "layers."):
             (a_out, a_in), (b_out, _), (c_out, _), (d_out, _), (e_out, _) = sizes
             # No activations between the Linear layers: the published model has none.
             self.layers = nn.Sequential(
-                nn.Linear(a_in, a_out), nn.Dropout(0.2), nn.Linear(a_out, b_out), nn.Dropout(0.2),
-                nn.Linear(b_out, c_out), nn.Dropout(0.1), nn.Linear(c_out, d_out), nn.Linear(d_out, e_out),
+                nn.Linear(a_in, a_out),
+                nn.Dropout(0.2),
+                nn.Linear(a_out, b_out),
+                nn.Dropout(0.2),
+                nn.Linear(b_out, c_out),
+                nn.Dropout(0.1),
+                nn.Linear(c_out, d_out),
+                nn.Linear(d_out, e_out),
             )
 
         def forward(self, x):
@@ -69,7 +75,9 @@ class Aesthetic(Scorer):
         # transformers annotates vision_config with what the constructor accepts (a dict or
         # None too); its __post_init__ always leaves a CLIPVisionConfig there.
         vision.projection_dim = config.projection_dim  # type: ignore[union-attr]
-        clip = from_pretrained_checked(CLIPVisionModelWithProjection, clip_dir, self.metric, config=vision, dtype=self.dtype)
+        clip = from_pretrained_checked(
+            CLIPVisionModelWithProjection, clip_dir, self.metric, config=vision, dtype=self.dtype
+        )
         self.clip = clip.to(self.device).eval()
 
     def _score_batch(self, images, prompts):

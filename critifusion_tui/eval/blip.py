@@ -87,8 +87,11 @@ class VisionTransformer(nn.Module):
         dim = state[f"{prefix}cls_token"].shape[-1]
         depth = 1 + max(int(k[len(prefix) + 7 :].split(".")[0]) for k in state if k.startswith(f"{prefix}blocks."))
         return cls(
-            dim=dim, depth=depth, patch=state[f"{prefix}patch_embed.proj.weight"].shape[-1],
-            tokens=state[f"{prefix}pos_embed"].shape[1], hidden=state[f"{prefix}blocks.0.mlp.fc1.weight"].shape[0],
+            dim=dim,
+            depth=depth,
+            patch=state[f"{prefix}patch_embed.proj.weight"].shape[-1],
+            tokens=state[f"{prefix}pos_embed"].shape[1],
+            hidden=state[f"{prefix}blocks.0.mlp.fc1.weight"].shape[0],
         )
 
     @property
@@ -115,8 +118,10 @@ class _SelfAttention(nn.Module):
 
     def forward(self, x, context, bias):
         b, n, c = x.shape
+
         def split(t):
             return t.reshape(b, t.shape[1], self.heads, c // self.heads).transpose(1, 2)
+
         q, k, v = split(self.query(x)), split(self.key(context)), split(self.value(context))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return out.transpose(1, 2).reshape(b, n, c)
@@ -197,15 +202,17 @@ class TextEncoder(nn.Module):
         self.embeddings = _Embeddings(
             config["vocab_size"], hidden, config.get("max_position_embeddings", 512), config.get("pad_token_id", 0), eps
         )
-        self.encoder = _Encoder([
-            _Layer(hidden, config["num_attention_heads"], config["intermediate_size"], encoder_width, eps)
-            for _ in range(config["num_hidden_layers"])
-        ])
+        self.encoder = _Encoder(
+            [
+                _Layer(hidden, config["num_attention_heads"], config["intermediate_size"], encoder_width, eps)
+                for _ in range(config["num_hidden_layers"])
+            ]
+        )
 
     def forward(self, ids, mask, image):
         x = self.embeddings(ids)
         # BLIP's extended mask: 0 where attended, -10000 on padding (added to the scores).
-        bias = ((1.0 - mask[:, None, None, :].to(x.dtype)) * -10000.0)
+        bias = (1.0 - mask[:, None, None, :].to(x.dtype)) * -10000.0
         for layer in self.encoder.layer:
             x = layer(x, bias, image)
         return x

@@ -30,8 +30,14 @@ class _Progress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                console=Console(file=stream), transient=True)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=Console(file=stream),
+                transient=True,
+            )
             self.bar.start()
         self.task: TaskID | None = None
 
@@ -102,9 +108,12 @@ def run_eval(args, loaded, cache_dir: str | None = None) -> int:
     try:
         device = dtype = None
         for metric, prep in prepared.items():
-            todo = [(store, variant, path) for store in stores.values()
-                    for variant, path in variant_images(store).items()
-                    if not is_scored(store.record, variant, metric, prep.fingerprint)]
+            todo = [
+                (store, variant, path)
+                for store in stores.values()
+                for variant, path in variant_images(store).items()
+                if not is_scored(store.record, variant, metric, prep.fingerprint)
+            ]
             if not todo:
                 continue
             if device is None:
@@ -140,8 +149,10 @@ def run_eval(args, loaded, cache_dir: str | None = None) -> int:
     finally:
         progress.close()
 
-    runs = [{"folder": str(store.folder), "prompt": store.record.prompt, "scores": scores_of(store.record)}
-            for store in stores.values()]
+    runs = [
+        {"folder": str(store.folder), "prompt": store.record.prompt, "scores": scores_of(store.record)}
+        for store in stores.values()
+    ]
     result = report.build(runs, metrics)
     if args.json:
         print(json.dumps(report.as_json(result), indent=2, ensure_ascii=False))

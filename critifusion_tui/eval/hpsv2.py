@@ -33,7 +33,9 @@ class HPSv2(Scorer):
         try:
             converted = openclip_to_transformers(state)
         except KeyError as exc:
-            raise ScorerError(f"{self.metric}: {checkpoint} is not an open_clip CLIP state dict: it lacks {exc}") from None
+            raise ScorerError(
+                f"{self.metric}: {checkpoint} is not an open_clip CLIP state dict: it lacks {exc}"
+            ) from None
         with quiet_transformers():
             config = CLIPConfig.from_pretrained(str(clip_dir), local_files_only=True)
             self.processor = CLIPProcessor.from_pretrained(str(clip_dir), local_files_only=True)
@@ -44,10 +46,11 @@ class HPSv2(Scorer):
             missing = [k for k in expected if k not in converted]
             wrong = [
                 f"{k} {tuple(converted[k].shape)} vs {tuple(v.shape)}"
-                for k, v in expected.items() if k in converted and tuple(converted[k].shape) != tuple(v.shape)
+                for k, v in expected.items()
+                if k in converted and tuple(converted[k].shape) != tuple(v.shape)
             ]
             if missing or wrong:
-                detail = (f"lacks {', '.join(missing[:4])}" if missing else f"has other shapes: {', '.join(wrong[:3])}")
+                detail = f"lacks {', '.join(missing[:4])}" if missing else f"has other shapes: {', '.join(wrong[:3])}"
                 raise ScorerError(
                     f"{self.metric}: {checkpoint} does not fit the architecture of eval.hpsv2_clip ({clip_dir}): it {detail}"
                 )
@@ -66,11 +69,16 @@ class HPSv2(Scorer):
 
         from critifusion_tui.eval.images import normalize, resize_longest_pad, to_tensor
 
-        return torch.stack([normalize(resize_longest_pad(to_tensor(im), self.image_size), self.mean, self.std) for im in images])
+        return torch.stack(
+            [normalize(resize_longest_pad(to_tensor(im), self.image_size), self.mean, self.std) for im in images]
+        )
 
     def _score_batch(self, images, prompts):
         tokens = self.processor.tokenizer(
-            prompts, padding="max_length", truncation=True, max_length=self.model.config.text_config.max_position_embeddings,
+            prompts,
+            padding="max_length",
+            truncation=True,
+            max_length=self.model.config.text_config.max_position_embeddings,
             return_tensors="pt",
         )
         out = self.model(

@@ -26,7 +26,7 @@ HEAD = "mlp."
 
 
 def _sub(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 class ImageReward(Scorer):
@@ -50,15 +50,25 @@ class ImageReward(Scorer):
         what = "an ImageReward checkpoint"
         require_keys(
             state,
-            [f"{VISION}cls_token", f"{VISION}pos_embed", f"{VISION}patch_embed.proj.weight", f"{VISION}blocks.0.mlp.fc1.weight",
-             f"{TEXT}embeddings.word_embeddings.weight", *(f"{HEAD}layers.{k}.weight" for k in LINEAR_KEYS)],
-            self.metric, checkpoint, what,
+            [
+                f"{VISION}cls_token",
+                f"{VISION}pos_embed",
+                f"{VISION}patch_embed.proj.weight",
+                f"{VISION}blocks.0.mlp.fc1.weight",
+                f"{TEXT}embeddings.word_embeddings.weight",
+                *(f"{HEAD}layers.{k}.weight" for k in LINEAR_KEYS),
+            ],
+            self.metric,
+            checkpoint,
+            what,
         )
         self.vision = VisionTransformer.from_state(state, VISION)
         self.text = TextEncoder(config, encoder_width=self.vision.cls_token.shape[-1])
         self.head = build_head(_sub(state, HEAD))
         for module, prefix in ((self.vision, VISION), (self.text, TEXT), (self.head, HEAD)):
-            load_matching(module, _sub(state, prefix), self.metric, checkpoint, f"{what} with this med_config.json ({prefix}*)")
+            load_matching(
+                module, _sub(state, prefix), self.metric, checkpoint, f"{what} with this med_config.json ({prefix}*)"
+            )
         self.vision = self.vision.to(self.device, self.dtype).eval()
         self.text = self.text.to(self.device, self.dtype).eval()
         self.head = self.head.to(self.device).eval()  # float32, as the original's .float()
@@ -83,7 +93,9 @@ class ImageReward(Scorer):
         return torch.stack([normalize(to_tensor(resize_shorter_center_crop(im, self.image_size))) for im in images])
 
     def _score_batch(self, images, prompts):
-        tokens = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+        tokens = self.tokenizer(
+            prompts, padding="max_length", truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+        )
         image = self.vision(self.pixels(images).to(self.device, self.dtype))
         states = self.text(tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device), image)
         reward = self.head(states[:, 0, :].float())[:, 0]

@@ -48,7 +48,12 @@ _SINGLE = {
 
 _TRANSPOSED = {"text_projection": "text_projection.weight", "visual.proj": "visual_projection.weight"}
 
-REQUIRED = [*_SINGLE, *_TRANSPOSED, "transformer.resblocks.0.attn.in_proj_weight", "visual.transformer.resblocks.0.attn.in_proj_weight"]
+REQUIRED = [
+    *_SINGLE,
+    *_TRANSPOSED,
+    "transformer.resblocks.0.attn.in_proj_weight",
+    "visual.transformer.resblocks.0.attn.in_proj_weight",
+]
 
 
 def block_count(state: dict, prefix: str) -> int:
@@ -62,8 +67,10 @@ def openclip_to_transformers(state: dict) -> dict:
     out = {new: state[old] for old, new in _SINGLE.items()}
     for old, new in _TRANSPOSED.items():
         out[new] = state[old].t().contiguous()
-    for src, dst in (("transformer.resblocks.", "text_model.encoder.layers."),
-                     ("visual.transformer.resblocks.", "vision_model.encoder.layers.")):
+    for src, dst in (
+        ("transformer.resblocks.", "text_model.encoder.layers."),
+        ("visual.transformer.resblocks.", "vision_model.encoder.layers."),
+    ):
         for i in range(block_count(state, src)):
             a, b = f"{src}{i}.", f"{dst}{i}."
             for old, new in _BLOCK.items():

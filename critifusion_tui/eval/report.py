@@ -29,8 +29,11 @@ def build(runs: list[dict[str, Any]], metrics: list[str]) -> dict[str, Any]:
                 summary.setdefault(variant, {})[metric] = describe(values)
             if variant == BASELINE:
                 continue
-            both = [(r["scores"][variant][metric], r["scores"][BASELINE][metric]) for r in runs
-                    if metric in r["scores"].get(variant, {}) and metric in r["scores"].get(BASELINE, {})]
+            both = [
+                (r["scores"][variant][metric], r["scores"][BASELINE][metric])
+                for r in runs
+                if metric in r["scores"].get(variant, {}) and metric in r["scores"].get(BASELINE, {})
+            ]
             if both:
                 pairs.setdefault(variant, {})[metric] = paired([a for a, _ in both], [b for _, b in both])
     return {"runs": runs, "summary": summary, "paired": pairs}
@@ -67,8 +70,12 @@ def tables(result: dict[str, Any], metrics: list[str]) -> list:
         caption_justify="left",
     )
     columns: tuple[tuple[str, JustifyMethod], ...] = (
-        ("metric", "left"), ("variant", "left"), ("n", "right"), ("mean [95% CI]", "right"),
-        (f"vs {BASELINE} [95% CI]", "right"), ("win", "right"),
+        ("metric", "left"),
+        ("variant", "left"),
+        ("n", "right"),
+        ("mean [95% CI]", "right"),
+        (f"vs {BASELINE} [95% CI]", "right"),
+        ("win", "right"),
     )
     for name, justify in columns:
         table.add_column(name, justify=justify)
@@ -80,10 +87,18 @@ def tables(result: dict[str, Any], metrics: list[str]) -> list:
             if not stats:
                 continue
             pair = result["paired"].get(variant, {}).get(metric)
-            diff = _interval(pair, digits).replace(f"{pair['mean']:.{digits}f}", f"{pair['mean']:+.{digits}f}", 1) if pair else ""
+            diff = (
+                _interval(pair, digits).replace(f"{pair['mean']:.{digits}f}", f"{pair['mean']:+.{digits}f}", 1)
+                if pair
+                else ""
+            )
             table.add_row(
-                Text(metric if first else ""), Text(variant), Text(str(stats["n"])), Text(_interval(stats, digits)),
-                Text(diff), Text(f"{pair['win_rate']:.0%}" if pair else ""),
+                Text(metric if first else ""),
+                Text(variant),
+                Text(str(stats["n"])),
+                Text(_interval(stats, digits)),
+                Text(diff),
+                Text(f"{pair['win_rate']:.0%}" if pair else ""),
                 end_section=variant == VARIANTS[-1],
             )
             first = False

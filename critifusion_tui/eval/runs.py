@@ -40,7 +40,9 @@ def find_runs(paths: list[str | Path]) -> tuple[list[Path], list[str]]:
         if not path.is_dir():
             problems.append(f"{path}: no such folder")
             continue
-        under = sorted(m.parent for m in path.rglob(MANIFEST) if not any(p.startswith(".") for p in m.relative_to(path).parts))
+        under = sorted(
+            m.parent for m in path.rglob(MANIFEST) if not any(p.startswith(".") for p in m.relative_to(path).parts)
+        )
         if not under:
             problems.append(f"{path}: holds no run folder (no {MANIFEST} at or under it)")
         for folder in under:

@@ -12,12 +12,21 @@ from typing import Any
 
 from critifusion_tui.eval.weights import Need, Resolved, resolve
 
-MODEL_FILES = (("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json"),)
+MODEL_FILES = (
+    ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json"),
+)
 # transformers 5 saves a processor as processor_config.json; hub repos made earlier carry
 # preprocessor_config.json. Either will do.
 IMAGE_PROCESSOR = ("preprocessor_config.json", "processor_config.json")
 PROCESSOR_FILES = (IMAGE_PROCESSOR, "tokenizer_config.json", ("tokenizer.json", "vocab.json"))
-PROCESSOR_FETCH = ("preprocessor_config.json", "tokenizer_config.json", "tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json")
+PROCESSOR_FETCH = (
+    "preprocessor_config.json",
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+)
 CLIP_CONFIG_FETCH = ("config.json", *PROCESSOR_FETCH)
 
 
@@ -41,15 +50,25 @@ def needs(metric: str, cfg) -> list[Need]:
         return [
             Need("imagereward_checkpoint", cfg.imagereward_checkpoint, "file"),
             Need("imagereward_med_config", cfg.imagereward_med_config, "file"),
-            Need("imagereward_tokenizer", cfg.imagereward_tokenizer, "folder", ("tokenizer_config.json", ("vocab.txt", "tokenizer.json")),
-                 ("tokenizer_config.json", "vocab.txt", "tokenizer.json", "config.json")),
+            Need(
+                "imagereward_tokenizer",
+                cfg.imagereward_tokenizer,
+                "folder",
+                ("tokenizer_config.json", ("vocab.txt", "tokenizer.json")),
+                ("tokenizer_config.json", "vocab.txt", "tokenizer.json", "config.json"),
+            ),
         ]
     if metric == "aesthetic":
         return [
             Need("aesthetic_checkpoint", cfg.aesthetic_checkpoint, "file"),
             # The repo also holds TensorFlow and Flax weights: name only what is read.
-            Need("aesthetic_clip", cfg.aesthetic_clip, "folder", ("config.json", IMAGE_PROCESSOR, *MODEL_FILES),
-                 ("config.json", "preprocessor_config.json", "model.safetensors")),
+            Need(
+                "aesthetic_clip",
+                cfg.aesthetic_clip,
+                "folder",
+                ("config.json", IMAGE_PROCESSOR, *MODEL_FILES),
+                ("config.json", "preprocessor_config.json", "model.safetensors"),
+            ),
         ]
     raise ValueError(f"unknown metric {metric!r}")
 
@@ -85,7 +104,9 @@ def load(prepared: Prepared, *, device: str, dtype: Any, batch_size: int = 8):
     if prepared.metric == "imagereward":
         from critifusion_tui.eval.imagereward import ImageReward
 
-        return ImageReward(p["imagereward_checkpoint"], p["imagereward_med_config"], p["imagereward_tokenizer"], **common)
+        return ImageReward(
+            p["imagereward_checkpoint"], p["imagereward_med_config"], p["imagereward_tokenizer"], **common
+        )
     if prepared.metric == "aesthetic":
         from critifusion_tui.eval.aesthetic import Aesthetic
 

@@ -51,8 +51,12 @@ def score_folders(
         except WeightsMissing as exc:
             report.problems.append(str(exc))
             continue
-        todo = [(store, variant, path) for store in stores for variant, path in variant_images(store).items()
-                if not is_scored(store.record, variant, metric, prepared.fingerprint)]
+        todo = [
+            (store, variant, path)
+            for store in stores
+            for variant, path in variant_images(store).items()
+            if not is_scored(store.record, variant, metric, prepared.fingerprint)
+        ]
         if not todo:
             continue
         if on_progress:

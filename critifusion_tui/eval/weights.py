@@ -134,7 +134,9 @@ def resolve(metric: str, needs: list[Need], cache_dir: str | None = None) -> Res
             repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
             found = _cached(repo, filename, cache_dir)
             if found is None:
-                problems.append(f"{where}: no such local file, and {filename} of {repo} is not in the Hugging Face cache")
+                problems.append(
+                    f"{where}: no such local file, and {filename} of {repo} is not in the Hugging Face cache"
+                )
                 files = fetch.setdefault(repo, [])
                 if files is not None and filename not in files:
                     files.append(filename)

@@ -111,7 +111,8 @@ class StreamCollector:
         self._raw_size += len(raw_piece)
         if self._raw_size > RAW_LIMIT:
             raise UnusableAnswerError(
-                "stream", f"the answer passed {RAW_LIMIT:,} characters without usable text; stopped",
+                "stream",
+                f"the answer passed {RAW_LIMIT:,} characters without usable text; stopped",
                 fix="lower max_tokens or pick another model",
             )
         self._deliver(self._cleaner.feed(raw_piece))
@@ -159,8 +160,12 @@ class ChatCall:
         """
         extra: dict[str, Any] = {"schema": self.schema} if self.schema is not None else {}
         return await model.chat(
-            self.messages, temperature=self.temperature, max_tokens=self.max_tokens, image=self.image,
-            on_delta=on_delta or self.on_delta, **extra,
+            self.messages,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            image=self.image,
+            on_delta=on_delta or self.on_delta,
+            **extra,
         )
 
 
@@ -282,8 +287,7 @@ def empty_answer(ref: ModelRef | str, raw: str) -> UnusableAnswerError:
     if raw.strip():
         return UnusableAnswerError(
             ref,
-            "the answer was empty after cleaning: it held only reasoning (<think>) or"
-            " control characters",
+            "the answer was empty after cleaning: it held only reasoning (<think>) or control characters",
             fix="raise max_tokens if a reasoning model ran out of room, or pick another model",
         )
     return UnusableAnswerError(ref, "the model sent an empty answer")

@@ -37,7 +37,6 @@ from critifusion_tui.providers.base import (
 from critifusion_tui.providers.hygiene import clean_model_text
 
 
-
 class Client(Protocol):
     """What the skeleton itself needs of a backend's client."""
 

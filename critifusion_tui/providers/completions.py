@@ -39,7 +39,9 @@ class CompletionsChat(HostedChat):
 
     def request(self, call: ChatCall) -> Request:
         return dict(
-            model=self.ref.name, messages=to_payload(call.messages, call.image), temperature=call.temperature,
+            model=self.ref.name,
+            messages=to_payload(call.messages, call.image),
+            temperature=call.temperature,
             max_tokens=call.max_tokens,
         )
 

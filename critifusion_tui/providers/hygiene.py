@@ -256,10 +256,7 @@ class _ThinkFilter:
 
 
 def _could_begin_tag(text: str) -> bool:
-    return any(
-        len(text) <= len(tag) and _ci_startswith(text, tag[: len(text)])
-        for tag in (OPEN_TAG, CLOSE_TAG)
-    )
+    return any(len(text) <= len(tag) and _ci_startswith(text, tag[: len(text)]) for tag in (OPEN_TAG, CLOSE_TAG))
 
 
 def _is_tag(text: str, tag: str) -> bool:

@@ -153,36 +153,43 @@ def map_error(exc: BaseException, ref: ModelRef | str, settings: OpenAISettings)
     # Order matters: APITimeoutError is an APIConnectionError, the status errors are APIErrors.
     if isinstance(exc, openai.APITimeoutError):
         return ProviderTimeoutError(
-            ref, f"no answer from {where} within {settings.timeout_s:g} s",
+            ref,
+            f"no answer from {where} within {settings.timeout_s:g} s",
             fix="raise providers.openai.timeout_s (a local server may still be loading the model)",
         )
     if isinstance(exc, openai.APIConnectionError):
         return ProviderConnectionError(
-            ref, f"cannot reach the server at {where}",
+            ref,
+            f"cannot reach the server at {where}",
             fix="is it running? check providers.openai.base_url (with its /v1)",
         )
     if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
         key = f"the key in ${settings.api_key_env}" if settings.api_key_env else "a request without a key"
         return AuthenticationError(
-            ref, f"{where} refused {key} (HTTP {status}): {detail}",
+            ref,
+            f"{where} refused {key} (HTTP {status}): {detail}",
             fix="set providers.openai.api_key_env to the variable holding the server's key",
             status=status,
         )
     if isinstance(exc, openai.NotFoundError):
         return ModelNotFoundError(
-            ref, f"{where} has no model {name!r} (HTTP {status})",
+            ref,
+            f"{where} has no model {name!r} (HTTP {status})",
             fix="`critifusion doctor` lists the server's models and the closest names",
             status=status,
         )
     if isinstance(exc, openai.RateLimitError):
         return RateLimitedError(
-            ref, f"{where} is rate-limiting requests (HTTP 429)",
+            ref,
+            f"{where} is rate-limiting requests (HTTP 429)",
             fix="wait and run again, use fewer candidate models, or raise providers.openai.max_retries",
             status=status,
         )
     if isinstance(exc, openai.InternalServerError):
         return ProviderConnectionError(
-            ref, f"the server failed on its side (HTTP {status}): {detail}", fix="see the server's log",
+            ref,
+            f"the server failed on its side (HTTP {status}): {detail}",
+            fix="see the server's log",
             status=status,
         )
     if isinstance(exc, openai.APIResponseValidationError) or isinstance(exc, ValueError):

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 __all__ = ["HOSTED", "provider_class"]
 
 
-
 def provider_class(name: str) -> type[HostedProvider[Any]]:
     """The provider class of the hosted backend ``name`` (a KeyError for another name)."""
     module, _, attribute = HOSTED[name].partition(":")

@@ -180,8 +180,7 @@ def map_error(
         return ModelNotFoundError(
             ref,
             f"Together has no model {name!r} (HTTP {status})",
-            fix=f"pick a serverless model from {MODELS_PAGE};"
-            " `critifusion doctor` suggests close names",
+            fix=f"pick a serverless model from {MODELS_PAGE}; `critifusion doctor` suggests close names",
             status=status,
         )
     if isinstance(exc, together.RateLimitError):
@@ -190,8 +189,7 @@ def map_error(
         return RateLimitedError(
             ref,
             f"Together is rate-limiting requests (HTTP 429){wait}",
-            fix="wait and run again, use fewer candidate models,"
-            " or raise providers.together.max_retries",
+            fix="wait and run again, use fewer candidate models, or raise providers.together.max_retries",
             status=status,
             retry_after=retry_after,
         )

@@ -57,8 +57,13 @@ from critifusion_tui.tui.widgets.stage_rail import StageRail, rows_for
 # Which view shows a stage, by the kind of stage (the stage table says each stage's kind),
 # and which container holds its models' panes.
 VIEW_OF_KIND = {
-    "prompt": "view-prompt", "tags": "view-tags", "components": "view-components",
-    "base": "view-images", "critique": "view-critique", "refine": "view-images", "done": "view-images",
+    "prompt": "view-prompt",
+    "tags": "view-tags",
+    "components": "view-components",
+    "base": "view-images",
+    "critique": "view-critique",
+    "refine": "view-images",
+    "done": "view-images",
 }
 PANES_OF_KIND = {"tags": "#tags-panes", "components": "#components-panes", "critique": "#critique-panes"}
 # Where the app stands: composing a prompt, or where the engine's run stands (engine/flow.py).
@@ -75,8 +80,10 @@ NEXT_HINT = {
 BUSY = "A stage is running: wait, or press escape to cancel it."
 PRELOAD_AFTER_S = 1.0  # after start-up, the model's load waits this long for the first paint and keys
 RUNNING_HINT = {
-    "tags": "Expanding the prompt into tags", "components": "Decomposing the prompt into components",
-    "base": "Drawing the base image", "critique": "The critics are looking at the image",
+    "tags": "Expanding the prompt into tags",
+    "components": "Decomposing the prompt into components",
+    "base": "Drawing the base image",
+    "critique": "The critics are looking at the image",
     "refine": "Refining with SpecFusion",
 }
 # The stages that draw an image; each has an ImageView "#image-<stage>".
@@ -132,30 +139,84 @@ class CritiFusionApp(App):
     # The footer fits 80 columns: only the keys that act where the person is are shown
     # (check_action), the most used first; every key is in help (f1) and the palette.
     BINDINGS = [
-        Binding("ctrl+r", "advance", "Continue", id="run.advance", priority=True,
-                tooltip="Run the next stage, or continue past the gate you are at"),
-        Binding("escape", "cancel", "Cancel", id="run.cancel",
-                tooltip="Stop the running stage; everything done is kept"),
-        Binding("ctrl+b", "step_back", "Back", id="run.back",
-                tooltip="Go back to the previous gate to change its inputs (asks before discarding work)"),
-        Binding("ctrl+t", "skip_critique", "Skip critique", id="run.skip_critique", priority=True,
-                tooltip="At the tags gate: refine from the tags alone, without a VLM critique (toggles)"),
-        Binding("ctrl+g", "edit_components", "Components", id="run.components", priority=True, show=False,
-                tooltip="At the tags gate: edit the components the critic checks"),
-        Binding("ctrl+n", "new_run", "New run", id="run.new", show=False,
-                tooltip="Write a prompt for a new run (the current run is kept; asks if it is unfinished)"),
-        Binding("f5", "rerun_stage", "Re-run", id="run.rerun",
-                tooltip="Run the stage highlighted in the rail again (asks before discarding work)"),
-        Binding("ctrl+l", "show_log", "Log", id="app.log", show=False, tooltip="Every provider call, retry and warning"),
+        Binding(
+            "ctrl+r",
+            "advance",
+            "Continue",
+            id="run.advance",
+            priority=True,
+            tooltip="Run the next stage, or continue past the gate you are at",
+        ),
+        Binding(
+            "escape", "cancel", "Cancel", id="run.cancel", tooltip="Stop the running stage; everything done is kept"
+        ),
+        Binding(
+            "ctrl+b",
+            "step_back",
+            "Back",
+            id="run.back",
+            tooltip="Go back to the previous gate to change its inputs (asks before discarding work)",
+        ),
+        Binding(
+            "ctrl+t",
+            "skip_critique",
+            "Skip critique",
+            id="run.skip_critique",
+            priority=True,
+            tooltip="At the tags gate: refine from the tags alone, without a VLM critique (toggles)",
+        ),
+        Binding(
+            "ctrl+g",
+            "edit_components",
+            "Components",
+            id="run.components",
+            priority=True,
+            show=False,
+            tooltip="At the tags gate: edit the components the critic checks",
+        ),
+        Binding(
+            "ctrl+n",
+            "new_run",
+            "New run",
+            id="run.new",
+            show=False,
+            tooltip="Write a prompt for a new run (the current run is kept; asks if it is unfinished)",
+        ),
+        Binding(
+            "f5",
+            "rerun_stage",
+            "Re-run",
+            id="run.rerun",
+            tooltip="Run the stage highlighted in the rail again (asks before discarding work)",
+        ),
+        Binding(
+            "ctrl+l", "show_log", "Log", id="app.log", show=False, tooltip="Every provider call, retry and warning"
+        ),
         Binding("ctrl+o", "history", "History", id="app.history", tooltip="Earlier runs: reopen, view, compare"),
-        Binding("ctrl+s", "settings", "Settings", id="app.settings", show=False,
-                tooltip="Routing, seed, size, steps, SpecFusion"),
+        Binding(
+            "ctrl+s",
+            "settings",
+            "Settings",
+            id="app.settings",
+            show=False,
+            tooltip="Routing, seed, size, steps, SpecFusion",
+        ),
         Binding("f1", "help", "Help", id="app.help", tooltip="Help for the focused widget"),
-        Binding("ctrl+q", "quit_app", "Quit", id="app.quit", priority=True, tooltip="Quit (asks when a run is in flight)"),
+        Binding(
+            "ctrl+q", "quit_app", "Quit", id="app.quit", priority=True, tooltip="Quit (asks when a run is in flight)"
+        ),
     ]
 
-    def __init__(self, loaded: LoadedConfig, prompt: str = "", *, image_mode: str | None = None,
-                 image_class: Any = None, session: Any = None, variants: str = "full") -> None:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        prompt: str = "",
+        *,
+        image_mode: str | None = None,
+        image_class: Any = None,
+        session: Any = None,
+        variants: str = "full",
+    ) -> None:
         super().__init__()
         self.loaded = loaded
         self.initial_prompt = prompt
@@ -183,7 +244,8 @@ class CritiFusionApp(App):
         yield from super().get_system_commands(screen)
         for binding in self.BINDINGS:
             yield SystemCommand(
-                f"{binding.description} ({binding.key})", binding.tooltip or binding.description,
+                f"{binding.description} ({binding.key})",
+                binding.tooltip or binding.description,
                 partial(self.call_later, self.run_action, binding.action),
             )
 
@@ -207,20 +269,31 @@ class CritiFusionApp(App):
                 with VerticalScroll(id="view-critique", can_focus=False):
                     with Horizontal(id="critique-top"):
                         # The base image the critics looked at, beside what they said of it.
-                        yield ImageView("Base (criticised)", mode=self.image_mode, image_class=self.image_class,
-                                        id="critique-image")
+                        yield ImageView(
+                            "Base (criticised)", mode=self.image_mode, image_class=self.image_class, id="critique-image"
+                        )
                         yield Static("", id="critique-summary", markup=False)
                     yield Vertical(id="critique-panes", classes="panes")
                     yield PromptEditor("Refinement prompt", id="refinement")
                 with Vertical(id="view-images"):
                     with Horizontal(id="images"):
                         yield ImageView("Base", mode=self.image_mode, image_class=self.image_class, id="image-base")
-                        yield ImageView("Refined", mode=self.image_mode, image_class=self.image_class, id="image-refine")
+                        yield ImageView(
+                            "Refined", mode=self.image_mode, image_class=self.image_class, id="image-refine"
+                        )
                     with Horizontal(id="images-original", classes="-hidden"):
-                        yield ImageView("Base (your prompt)", mode=self.image_mode, image_class=self.image_class,
-                                        id="image-base_original")
-                        yield ImageView("Refined (your prompt)", mode=self.image_mode, image_class=self.image_class,
-                                        id="image-refine_original")
+                        yield ImageView(
+                            "Base (your prompt)",
+                            mode=self.image_mode,
+                            image_class=self.image_class,
+                            id="image-base_original",
+                        )
+                        yield ImageView(
+                            "Refined (your prompt)",
+                            mode=self.image_mode,
+                            image_class=self.image_class,
+                            id="image-refine_original",
+                        )
                     yield Static("", id="images-summary", markup=False)
         yield Static(NEXT_HINT[PROMPT], id="hint", markup=False)
         yield DiffusionProgress(id="progress")
@@ -509,7 +582,9 @@ class CritiFusionApp(App):
             self._confirm(
                 f"The current run is not finished ({run.phase.value}). Start a new run? "
                 "The current one stays in history as abandoned; ctrl+o reopens it.",
-                self._new_run, yes="New run", no="Stay",
+                self._new_run,
+                yes="New run",
+                no="Stay",
             )
             return
         self._new_run()
@@ -564,8 +639,10 @@ class CritiFusionApp(App):
             # A failed stage was already said where it happened (rail, pane, log, hint).
             if not isinstance(error, RunFailed) or error.stage == "run":
                 self.log_buffer.add("error", event.worker.name, message)
-            self._hint(f"{getattr(error, 'stage', event.worker.name)} failed: {_one_line(message)}  (f5 retries it)",
-                       error=True)
+            self._hint(
+                f"{getattr(error, 'stage', event.worker.name)} failed: {_one_line(message)}  (f5 retries it)",
+                error=True,
+            )
         self._refresh_keys()
 
     def _offer_proposals(self) -> None:
@@ -587,11 +664,15 @@ class CritiFusionApp(App):
 
         from critifusion_tui.tui.screens.confirm import ConfirmScreen
 
-        self.push_screen(ConfirmScreen(
-            f"{proposal['by']} wrote a new {name} prompt, but you had edited it.\n\n"
-            f"Yours:\n{mine}\n\nNew:\n{new}\n\nUse the new one?",
-            yes="Use the new one", no="Keep mine",
-        ), chosen)
+        self.push_screen(
+            ConfirmScreen(
+                f"{proposal['by']} wrote a new {name} prompt, but you had edited it.\n\n"
+                f"Yours:\n{mine}\n\nNew:\n{new}\n\nUse the new one?",
+                yes="Use the new one",
+                no="Keep mine",
+            ),
+            chosen,
+        )
 
     # ---------------------------------------------------------------- other actions
 
@@ -678,8 +759,10 @@ class CritiFusionApp(App):
             return
         if run.back_target() is None:
             # Before the first gate there is only the prompt: editing it means a new run.
-            self._compose_prompt("Edit the prompt: ctrl+r with a changed prompt starts a new run,"
-                                 " with the same prompt goes back to the tags gate.")
+            self._compose_prompt(
+                "Edit the prompt: ctrl+r with a changed prompt starts a new run,"
+                " with the same prompt goes back to the tags gate."
+            )
             return
         lost = run.back_discards()
 
@@ -746,8 +829,12 @@ class CritiFusionApp(App):
         from critifusion_tui.tui.screens.history import HistoryScreen
 
         self.push_screen(
-            HistoryScreen(self.loaded.settings.output.path(), image_mode=self.image_mode, image_class=self.image_class,
-                          scorers=lambda: self._session().scorers)
+            HistoryScreen(
+                self.loaded.settings.output.path(),
+                image_mode=self.image_mode,
+                image_class=self.image_class,
+                scorers=lambda: self._session().scorers,
+            )
         )
 
     def on_history_screen_reopen(self, message) -> None:
@@ -821,8 +908,15 @@ class CritiFusionApp(App):
 
     # ---------------------------------------------------------------- notifications
 
-    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
-               timeout: float | None = None, markup: bool = True) -> None:
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
         """A toast, unless the person is typing in an editor: then the hint line says it (a
         toast there would cover what they type). Errors stay on the hint line until the next
         move; the log keeps everything."""
@@ -1018,10 +1112,12 @@ class CritiFusionApp(App):
             value = source.get("value")
             raw = f" {value:.4g}" if isinstance(value, (int, float)) else ""
             rated = f", alignment {source['alignment']:g} / 100 from {source.get('source')}{raw}"
-        self.query_one("#images-summary", Static).update(Text(
-            f"{self.active_run.folder}\nrefined with strength {record['strength']:.2f}, guidance {record['guidance']:g}, "
-            f"{record['steps']} steps, rho_t {record['rho_t']:g}, seed {record['seed']} ({record['mode']}{rated})"
-        ))
+        self.query_one("#images-summary", Static).update(
+            Text(
+                f"{self.active_run.folder}\nrefined with strength {record['strength']:.2f}, guidance {record['guidance']:g}, "
+                f"{record['steps']} steps, rho_t {record['rho_t']:g}, seed {record['seed']} ({record['mode']}{rated})"
+            )
+        )
 
     def _noise_label(self) -> str:
         return "tiny-random: noise" if self.loaded.settings.diffusion.model == "tiny-random" else ""

@@ -21,8 +21,17 @@ from pathlib import Path
 from tests.cli.test_run import run_cli, wait_for
 
 SMALL = [
-    "--demo", "--set", "diffusion.width=64", "--set", "diffusion.height=64",
-    "--set", "diffusion.steps=4", "--set", "specfusion.total_steps=4", "--set", "specfusion.last_k=3",
+    "--demo",
+    "--set",
+    "diffusion.width=64",
+    "--set",
+    "diffusion.height=64",
+    "--set",
+    "diffusion.steps=4",
+    "--set",
+    "specfusion.total_steps=4",
+    "--set",
+    "specfusion.last_k=3",
 ]
 PROMPTS = ["a red fox", "a blue whale", "a green frog", "a grey cat", "a brown dog", "a white bird"]
 
@@ -37,17 +46,42 @@ def free_port() -> int:
 def launch_cmd(prompts: Path, out: Path, *extra: str) -> list[str]:
     accelerate = Path(sys.executable).with_name("accelerate")
     return [
-        str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
-        "-m", "critifusion_tui", "run", "--prompts", str(prompts), "--out", str(out), *SMALL, *extra,
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "critifusion_tui",
+        "run",
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(out),
+        *SMALL,
+        *extra,
     ]
 
 
 def launch(prompts, out, *extra, env, cwd, timeout=240) -> subprocess.CompletedProcess:
     return subprocess.run(
-        launch_cmd(prompts, out, *extra), env=env, cwd=cwd, capture_output=True, text=True,
-        timeout=timeout, stdin=subprocess.DEVNULL,
+        launch_cmd(prompts, out, *extra),
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -92,10 +126,17 @@ def test_a_killed_process_then_a_relaunch_finishes_without_redoing_finished_stag
     # Slow base images (300 steps), so the kill lands inside a prompt.
     cmd = launch_cmd(prompts, out, "--set", "diffusion.steps=300")
     first = subprocess.Popen(
-        cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        stdin=subprocess.DEVNULL, start_new_session=True,
+        cmd,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
+
         def victim():
             runs = manifests(out)
             if not any(m["status"] == "done" for m in runs.values()):
@@ -151,9 +192,9 @@ def test_a_stale_claim_of_a_dead_process_is_taken_over(env, tmp_path):
     fox, whale = batch_folder(out, 1, "a red fox").name, batch_folder(out, 2, "a blue whale").name
     claims = out / ".claims"
     claims.mkdir(parents=True)
-    (claims / f"{fox}.claim").write_text(json.dumps(
-        {"rank": 1, "host": socket.gethostname(), "pid": gone.pid, "launch": "old", "since": "earlier"}
-    ))
+    (claims / f"{fox}.claim").write_text(
+        json.dumps({"rank": 1, "host": socket.gethostname(), "pid": gone.pid, "launch": "old", "since": "earlier"})
+    )
     # Another machine's claim, silent for an hour: its heartbeat stopped, so it is stale too.
     old = claims / f"{whale}.claim"
     old.write_text(json.dumps({"rank": 3, "host": "elsewhere", "pid": 77, "launch": "old", "since": "earlier"}))

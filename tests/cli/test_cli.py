@@ -16,7 +16,12 @@ HEAVY = ("torch", "diffusers", "transformers", "textual_image", "textual", "acce
 def critifusion(*args: str, env: dict, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "critifusion_tui", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -24,7 +29,12 @@ def imported_modules(args: list[str], env: dict, cwd: Path) -> tuple[set[str], s
     """Top-level packages imported while running the command (python -X importtime)."""
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "critifusion_tui", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     names = set()
     for line in proc.stderr.splitlines():

@@ -150,7 +150,7 @@ def test_unknown_section_is_an_error(isolated):
 
 
 def test_wrong_type_names_key_line_and_expectation(isolated):
-    path = write(isolated / "config.toml", "[diffusion]\n\nsteps = \"fifty\"\n")
+    path = write(isolated / "config.toml", '[diffusion]\n\nsteps = "fifty"\n')
     message = error_of()
     assert message.startswith(f"{path}:3: diffusion.steps:")
     assert "valid integer" in message and "'fifty'" in message
@@ -160,13 +160,13 @@ def test_wrong_type_names_key_line_and_expectation(isolated):
     "section, line, expected",
     [
         ("diffusion", "width = 1001", "multiple of 8"),
-        ("diffusion", "device = \"gpu\"", "expected 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'"),
-        ("diffusion", "dtype = \"fp8\"", "'auto', 'float16', 'bfloat16' or 'float32'"),
+        ("diffusion", 'device = "gpu"', "expected 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'"),
+        ("diffusion", 'dtype = "fp8"', "'auto', 'float16', 'bfloat16' or 'float32'"),
         ("specfusion", "rho_t = 1.5", "less than or equal to 1"),
-        ("specfusion", "mode = \"smart\"", "'fixed' or 'adaptive'"),
+        ("specfusion", 'mode = "smart"', "'fixed' or 'adaptive'"),
         ("providers.together", "timeout_s = 0", "greater than 0"),
-        ("criticore", "preset = \"nope\"", "unknown preset 'nope'; known: hq_preference"),
-        ("tui", "images = \"ascii\"", "'auto', 'kitty', 'sixel', 'halfblock' or 'none'"),
+        ("criticore", 'preset = "nope"', "unknown preset 'nope'; known: hq_preference"),
+        ("tui", 'images = "ascii"', "'auto', 'kitty', 'sixel', 'halfblock' or 'none'"),
     ],
 )
 def test_bad_values_are_explained(isolated, section, line, expected):
@@ -257,7 +257,9 @@ def test_a_bad_placeholder_inline_names_the_config_line(isolated):
 def test_an_unknown_template_name_is_an_error_with_the_close_name(isolated):
     path = write(isolated / "config.toml", '[criticore.instructions]\ntags_sytem = "Write tags."\n')
     message = error_of()
-    assert message.startswith(f"{path}:2: unknown key 'criticore.instructions.tags_sytem' (did you mean 'tags_system'?)")
+    assert message.startswith(
+        f"{path}:2: unknown key 'criticore.instructions.tags_sytem' (did you mean 'tags_system'?)"
+    )
 
 
 def test_a_missing_template_file_is_an_error_naming_it(isolated):

@@ -8,16 +8,24 @@ import sys
 from tests.loopback import unused_port
 
 OFFLINE_ROLES = [
-    "--set", "criticore.candidates=['rules']",
-    "--set", "criticore.aggregator=rules",
-    "--set", "criticore.vlms=['rules']",
+    "--set",
+    "criticore.candidates=['rules']",
+    "--set",
+    "criticore.aggregator=rules",
+    "--set",
+    "criticore.vlms=['rules']",
 ]
 
 
 def doctor(*args, env, cwd):
     return subprocess.run(
         [sys.executable, "-m", "critifusion_tui", "doctor", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -106,15 +114,20 @@ def test_doctor_says_which_image_mode_the_app_will_use_and_why(monkeypatch):
     kitty_026 = terminal_report("auto", KITTY_026, monkeypatch)
     # Debian 12's kitty answers the kitty graphics query, then draws tofu: not "detected".
     assert "terminal         kitty 0.26.5 (named by XTVERSION)" in kitty_026
-    assert ("images           half-blocks: kitty 0.26.5 cannot draw kitty graphics' Unicode placeholders "
-            "(they need kitty 0.28 or newer; upgrade it)") in kitty_026
+    assert (
+        "images           half-blocks: kitty 0.26.5 cannot draw kitty graphics' Unicode placeholders "
+        "(they need kitty 0.28 or newer; upgrade it)"
+    ) in kitty_026
     assert "detected" not in kitty_026
     assert "images           kitty graphics: kitty 0.35.2 draws kitty graphics" in terminal_report(
-        "auto", KITTY_035, monkeypatch)
+        "auto", KITTY_035, monkeypatch
+    )
     assert "images           Sixel: xterm 379 lists Sixel in its device attributes" in terminal_report(
-        "auto", XTERM_VT340, monkeypatch)
+        "auto", XTERM_VT340, monkeypatch
+    )
     assert "images           half-blocks: xterm 379 reports neither Sixel nor kitty graphics" in terminal_report(
-        "auto", XTERM, monkeypatch)
+        "auto", XTERM, monkeypatch
+    )
     silent = terminal_report("auto", "", monkeypatch)
     assert "no answer to the graphics queries" in silent
     assert "images           half-blocks: the terminal did not answer the graphics queries" in silent
@@ -124,10 +137,13 @@ def test_doctor_says_a_forced_protocol_the_terminal_lacks_falls_back(monkeypatch
     from tests.test_graphics import XTERM, XTERM_VT340
 
     refused = terminal_report("sixel", XTERM, monkeypatch)
-    assert ("images           half-blocks: tui.images = sixel, but xterm 379 does not list Sixel in its "
-            "device attributes; the app falls back to half-blocks (--images sixel refuses to start)") in refused
+    assert (
+        "images           half-blocks: tui.images = sixel, but xterm 379 does not list Sixel in its "
+        "device attributes; the app falls back to half-blocks (--images sixel refuses to start)"
+    ) in refused
     assert "images           Sixel: as set (tui.images = sixel)" in terminal_report("sixel", XTERM_VT340, monkeypatch)
     # Named by the environment where the terminal does not say (TERM_PROGRAM_VERSION).
-    named = terminal_report("auto", "\x1b_Gi=4243;OK\x1b\\\x1b[?62;c", monkeypatch,
-                            TERM_PROGRAM="kitty", TERM_PROGRAM_VERSION="0.26.5")
+    named = terminal_report(
+        "auto", "\x1b_Gi=4243;OK\x1b\\\x1b[?62;c", monkeypatch, TERM_PROGRAM="kitty", TERM_PROGRAM_VERSION="0.26.5"
+    )
     assert "terminal         kitty 0.26.5 (named by TERM_PROGRAM)" in named and "half-blocks" in named

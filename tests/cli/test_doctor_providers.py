@@ -21,20 +21,29 @@ def roles(candidates, aggregator, vlms):
         return "[" + ", ".join(f"'{ref}'" for ref in refs) + "]"
 
     return [
-        "--set", f"criticore.candidates={toml_list(candidates)}",
-        "--set", f"criticore.aggregator={toml_list(aggregator)}",
-        "--set", f"criticore.vlms={toml_list(vlms)}",
+        "--set",
+        f"criticore.candidates={toml_list(candidates)}",
+        "--set",
+        f"criticore.aggregator={toml_list(aggregator)}",
+        "--set",
+        f"criticore.vlms={toml_list(vlms)}",
     ]
 
 
 def run(server, *args, env, cwd, ollama_host=None, key=True):
     env = dict(env, **({KEY_VAR: KEY_VALUE} if key else {}))
     proc = doctor(
-        "--set", f"providers.together.base_url='{server.url}'",
-        "--set", f"providers.together.api_key_env={KEY_VAR}",
-        "--set", f"providers.ollama.host='{ollama_host or server.url}'",
-        "--set", "diffusion.model=tiny-random",
-        *args, env=env, cwd=cwd,
+        "--set",
+        f"providers.together.base_url='{server.url}'",
+        "--set",
+        f"providers.together.api_key_env={KEY_VAR}",
+        "--set",
+        f"providers.ollama.host='{ollama_host or server.url}'",
+        "--set",
+        "diffusion.model=tiny-random",
+        *args,
+        env=env,
+        cwd=cwd,
     )
     assert KEY_VALUE not in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
@@ -86,8 +95,10 @@ def test_missing_together_model_names_the_closest(server, env, tmp_path):
     full_catalogue(server)
     server.add_model("Qwen/Qwen2.5-7B-Instruct-Turbo")
     proc = run(
-        server, *roles(["together:Qwen/Qwen2.5-72B-Instruct"], [f"together:{TOGETHER_B}"], ["rules"]),
-        env=env, cwd=tmp_path,
+        server,
+        *roles(["together:Qwen/Qwen2.5-72B-Instruct"], [f"together:{TOGETHER_B}"], ["rules"]),
+        env=env,
+        cwd=tmp_path,
     )
     [line] = lines_with(proc.stdout, "not available on Together")
     assert line.lstrip().startswith("FAIL  candidates")
@@ -101,8 +112,7 @@ def test_missing_together_model_names_the_closest(server, env, tmp_path):
 def test_catalogue_falls_back_to_v1_models(server, env, tmp_path):
     full_catalogue(server)
     server.supported_models = False  # an older or compatible server: 404 there
-    proc = run(server, *roles([f"together:{TOGETHER_A}"], ["together:no/such-model"], ["rules"]),
-               env=env, cwd=tmp_path)
+    proc = run(server, *roles([f"together:{TOGETHER_A}"], ["together:no/such-model"], ["rules"]), env=env, cwd=tmp_path)
     assert lines_with(proc.stdout, f"together:{TOGETHER_A} available")
     assert lines_with(proc.stdout, "together:no/such-model not available on Together")
     assert len(server.requests_to("/v1/models")) == 1 and proc.returncode == 1
@@ -120,8 +130,9 @@ def test_missing_ollama_model_says_ollama_pull(server, env, tmp_path):
 
 def test_ollama_vlm_without_vision_fails(server, env, tmp_path):
     full_catalogue(server)
-    proc = run(server, *roles(["rules"], ["ollama:llama3.2"], ["ollama:llama3.2", "ollama:llava"]),
-               env=env, cwd=tmp_path)
+    proc = run(
+        server, *roles(["rules"], ["ollama:llama3.2"], ["ollama:llama3.2", "ollama:llava"]), env=env, cwd=tmp_path
+    )
     out = proc.stdout
     [line] = lines_with(out, "no vision capability")
     assert line.lstrip().startswith("FAIL  vlms")
@@ -137,8 +148,11 @@ def test_ollama_host_down_is_one_line(server, env, tmp_path):
     host = f"http://127.0.0.1:{unused_port()}"
     started = time.perf_counter()
     proc = run(
-        server, *roles(["ollama:llama3.2", "ollama:qwen2.5"], ["ollama:llama3.2"], ["ollama:llava"]),
-        env=env, cwd=tmp_path, ollama_host=host,
+        server,
+        *roles(["ollama:llama3.2", "ollama:qwen2.5"], ["ollama:llama3.2"], ["ollama:llava"]),
+        env=env,
+        cwd=tmp_path,
+        ollama_host=host,
     )
     took = time.perf_counter() - started
     out = proc.stdout
@@ -194,12 +208,17 @@ def test_silent_services_are_cut_off_at_the_cap(monkeypatch):
     monkeypatch.setenv(KEY_VAR, KEY_VALUE)
     sock, url = silent_listener()
     with sock:
-        settings = load_config(None, [
-            f"providers.together.base_url='{url}'", f"providers.together.api_key_env={KEY_VAR}",
-            f"providers.ollama.host='{url}'",
-            f"criticore.candidates=['together:{TOGETHER_A}', 'ollama:llama3.2']",
-            "criticore.aggregator=rules", "criticore.vlms=['ollama:llava']",
-        ]).settings
+        settings = load_config(
+            None,
+            [
+                f"providers.together.base_url='{url}'",
+                f"providers.together.api_key_env={KEY_VAR}",
+                f"providers.ollama.host='{url}'",
+                f"criticore.candidates=['together:{TOGETHER_A}', 'ollama:llama3.2']",
+                "criticore.aggregator=rules",
+                "criticore.vlms=['ollama:llava']",
+            ],
+        ).settings
         assert settings.providers.ollama.timeout_s == 120
         started = time.perf_counter()
         checks = doctor_module.provider_checks(settings, offline=False)
@@ -208,9 +227,7 @@ def test_silent_services_are_cut_off_at_the_cap(monkeypatch):
     by_label = {check.label: check for check in checks}
     assert set(by_label) == {"together", "ollama"}  # no per-model lines without the lists
     assert by_label["ollama"].status == "fail"
-    assert by_label["ollama"].detail == (
-        f"Ollama at {url} does not answer within 0.5 s: is `ollama serve` running?"
-    )
+    assert by_label["ollama"].detail == (f"Ollama at {url} does not answer within 0.5 s: is `ollama serve` running?")
     assert by_label["together"].status == "fail"
     assert by_label["together"].detail == f"catalogue not checked: no answer from {url} within 0.5 s; try again"
 
@@ -220,9 +237,13 @@ def test_offline_with_only_together_models_makes_no_request(server, monkeypatch)
     from critifusion_tui.doctor import provider_checks
 
     monkeypatch.setenv(KEY_VAR, KEY_VALUE)
-    settings = load_config(None, [
-        f"providers.together.base_url='{server.url}'", f"providers.together.api_key_env={KEY_VAR}",
-    ]).settings
+    settings = load_config(
+        None,
+        [
+            f"providers.together.base_url='{server.url}'",
+            f"providers.together.api_key_env={KEY_VAR}",
+        ],
+    ).settings
     checks = provider_checks(settings, offline=True)
     assert [(c.label, c.status) for c in checks] == [("together", "info")]
     assert not server.requests
@@ -233,9 +254,11 @@ def test_openai_compatible_server_lists_its_own_models(server, env, tmp_path):
     server.add_model("HuggingFaceTB/SmolLM2-135M-Instruct")
     proc = run(
         server,
-        "--set", f"providers.openai.base_url='{server.openai_url}'",
+        "--set",
+        f"providers.openai.base_url='{server.openai_url}'",
         *roles(["openai:Qwen/Qwen2.5-0.5B-Instruct"], ["openai:HuggingFaceTB/SmolLM2-135M-Instruc"], ["rules"]),
-        env=env, cwd=tmp_path,
+        env=env,
+        cwd=tmp_path,
     )
     out = proc.stdout
     assert proc.returncode == 1, out
@@ -250,8 +273,12 @@ def test_openai_compatible_server_lists_its_own_models(server, env, tmp_path):
 def test_openai_server_down_is_one_line(server, env, tmp_path):
     url = f"http://127.0.0.1:{unused_port()}/v1"
     proc = run(
-        server, "--set", f"providers.openai.base_url='{url}'",
-        *roles(["openai:m"], ["rules"], ["rules"]), env=env, cwd=tmp_path,
+        server,
+        "--set",
+        f"providers.openai.base_url='{url}'",
+        *roles(["openai:m"], ["rules"], ["rules"]),
+        env=env,
+        cwd=tmp_path,
     )
     assert proc.returncode == 1
     (line,) = lines_with(proc.stdout, f"cannot reach the server at {url}")

@@ -32,7 +32,9 @@ def no_traceback(proc) -> None:
 def finished_run(tmp_path_factory) -> Path:
     """One complete offline run (tiny model, rules), copied by each test that crafts from it."""
     base = tmp_path_factory.mktemp("finished")
-    environ = {k: v for k, v in os.environ.items() if k not in ("CRITIFUSION_CONFIG", "TOGETHER_API_KEY", "OLLAMA_HOST")}
+    environ = {
+        k: v for k, v in os.environ.items() if k not in ("CRITIFUSION_CONFIG", "TOGETHER_API_KEY", "OLLAMA_HOST")
+    }
     environ.update(XDG_CONFIG_HOME=str(base / "xdg"), HF_HUB_OFFLINE="1", HF_HOME=str(base / "hf"))
     out = base / "run"
     proc = run_cli("a red fox", *OFFLINE, "--out", str(out), env=environ, cwd=base)
@@ -57,10 +59,23 @@ def crafted(tmp_path: Path, stages=None, **fields) -> Path:
     folder.mkdir()
     (folder / "base.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     data = {
-        "schema": "critifusion.run/1", "prompt": "a fox", "seed": 1, "status": "running",
-        "config": {}, "edits": [], "prompts": {},
-        "stages": stages if stages is not None else {
-            "base": {"status": "done", "image": "base.png", "latent": "base_latent.safetensors", "prompt": "a fox", "negative": ""},
+        "schema": "critifusion.run/1",
+        "prompt": "a fox",
+        "seed": 1,
+        "status": "running",
+        "config": {},
+        "edits": [],
+        "prompts": {},
+        "stages": stages
+        if stages is not None
+        else {
+            "base": {
+                "status": "done",
+                "image": "base.png",
+                "latent": "base_latent.safetensors",
+                "prompt": "a fox",
+                "negative": "",
+            },
         },
     }
     data.update(fields)
@@ -69,15 +84,27 @@ def crafted(tmp_path: Path, stages=None, **fields) -> Path:
 
 
 def base_stage(**fields) -> dict:
-    return {"base": {"status": "done", "image": "base.png", "latent": "base_latent.safetensors",
-                     "prompt": "a fox", "negative": "", **fields}}
+    return {
+        "base": {
+            "status": "done",
+            "image": "base.png",
+            "latent": "base_latent.safetensors",
+            "prompt": "a fox",
+            "negative": "",
+            **fields,
+        }
+    }
 
 
 # --- 1. a run folder from elsewhere is data ---------------------------------------------------
 
 
 CRAFTED_CASES = {
-    "dotdot-image": (dict(stages=base_stage(image="../../../../../../etc/passwd")), "stages.base.image", "leaves the run folder"),
+    "dotdot-image": (
+        dict(stages=base_stage(image="../../../../../../etc/passwd")),
+        "stages.base.image",
+        "leaves the run folder",
+    ),
     "absolute-image": (dict(stages=base_stage(image="/etc/passwd")), "stages.base.image", "not a path inside"),
     "absolute-latent": (dict(stages=base_stage(latent="/dev/zero")), "stages.base.latent", "not a path inside"),
     "manifest-a-list": ("LIST", "expected a JSON object", ""),
@@ -87,14 +114,34 @@ CRAFTED_CASES = {
     "seed-negative": (dict(seed=-1), "seed", "from 0 to"),
     "prompt-missing": (dict(prompt=None), "prompt", "expected"),
     "unknown-status": (dict(status="pwned"), "status", "expected"),
-    "base-without-latent": (dict(stages={"base": {"status": "done", "image": "base.png", "prompt": "a", "negative": ""}}), "stages.base.latent", "missing"),
+    "base-without-latent": (
+        dict(stages={"base": {"status": "done", "image": "base.png", "prompt": "a", "negative": ""}}),
+        "stages.base.latent",
+        "missing",
+    ),
     "prompts-wrong-shape": (dict(prompts={"positive": "x"}), "prompts.positive", "expected"),
-    "escape-in-file-name": (dict(stages=base_stage(image="a\x1b]0;t\x07.png")), "stages.base.image", "control characters"),
+    "escape-in-file-name": (
+        dict(stages=base_stage(image="a\x1b]0;t\x07.png")),
+        "stages.base.image",
+        "control characters",
+    ),
     "schema-other": (dict(schema="evil/9"), "schema", "is not"),
-    "schema-newer": (dict(schema="critifusion.run/2"), "made by a newer critifusion-tui (schema critifusion.run/2)", "upgrade"),
-    "width-not-a-number": (dict(stages=base_stage(width="x")), "stages.base.width: expected a whole number, got 'x'", ""),
+    "schema-newer": (
+        dict(schema="critifusion.run/2"),
+        "made by a newer critifusion-tui (schema critifusion.run/2)",
+        "upgrade",
+    ),
+    "width-not-a-number": (
+        dict(stages=base_stage(width="x")),
+        "stages.base.width: expected a whole number, got 'x'",
+        "",
+    ),
     "ledger-call-not-an-object": (dict(ledger={"calls": ["x"]}), "ledger.calls[0]: expected an object", ""),
-    "provider-url-with-escape": (dict(config={"criticore": {"vlms": ["ollama:x\x1b]52;c;ZXZpbA==\x07"]}}), "control characters", ""),
+    "provider-url-with-escape": (
+        dict(config={"criticore": {"vlms": ["ollama:x\x1b]52;c;ZXZpbA==\x07"]}}),
+        "control characters",
+        "",
+    ),
     "guidance-infinite": (dict(config={"diffusion": {"guidance": float("inf")}}), "diffusion.guidance", "finite"),
 }
 
@@ -165,10 +212,16 @@ def test_a_resumed_run_uses_the_current_providers_and_cleans_temp_files(env, tmp
     with LoopbackServer() as server:
         server.script("critic", text="<issues>- none</issues><refined>a red fox, forest</refined>")
         proc = run_cli(
-            "--resume", str(folder),
-            "--set", f"providers.together.base_url='{server.url}'",
-            "--set", f"providers.together.api_key_env={KEY_VAR}", "--set", "providers.together.max_retries=0",
-            env=dict(env, **{KEY_VAR: KEY_VALUE, "AWS_SECRET_ACCESS_KEY": AWS_VALUE}), cwd=tmp_path,
+            "--resume",
+            str(folder),
+            "--set",
+            f"providers.together.base_url='{server.url}'",
+            "--set",
+            f"providers.together.api_key_env={KEY_VAR}",
+            "--set",
+            "providers.together.max_retries=0",
+            env=dict(env, **{KEY_VAR: KEY_VALUE, "AWS_SECRET_ACCESS_KEY": AWS_VALUE}),
+            cwd=tmp_path,
         )
         sent = [r.headers.get("authorization") for r in server.requests_to("/v1/chat/completions")]
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -195,19 +248,39 @@ def test_an_echoed_key_and_url_credentials_never_reach_the_terminal_manifest_or_
         openai_url = plain_url.replace("http://", "http://user:hunter2pass@")
         out = tmp_path / "echo"
         proc = run_cli(
-            "a red fox", *OFFLINE, "--out", str(out), "--json",
-            "--set", f"providers.together.base_url='{server.url}'", "--set", f"providers.together.api_key_env={KEY_VAR}",
-            "--set", "providers.together.max_retries=0", "--set", f"providers.ollama.host='{server.url}'",
-            "--set", f"providers.openai.base_url='{openai_url}'", "--set", f"providers.openai.api_key_env={KEY_VAR}",
-            "--set", "providers.openai.max_retries=0",
-            "--set", "criticore.candidates=['together:t-http', 'together:t-stream', 'ollama:o-stream', 'ollama:o-http', 'openai:oa-http']",
-            env=dict(env, **{KEY_VAR: KEY_VALUE, "OLLAMA_API_KEY": ollama_key}), cwd=tmp_path,
+            "a red fox",
+            *OFFLINE,
+            "--out",
+            str(out),
+            "--json",
+            "--set",
+            f"providers.together.base_url='{server.url}'",
+            "--set",
+            f"providers.together.api_key_env={KEY_VAR}",
+            "--set",
+            "providers.together.max_retries=0",
+            "--set",
+            f"providers.ollama.host='{server.url}'",
+            "--set",
+            f"providers.openai.base_url='{openai_url}'",
+            "--set",
+            f"providers.openai.api_key_env={KEY_VAR}",
+            "--set",
+            "providers.openai.max_retries=0",
+            "--set",
+            "criticore.candidates=['together:t-http', 'together:t-stream', 'ollama:o-stream', 'ollama:o-http', 'openai:oa-http']",
+            env=dict(env, **{KEY_VAR: KEY_VALUE, "OLLAMA_API_KEY": ollama_key}),
+            cwd=tmp_path,
         )
-        echoed = sum(KEY_VALUE in r.headers.get("authorization", "") or ollama_key in r.headers.get("authorization", "")
-                     for r in server.requests)
+        echoed = sum(
+            KEY_VALUE in r.headers.get("authorization", "") or ollama_key in r.headers.get("authorization", "")
+            for r in server.requests
+        )
     assert echoed >= 5  # every candidate's server had a key to echo back
     no_traceback(proc)
-    seen = proc.stdout + proc.stderr + "".join(p.read_text(errors="replace") for p in out.iterdir() if p.suffix == ".json")
+    seen = (
+        proc.stdout + proc.stderr + "".join(p.read_text(errors="replace") for p in out.iterdir() if p.suffix == ".json")
+    )
     for secret in (KEY_VALUE, ollama_key, "hunter2pass"):
         assert secret not in seen
     assert "Authorization: Bearer ***" in proc.stderr  # the echo came back, masked
@@ -226,11 +299,22 @@ def test_a_dripping_and_a_flooding_server_are_bounded(env, tmp_path):
         out = tmp_path / "bounded"
         started = time.perf_counter()
         proc = run_cli(
-            "a red fox", *OFFLINE, "--out", str(out),
-            "--set", f"providers.together.base_url='{server.url}'", "--set", f"providers.together.api_key_env={KEY_VAR}",
-            "--set", "providers.together.max_retries=0", "--set", "providers.together.timeout_s=3",
-            "--set", "criticore.candidates=['together:drip', 'together:flood']",
-            env=dict(env, **{KEY_VAR: KEY_VALUE}), cwd=tmp_path,
+            "a red fox",
+            *OFFLINE,
+            "--out",
+            str(out),
+            "--set",
+            f"providers.together.base_url='{server.url}'",
+            "--set",
+            f"providers.together.api_key_env={KEY_VAR}",
+            "--set",
+            "providers.together.max_retries=0",
+            "--set",
+            "providers.together.timeout_s=3",
+            "--set",
+            "criticore.candidates=['together:drip', 'together:flood']",
+            env=dict(env, **{KEY_VAR: KEY_VALUE}),
+            cwd=tmp_path,
         )
         elapsed = time.perf_counter() - started
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -301,7 +385,12 @@ def test_disk_full_or_read_only_ends_in_a_message_with_the_done_stages_kept(env,
     # fsync fails from the 4th call on: the folder, tags and components are written first.
     proc = subprocess.run(
         [sys.executable, str(FAULT_RUNNER), code, "3", "run", "a red fox", *OFFLINE, "--out", str(out)],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert words in proc.stdout, proc.stdout

@@ -17,9 +17,12 @@ from tests.cli.test_cli import imported_modules
 from tests.loopback import KEY_VALUE, KEY_VAR, LoopbackServer
 
 RULES = [
-    "--set", "criticore.candidates=['rules']",
-    "--set", "criticore.aggregator=rules",
-    "--set", "criticore.vlms=['rules']",
+    "--set",
+    "criticore.candidates=['rules']",
+    "--set",
+    "criticore.aggregator=rules",
+    "--set",
+    "criticore.vlms=['rules']",
 ]
 NOT_ON_THIS_PATH = {"torch", "diffusers", "transformers", "accelerate", "textual", "textual_image"}
 
@@ -27,7 +30,12 @@ NOT_ON_THIS_PATH = {"torch", "diffusers", "transformers", "accelerate", "textual
 def prompt(*args, env, cwd, timeout=60) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "critifusion_tui", "prompt", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -51,24 +59,44 @@ def test_standard_output_is_only_the_positive_prompt(env, tmp_path):
 def test_json_carries_every_models_answer_and_the_critique(env, tmp_path):
     with LoopbackServer() as server:
         server.script("b", status=500, error="the model is down")
-        server.script("critic", text="<issues>- the fox is grey; make it red</issues><refined>a red fox, pine forest</refined>")
+        server.script(
+            "critic", text="<issues>- the fox is grey; make it red</issues><refined>a red fox, pine forest</refined>"
+        )
         env = dict(env, **{KEY_VAR: KEY_VALUE})
         proc = prompt(
-            "a red fox in a forest", "--json", "--critique", str(picture(tmp_path / "fox.jpg", "JPEG")),
-            "--set", f"providers.together.api_key_env={KEY_VAR}",
-            "--set", f"providers.together.base_url='{server.url}'",
-            "--set", "providers.together.max_retries=0",
-            "--set", "criticore.candidates=['together:a', 'together:b']",
-            "--set", "criticore.aggregator=together:agg",
-            "--set", "criticore.vlms=['together:critic']",
-            env=env, cwd=tmp_path,
+            "a red fox in a forest",
+            "--json",
+            "--critique",
+            str(picture(tmp_path / "fox.jpg", "JPEG")),
+            "--set",
+            f"providers.together.api_key_env={KEY_VAR}",
+            "--set",
+            f"providers.together.base_url='{server.url}'",
+            "--set",
+            "providers.together.max_retries=0",
+            "--set",
+            "criticore.candidates=['together:a', 'together:b']",
+            "--set",
+            "criticore.aggregator=together:agg",
+            "--set",
+            "criticore.vlms=['together:critic']",
+            env=env,
+            cwd=tmp_path,
         )
         assert proc.returncode == 0, proc.stderr
-        critic_request = next(
-            r for r in server.requests_to("/v1/chat/completions") if r.body["model"] == "critic"
-        )
+        critic_request = next(r for r in server.requests_to("/v1/chat/completions") if r.body["model"] == "critic")
     out = json.loads(proc.stdout)
-    assert set(out) >= {"idea", "positive", "negative", "components", "refinement", "answers", "critique", "ledger", "output"}
+    assert set(out) >= {
+        "idea",
+        "positive",
+        "negative",
+        "components",
+        "refinement",
+        "answers",
+        "critique",
+        "ledger",
+        "output",
+    }
     assert out["idea"] == "a red fox in a forest" and out["negative"].startswith("low quality")
     tags = {(a["model"], a["role"]): a for a in out["answers"]["tags"]}
     assert set(tags) == {("together:a", "candidate"), ("together:b", "candidate")}  # one usable: no merge

@@ -19,7 +19,12 @@ from tests.cli.test_run import OFFLINE, manifest, run_cli
 def refine(*args, env, cwd, timeout=180) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "critifusion_tui", "refine", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -80,7 +85,8 @@ def test_refine_from_a_past_run_reuses_its_base_and_a_run_reruns_to_the_same_byt
     assert summary["status"] == "done" and summary["folder"] == str(out)
     assert summary["prompt"] == "a red fox in a forest" and summary["seed"] == 2026  # the past run's
     assert summary["given"] == {
-        "source": "run", "run": {"folder": str(past.resolve()), "prompt": "a red fox in a forest", "seed": 2026},
+        "source": "run",
+        "run": {"folder": str(past.resolve()), "prompt": "a red fox in a forest", "seed": 2026},
     }
     assert summary["images"] == {"base": str(out / "base.png"), "refine": str(out / "refined.png")}
     m = manifest(out)

@@ -15,26 +15,48 @@ import pytest
 from tests.loopback import KEY_VALUE, KEY_VAR, LoopbackServer
 
 OFFLINE = [
-    "--set", "diffusion.model=tiny-random",
-    "--set", "criticore.candidates=['rules']",
-    "--set", "criticore.aggregator=rules",
-    "--set", "criticore.vlms=['rules']",
-    "--set", "diffusion.width=64", "--set", "diffusion.height=64",
-    "--set", "diffusion.steps=4", "--set", "specfusion.total_steps=4", "--set", "specfusion.last_k=3",
+    "--set",
+    "diffusion.model=tiny-random",
+    "--set",
+    "criticore.candidates=['rules']",
+    "--set",
+    "criticore.aggregator=rules",
+    "--set",
+    "criticore.vlms=['rules']",
+    "--set",
+    "diffusion.width=64",
+    "--set",
+    "diffusion.height=64",
+    "--set",
+    "diffusion.steps=4",
+    "--set",
+    "specfusion.total_steps=4",
+    "--set",
+    "specfusion.last_k=3",
 ]
 
 
 def run_cli(*args, env, cwd, timeout=120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "critifusion_tui", "run", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 
 def start_cli(*args, env, cwd) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "critifusion_tui", "run", *args],
-        env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -71,18 +93,30 @@ def test_offline_run_writes_a_complete_folder_and_a_json_summary(env, tmp_path):
 
 def test_hosted_roles_through_the_real_client_and_no_secret_on_disk(env, tmp_path):
     with LoopbackServer() as server:
-        server.script("critic", text="<issues>- the fox is grey; make it red</issues><refined>a red fox, pine forest</refined>")
+        server.script(
+            "critic", text="<issues>- the fox is grey; make it red</issues><refined>a red fox, pine forest</refined>"
+        )
         env = dict(env, **{KEY_VAR: KEY_VALUE})
         out = tmp_path / "hosted"
         proc = run_cli(
-            "a red fox in a forest", *OFFLINE, "--out", str(out),
-            "--set", f"providers.together.api_key_env={KEY_VAR}",
-            "--set", f"providers.together.base_url='{server.url}'",
-            "--set", "providers.together.max_retries=0",
-            "--set", "criticore.candidates=['together:a', 'together:b']",
-            "--set", "criticore.aggregator=together:agg",
-            "--set", "criticore.vlms=['together:critic']",
-            env=env, cwd=tmp_path,
+            "a red fox in a forest",
+            *OFFLINE,
+            "--out",
+            str(out),
+            "--set",
+            f"providers.together.api_key_env={KEY_VAR}",
+            "--set",
+            f"providers.together.base_url='{server.url}'",
+            "--set",
+            "providers.together.max_retries=0",
+            "--set",
+            "criticore.candidates=['together:a', 'together:b']",
+            "--set",
+            "criticore.aggregator=together:agg",
+            "--set",
+            "criticore.vlms=['together:critic']",
+            env=env,
+            cwd=tmp_path,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         # Tags: 2 candidates + aggregator; components: 2 candidates whose plain answers hold
@@ -134,7 +168,8 @@ def test_ctrl_c_exits_130_with_the_completed_stages_saved(env, tmp_path):
     assert "Traceback" not in stderr
     m = manifest(out)
     assert m["status"] == "cancelled" and {k: v["status"] for k, v in m["stages"].items() if k != "base"} == {
-        "tags": "done", "components": "done",
+        "tags": "done",
+        "components": "done",
     }
     # The stage in flight (if it had started) is recorded as cancelled, not as a failure.
     assert m["stages"].get("base", {"status": "cancelled"})["status"] == "cancelled"
@@ -144,7 +179,9 @@ def test_batch_runs_each_prompt_once_and_skips_finished_ones(env, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# two animals\na red fox\n\na blue whale\n")
     out = tmp_path / "batch"
-    first = run_cli("--prompts", str(prompts), *OFFLINE, "--out", str(out), "--json", env=env, cwd=tmp_path, timeout=180)
+    first = run_cli(
+        "--prompts", str(prompts), *OFFLINE, "--out", str(out), "--json", env=env, cwd=tmp_path, timeout=180
+    )
     assert first.returncode == 0, first.stderr
     assert [r["prompt"] for r in json.loads(first.stdout)] == ["a red fox", "a blue whale"]
     # Run folders only (not the claims, launch reports and summary of the batch); each line's
@@ -160,7 +197,16 @@ def test_batch_runs_each_prompt_once_and_skips_finished_ones(env, tmp_path):
 
 def test_a_failing_model_exits_1_with_the_reason(env, tmp_path):
     out = tmp_path / "broken"
-    proc = run_cli("a fox", *OFFLINE, "--set", f"diffusion.model='{tmp_path / 'missing-model'}'", "--out", str(out), env=env, cwd=tmp_path)
+    proc = run_cli(
+        "a fox",
+        *OFFLINE,
+        "--set",
+        f"diffusion.model='{tmp_path / 'missing-model'}'",
+        "--out",
+        str(out),
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1
     assert "[base] FAILED" in proc.stdout and "missing-model" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -194,10 +240,24 @@ def test_demo_runs_offline_and_the_users_set_still_wins(env, tmp_path):
 
 def test_prompts_from_a_drawbench_csv_with_category_and_limit(env, tmp_path):
     path = tmp_path / "drawbench.csv"
-    path.write_text('Prompts,Category\n"A red car.",Colors\n"Two cats.",Counting\n"A blue car.",Colors\n"A green car.",Colors\n')
+    path.write_text(
+        'Prompts,Category\n"A red car.",Colors\n"Two cats.",Counting\n"A blue car.",Colors\n"A green car.",Colors\n'
+    )
     out = tmp_path / "batch"
-    proc = run_cli("--prompts", str(path), "--category", "colors", "--limit", "2", *OFFLINE, "--out", str(out), "--json",
-                   env=env, cwd=tmp_path)
+    proc = run_cli(
+        "--prompts",
+        str(path),
+        "--category",
+        "colors",
+        "--limit",
+        "2",
+        *OFFLINE,
+        "--out",
+        str(out),
+        "--json",
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert [s["prompt"] for s in json.loads(proc.stdout)] == ["A red car.", "A blue car."]
     proc = run_cli("--prompts", str(path), "--category", "animals", *OFFLINE, env=env, cwd=tmp_path)
@@ -212,19 +272,33 @@ def test_json_summary_and_manifest_carry_the_ledger_and_the_templates_used(env, 
         server.script("a", text="red fox, pine forest, dusk light, 8k", usage=(120, 11))
         server.script("b", text="fox, forest floor, moss, soft light", usage=(130, 9))
         server.script("agg", text="red fox, pine forest, dusk light, moss", usage=(300, 8))
-        server.script("critic", text="<issues>- fox too small</issues><refined>a large red fox</refined>", usage=(900, 12))
+        server.script(
+            "critic", text="<issues>- fox too small</issues><refined>a large red fox</refined>", usage=(900, 12)
+        )
         env = dict(env, **{KEY_VAR: KEY_VALUE})
         out = tmp_path / "ledger"
         proc = run_cli(
-            "a red fox in a forest", *OFFLINE, "--out", str(out), "--json",
-            "--set", f"providers.together.api_key_env={KEY_VAR}",
-            "--set", f"providers.together.base_url='{server.url}'",
-            "--set", "providers.together.max_retries=0",
-            "--set", "criticore.candidates=['together:a', 'together:b']",
-            "--set", "criticore.aggregator=together:agg",
-            "--set", "criticore.vlms=['together:critic']",
-            "--set", f"criticore.instructions.tags_user='{template}'",
-            env=env, cwd=tmp_path,
+            "a red fox in a forest",
+            *OFFLINE,
+            "--out",
+            str(out),
+            "--json",
+            "--set",
+            f"providers.together.api_key_env={KEY_VAR}",
+            "--set",
+            f"providers.together.base_url='{server.url}'",
+            "--set",
+            "providers.together.max_retries=0",
+            "--set",
+            "criticore.candidates=['together:a', 'together:b']",
+            "--set",
+            "criticore.aggregator=together:agg",
+            "--set",
+            "criticore.vlms=['together:critic']",
+            "--set",
+            f"criticore.instructions.tags_user='{template}'",
+            env=env,
+            cwd=tmp_path,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         sent = [r.body for r in server.requests_to("/v1/chat/completions") if r.body["model"] == "a"]
@@ -250,12 +324,18 @@ def test_json_summary_and_manifest_carry_the_ledger_and_the_templates_used(env, 
 
 def hosted(server, *extra):
     return [
-        "--set", f"providers.together.api_key_env={KEY_VAR}",
-        "--set", f"providers.together.base_url='{server.url}'",
-        "--set", "providers.together.max_retries=0",
-        "--set", "criticore.candidates=['together:a', 'together:b', 'together:a']",
-        "--set", "criticore.aggregator=together:agg",
-        "--set", "criticore.vlms=['together:critic']",
+        "--set",
+        f"providers.together.api_key_env={KEY_VAR}",
+        "--set",
+        f"providers.together.base_url='{server.url}'",
+        "--set",
+        "providers.together.max_retries=0",
+        "--set",
+        "criticore.candidates=['together:a', 'together:b', 'together:a']",
+        "--set",
+        "criticore.aggregator=together:agg",
+        "--set",
+        "criticore.vlms=['together:critic']",
         *extra,
     ]
 
@@ -266,7 +346,9 @@ def script_models(server):
     server.script("a", text='{"components": ["a red fox", "a pine forest", "dusk light"]}')
     server.script("b", text="fox, forest floor, moss, soft light")
     server.script("agg", text="red fox, pine forest, dusk light, moss, rim light")
-    server.script("critic", text="<issues>- fox too small</issues><refined>a large red fox among pines at dusk</refined>")
+    server.script(
+        "critic", text="<issues>- fox too small</issues><refined>a large red fox among pines at dusk</refined>"
+    )
 
 
 def test_replay_gives_the_same_prompts_and_the_same_png_bytes_without_any_provider(env, tmp_path):
@@ -274,7 +356,17 @@ def test_replay_gives_the_same_prompts_and_the_same_png_bytes_without_any_provid
     first, again = tmp_path / "first", tmp_path / "again"
     with LoopbackServer() as server:
         script_models(server)
-        proc = run_cli("a red fox in a forest", *OFFLINE, *hosted(server), "--seed", "7", "--out", str(first), env=env, cwd=tmp_path)
+        proc = run_cli(
+            "a red fox in a forest",
+            *OFFLINE,
+            *hosted(server),
+            "--seed",
+            "7",
+            "--out",
+            str(first),
+            env=env,
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         asked = len(server.requests_to("/v1/chat/completions"))
     # The server is gone; the folder names its URL and key variable, which must not be used:
@@ -287,7 +379,9 @@ def test_replay_gives_the_same_prompts_and_the_same_png_bytes_without_any_provid
     assert b["prompts"] == a["prompts"]
     assert b["stages"]["tags"]["positive"] == a["stages"]["tags"]["positive"]
     assert b["stages"]["critique"]["refinement_prompt"] == a["stages"]["critique"]["refinement_prompt"]
-    assert [c["text"] for c in b["stages"]["tags"]["candidates"]] == [c["text"] for c in a["stages"]["tags"]["candidates"]]
+    assert [c["text"] for c in b["stages"]["tags"]["candidates"]] == [
+        c["text"] for c in a["stages"]["tags"]["candidates"]
+    ]
     assert all(c["from"] == "replay" for c in b["stages"]["tags"]["candidates"] if c["model"] != "rules")
     for image in ("base.png", "refined.png"):
         assert (again / image).read_bytes() == (first / image).read_bytes()

@@ -75,13 +75,19 @@ def hub_style_tokenizers(folder: Path) -> None:
             config = json.loads(path.read_text())
             for key in ("bos_token", "eos_token", "unk_token"):
                 config[key] = {
-                    "__type": "AddedToken", "content": config[key], "lstrip": False,
-                    "normalized": True, "rstrip": False, "single_word": False,
+                    "__type": "AddedToken",
+                    "content": config[key],
+                    "lstrip": False,
+                    "normalized": True,
+                    "rstrip": False,
+                    "single_word": False,
                 }
             path.write_text(json.dumps(config, indent=2))
 
 
-def to_hub_cache(folder: Path, cache: Path, repo_id: str, commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+def to_hub_cache(
+    folder: Path, cache: Path, repo_id: str, commit: str = "0123456789abcdef0123456789abcdef01234567"
+) -> Path:
     """Lay ``folder`` out as ``repo_id`` in the hub cache at ``cache``; returns the snapshot."""
     repo = cache / ("models--" + repo_id.replace("/", "--"))
     blobs, snapshot = repo / "blobs", repo / "snapshots" / commit

@@ -46,15 +46,19 @@ async def test_a_cached_answer_saves_the_request_and_a_retry_asks_again(server, 
 
 async def test_a_replay_answers_from_the_record_and_replays_failures(server, router):
     manifest = {
-        "schema": "critifusion.run/1", "prompt": PROMPT, "seed": 3,
-        "stages": {"tags": {
-            "status": "done",
-            "candidates": [
-                {"model": "together:a", "text": "red fox, deep snow, 8k", "error": None},
-                {"model": "together:b", "text": "", "error": "together:b: cannot reach Together at x"},
-            ],
-            "aggregator": [],
-        }},
+        "schema": "critifusion.run/1",
+        "prompt": PROMPT,
+        "seed": 3,
+        "stages": {
+            "tags": {
+                "status": "done",
+                "candidates": [
+                    {"model": "together:a", "text": "red fox, deep snow, 8k", "error": None},
+                    {"model": "together:b", "text": "", "error": "together:b: cannot reach Together at x"},
+                ],
+                "aggregator": [],
+            }
+        },
         "config": {"providers": {"together": {"base_url": "http://203.0.113.9", "api_key_env": "STOLEN"}}},
     }
     replay = Replay(RunManifest.model_validate(manifest))

@@ -71,7 +71,11 @@ PARSED_TAGS = [
         ["5 tags (asked for 16 to 26)"],
     ),
     ("tags_markdown.txt", ["a red fox", "golden hour light", "snowy forest", "8k"], ["4 tags (asked for 16 to 26)"]),
-    ("tags_cjk_ideographic_commas.txt", ["雪の中の赤いキツネ", "夕暮れの光", "松の森", "高精細"], ["4 tags (asked for 16 to 26)"]),
+    (
+        "tags_cjk_ideographic_commas.txt",
+        ["雪の中の赤いキツネ", "夕暮れの光", "松の森", "高精細"],
+        ["4 tags (asked for 16 to 26)"],
+    ),
     ("tags_cjk_fullwidth_commas.txt", ["红色狐狸", "雪地", "黄昏光线"], ["3 tags (asked for 16 to 26)"]),
     (
         "tags_prose_mixed.txt",
@@ -144,7 +148,11 @@ def test_component_answers_that_are_refused(fixture, why) -> None:
 
 
 PARSED_COMPONENTS = [
-    ("components_placeholder_mixed.txt", ["a red fox", "a pine tree"], ["1 placeholder dropped", "2 components (asked for 3 to 6)"]),
+    (
+        "components_placeholder_mixed.txt",
+        ["a red fox", "a pine tree"],
+        ["1 placeholder dropped", "2 components (asked for 3 to 6)"],
+    ),
     ("components_python_then_json.txt", ["a red fox", "falling snow", "a pine tree"], []),
     ("components_objects.txt", ["a red fox sitting in snow", "moon: full and low above the trees", "pine trees"], []),
     ("components_prose_wrapped.txt", ["a red fox", "snow on the ground", "a pine tree"], []),

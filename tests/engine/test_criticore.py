@@ -135,8 +135,12 @@ def events() -> list:
 def make_core(router, events):
     def make(candidates=CANDIDATES, aggregator=AGGREGATOR, vlms=VLMS, **kwargs) -> CritiCore:
         return CritiCore(
-            router, candidates=list(candidates), aggregator=list(aggregator), vlms=list(vlms),
-            emit=events.append, **kwargs,
+            router,
+            candidates=list(candidates),
+            aggregator=list(aggregator),
+            vlms=list(vlms),
+            emit=events.append,
+            **kwargs,
         )
 
     return make
@@ -412,7 +416,9 @@ CRITIC_A = (
     "<issues>- the fox has five legs\n- snow looks grey</issues>\n"
     "<refined>a red fox in bright white snow, four legs</refined>\n<alignment>80</alignment>"
 )
-CRITIC_B = "<issues>tail missing</issues><refined>a red fox with a bushy tail in snow</refined><alignment>90</alignment>"
+CRITIC_B = (
+    "<issues>tail missing</issues><refined>a red fox with a bushy tail in snow</refined><alignment>90</alignment>"
+)
 CRITIC_AGG = (
     "<issues>- fox has five legs; tail missing</issues>"
     "<refined>a red fox with four legs and a bushy tail in white snow</refined>"
@@ -452,8 +458,13 @@ async def test_critique_requests_and_result(server, make_core, ask_alignment) ->
     (agg,) = bodies(server, "together:agg")
     assert sampling(agg) == (0.2, 420)
     asked = user_text(agg)
-    for piece in ("the fox has five legs", "snow looks grey", "tail missing",
-                  "a red fox in bright white snow, four legs", "a red fox with a bushy tail in snow"):
+    for piece in (
+        "the fox has five legs",
+        "snow looks grey",
+        "tail missing",
+        "a red fox in bright white snow, four legs",
+        "a red fox with a bushy tail in snow",
+    ):
         assert piece in asked
     assert "image_url" not in json.dumps(agg)  # the merge is text only
 
@@ -662,7 +673,9 @@ async def test_rules_everywhere_is_a_full_offline_result(server, router, events)
     refinement = CritiCore.refinement_prompt(critique, tags)
     assert refinement == refinement_prompt(critique.refined, tags.positive, prompt)
     # The offline model's text also comes through the delta events.
-    deltas = "".join(e.text for e in events if isinstance(e, CandidateDelta) and e.stage == "tags" and e.role == "candidate")
+    deltas = "".join(
+        e.text for e in events if isinstance(e, CandidateDelta) and e.stage == "tags" and e.role == "candidate"
+    )
     assert deltas == tags.candidates[0].text
 
 
@@ -842,7 +855,9 @@ async def test_refinement_prompt_merges_critique_and_tags(server, make_core) -> 
     # The critic's subject first, the user's own prompt right after it, then the buckets.
     assert merged.startswith("a red fox with four legs and a bushy tail in white snow, a red fox in snow, ")
     # Without a prompt to keep, SPEC 5's order (the prompt bucketed with the other tags).
-    assert CritiCore.refinement_prompt(critique.refined, tags.positive) == refinement_prompt(critique.refined, tags.positive)
+    assert CritiCore.refinement_prompt(critique.refined, tags.positive) == refinement_prompt(
+        critique.refined, tags.positive
+    )
     assert count_tokens(merged) <= 77
 
 
@@ -925,8 +940,11 @@ async def test_echoing_candidates_are_refused_and_the_positive_stays_clean(serve
 
     codes = {a.model: a.error_code for a in result.candidates}
     assert codes == {
-        "together:model-a": "unusable_answer", "together:model-b": "unusable_answer",
-        "ollama:model-c": "unusable_answer", "together:model-d": None, "ollama:model-e": "unusable_answer",
+        "together:model-a": "unusable_answer",
+        "together:model-b": "unusable_answer",
+        "ollama:model-c": "unusable_answer",
+        "together:model-d": None,
+        "ollama:model-e": "unusable_answer",
     }
     echo = answer_of(result, "together:model-a")
     assert "repeats our instructions" in echo.error and echo.text  # reason shown, answer kept

@@ -74,7 +74,13 @@ def test_the_rooms_public_names_still_import_from_diffusion():
 
     homes = {
         devices: ("resolve_device", "resolve_dtype"),
-        diffusion_errors: ("DiffusionCancelled", "DiffusionError", "DiffusionLoadError", "DiffusionOutOfMemory", "OOM_HINT"),
+        diffusion_errors: (
+            "DiffusionCancelled",
+            "DiffusionError",
+            "DiffusionLoadError",
+            "DiffusionOutOfMemory",
+            "OOM_HINT",
+        ),
         diffusion_running: ("StepCallback", "img2img_step_count"),
     }
     for home, names in homes.items():
@@ -127,9 +133,7 @@ def test_tiny_random_builds_fast_and_is_labelled(engine):
     assert eng.txt2img.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
     # Seeded init: two builds are the same model.
     again = Diffusion("tiny-random").load()
-    assert torch.equal(
-        eng.txt2img.unet.conv_in.weight, again.txt2img.unet.conv_in.weight
-    )
+    assert torch.equal(eng.txt2img.unet.conv_in.weight, again.txt2img.unet.conv_in.weight)
 
 
 def test_a_real_model_is_not_labelled_tiny(tmp_path, tiny_sdxl_dir):
@@ -355,7 +359,13 @@ def test_on_step_reports_done_and_total(engine):
     assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
     seen.clear()
     engine.img2img_latent(
-        z, PROMPT, NEG, strength=0.3, guidance=5.0, steps=10, seed=1,
+        z,
+        PROMPT,
+        NEG,
+        strength=0.3,
+        guidance=5.0,
+        steps=10,
+        seed=1,
         on_step=lambda done, total: seen.append((done, total)),
     )
     assert seen == [(1, 3), (2, 3), (3, 3)]
@@ -398,8 +408,15 @@ def test_cancel_callable_in_img2img_and_before_start(engine):
     seen = []
     with pytest.raises(DiffusionCancelled):
         engine.img2img_latent(
-            z, PROMPT, NEG, strength=1.0, guidance=5.0, steps=5, seed=1,
-            on_step=lambda d, t: seen.append(d), cancel=lambda: len(seen) >= 1,
+            z,
+            PROMPT,
+            NEG,
+            strength=1.0,
+            guidance=5.0,
+            steps=5,
+            seed=1,
+            on_step=lambda d, t: seen.append(d),
+            cancel=lambda: len(seen) >= 1,
         )
     assert seen == [1]
     seen.clear()
@@ -535,8 +552,11 @@ def test_sdxl_single_file_without_unet_and_vae_names_the_missing_parts(tmp_path)
     ("index", "words"),
     [
         (
-            {"_class_name": "StableDiffusionXLImg2ImgPipeline", "requires_aesthetics_score": True,
-             "text_encoder": [None, None]},
+            {
+                "_class_name": "StableDiffusionXLImg2ImgPipeline",
+                "requires_aesthetics_score": True,
+                "text_encoder": [None, None],
+            },
             "refiner",
         ),
         ({"_class_name": "FluxPipeline"}, "FluxPipeline pipeline"),

@@ -15,7 +15,13 @@ from tests.engine.test_pipeline import PROMPT, offline_settings
 
 
 def test_what_a_stage_invalidates_follows_from_what_it_reads():
-    assert downstream("tags") == (Stage.BASE, Stage.CRITIQUE, Stage.REFINE, Stage.CRITIQUE_ORIGINAL, Stage.REFINE_ORIGINAL)
+    assert downstream("tags") == (
+        Stage.BASE,
+        Stage.CRITIQUE,
+        Stage.REFINE,
+        Stage.CRITIQUE_ORIGINAL,
+        Stage.REFINE_ORIGINAL,
+    )
     assert downstream("components") == (Stage.CRITIQUE, Stage.REFINE, Stage.CRITIQUE_ORIGINAL, Stage.REFINE_ORIGINAL)
     assert downstream("base") == (Stage.CRITIQUE, Stage.REFINE)
     assert downstream("base_original") == (Stage.CRITIQUE_ORIGINAL, Stage.REFINE_ORIGINAL)
@@ -107,8 +113,11 @@ async def test_resume_keeps_the_runs_settings_and_the_current_providers(tmp_path
     old = Session(offline_settings(tmp_path, str(engine.model), diffusion={"steps": 3}), diffusion=engine)
     run = old.new_run(PROMPT)
     await run.advance()
-    now = Session(offline_settings(tmp_path, str(engine.model), diffusion={"steps": 5}), diffusion=engine,
-                  overrides=["specfusion.rho_t=0.8"])
+    now = Session(
+        offline_settings(tmp_path, str(engine.model), diffusion={"steps": 5}),
+        diffusion=engine,
+        overrides=["specfusion.rho_t=0.8"],
+    )
     again = now.resume(run.folder)
     assert again.settings.diffusion.steps == 3 and again.settings.specfusion.rho_t == 0.8
     assert any("diffusion.steps = 3 (now 5)" in note for note in again.differences)

@@ -158,7 +158,12 @@ async def test_a_given_image_becomes_a_normal_run_folder(tmp_path, engine):
     assert base["source"] == "given" and base["given"]["file"] == "fox.png"
     assert (base["given"]["width"], base["given"]["height"]) == (100, 60)
     assert base["fit"]["scaled"] == [107, 64] and base["fit"]["crop"] == [21, 0, 85, 64]
-    assert (base["width"], base["height"], base["image"], base["latent"]) == (64, 64, "base.png", "base_latent.safetensors")
+    assert (base["width"], base["height"], base["image"], base["latent"]) == (
+        64,
+        64,
+        "base.png",
+        "base_latent.safetensors",
+    )
     assert manifest[GIVEN_KEY]["source"] == "given" and manifest[GIVEN_KEY]["record"]["image"] == "base.png"
     with Image.open(run.folder / "base.png") as saved:
         assert saved.size == (64, 64) and saved.text["source"] == "given: fox.png"
@@ -202,7 +207,9 @@ async def test_a_rerun_of_a_given_base_restores_it_and_never_draws(tmp_path, eng
     await reopened.rerun("base")  # what the app's retry of the base does
     await reopened.run_all()
     record = reopened.store.stage("base")
-    assert {k: v for k, v in record.items() if k != "seconds"} == {k: v for k, v in base_record.items() if k != "seconds"}
+    assert {k: v for k, v in record.items() if k != "seconds"} == {
+        k: v for k, v in base_record.items() if k != "seconds"
+    }
     for name, data in before.items():
         assert (run.folder / name).read_bytes() == data, name
     await session.aclose()

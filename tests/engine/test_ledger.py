@@ -40,8 +40,10 @@ async def test_ledger_sums_the_servers_usage_per_model_and_role(server, router):
     server.script("slow", status=429, retry_after=0.05, times=1)
     server.script("slow", text=TAGS, usage=(55, 5))
     core = CritiCore(
-        router, candidates=["together:t", "ollama:o", "openai:oa", "together:slow"],
-        aggregator=["together:agg"], vlms=["rules"],
+        router,
+        candidates=["together:t", "ollama:o", "openai:oa", "together:slow"],
+        aggregator=["together:agg"],
+        vlms=["rules"],
     )
     first = await core.tags(PROMPT)
     await core.tags(PROMPT, only=["together:t"], previous=first)  # t asked again: both calls count
@@ -63,7 +65,9 @@ async def test_ledger_sums_the_servers_usage_per_model_and_role(server, router):
     assert summary["total"]["tokens_in"] == sum(r["tokens_in"] for r in summary["models"])
     sent = sum(len(server.requests_to(p)) for p in ("/v1/chat/completions", "/api/chat", "/openai/v1/chat/completions"))
     assert summary["total"]["calls"] == len(core.ledger) == sent - 1  # the 429 was a retry, not a call
-    assert all(set(e) >= {"stage", "role", "model", "tokens_in", "tokens_out", "seconds", "retries"} for e in core.ledger)
+    assert all(
+        set(e) >= {"stage", "role", "model", "tokens_in", "tokens_out", "seconds", "retries"} for e in core.ledger
+    )
     assert KEY_VALUE not in repr(core.ledger) and TAGS not in repr(core.ledger)
     assert any("1 retried, 1 throttled (429)" in line for line in summary_lines(summary))
 

@@ -47,8 +47,13 @@ async def test_a_real_run_reads_back_typed_and_is_written_again_unchanged(tmp_pa
     record = read_manifest(run.folder)
     assert record.to_data() == json.loads(on_disk)  # every key, as written
     assert record == run.store.record  # the writer's check and the reader agree
-    kinds = {"tags": TagsStage, "components": ComponentsStage, "base": BaseStage, "critique": CritiqueStage,
-             "refine": RefineStage}
+    kinds = {
+        "tags": TagsStage,
+        "components": ComponentsStage,
+        "base": BaseStage,
+        "critique": CritiqueStage,
+        "refine": RefineStage,
+    }
     if variants == "all":
         kinds.update(base_original=BaseStage, critique_original=CritiqueStage, refine_original=RefineStage)
     assert {name: type(r) for name, r in record.stages.records().items()} == kinds
@@ -64,11 +69,16 @@ async def test_a_real_run_reads_back_typed_and_is_written_again_unchanged(tmp_pa
 
 
 def test_unknown_keys_are_kept_through_a_read_and_a_write(tmp_path):
-    folder = write(tmp_path / "run", minimal(
-        later_key={"nested": [1, 2]},
-        stages={"tags": {"status": "done", "positive": "a fox", "later_field": 3},
-                "upscale": {"status": "done", "image": "up.png", "factor": 2}},
-    ))
+    folder = write(
+        tmp_path / "run",
+        minimal(
+            later_key={"nested": [1, 2]},
+            stages={
+                "tags": {"status": "done", "positive": "a fox", "later_field": 3},
+                "upscale": {"status": "done", "image": "up.png", "factor": 2},
+            },
+        ),
+    )
     store = RunStore.open(folder)
     assert store.record.model_extra == {"later_key": {"nested": [1, 2]}}
     assert isinstance(store.record.stages.records()["upscale"], StageRecord)
@@ -95,7 +105,9 @@ def test_a_newer_schema_says_to_upgrade(tmp_path):
 @pytest.mark.parametrize("schema", ["other/9", None, 1, "critifusion.run/x", "critifusion.run/01"])
 def test_an_unknown_schema_says_so(tmp_path, schema):
     folder = write(tmp_path / "run", minimal(schema=schema))
-    with pytest.raises(StoreError, match=r"schema .* is not 'critifusion\.run/1' \(not a critifusion-tui run manifest\)"):
+    with pytest.raises(
+        StoreError, match=r"schema .* is not 'critifusion\.run/1' \(not a critifusion-tui run manifest\)"
+    ):
         read_manifest(folder)
 
 
@@ -106,7 +118,11 @@ def test_an_older_version_goes_through_the_upgrades_in_turn(monkeypatch):
     monkeypatch.setitem(
         manifest_module._UPGRADES, 1, lambda data: {**data, "schema": "critifusion.run/2", "moved": data["old"]}
     )
-    assert upgrade({"schema": "critifusion.run/1", "old": 5}, "m") == {"schema": "critifusion.run/2", "old": 5, "moved": 5}
+    assert upgrade({"schema": "critifusion.run/1", "old": 5}, "m") == {
+        "schema": "critifusion.run/2",
+        "old": 5,
+        "moved": 5,
+    }
     monkeypatch.delitem(manifest_module._UPGRADES, 1)
     with pytest.raises(StoreError, match="schema critifusion.run/1 is older than any this version reads"):
         upgrade({"schema": "critifusion.run/1"}, "m")
@@ -115,17 +131,32 @@ def test_an_older_version_goes_through_the_upgrades_in_turn(monkeypatch):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        (dict(stages={"base": {"status": "done", "width": "x"}}), "stages.base.width: expected a whole number, got 'x'"),
+        (
+            dict(stages={"base": {"status": "done", "width": "x"}}),
+            "stages.base.width: expected a whole number, got 'x'",
+        ),
         (dict(seed=True), "seed: expected a whole number, got True"),
-        (dict(status="pwned\x1b[31m"), "status: expected 'running', 'done', 'failed', 'cancelled', 'paused' or "
-                                       "'abandoned', got 'pwned\\x1b[31m'"),
-        (dict(ledger={"calls": [{"tokens_in": 3}, {"tokens_in": "many"}]}),
-         "ledger.calls[1].tokens_in: expected a whole number, got 'many'"),
-        (dict(stages={"tags": {"status": "done", "candidates": [{"text": "x"}]}}), "stages.tags.candidates[0].model: missing"),
+        (
+            dict(status="pwned\x1b[31m"),
+            "status: expected 'running', 'done', 'failed', 'cancelled', 'paused' or 'abandoned', got 'pwned\\x1b[31m'",
+        ),
+        (
+            dict(ledger={"calls": [{"tokens_in": 3}, {"tokens_in": "many"}]}),
+            "ledger.calls[1].tokens_in: expected a whole number, got 'many'",
+        ),
+        (
+            dict(stages={"tags": {"status": "done", "candidates": [{"text": "x"}]}}),
+            "stages.tags.candidates[0].model: missing",
+        ),
         (dict(edits=[{"stage": "tags"}]), "edits[0].field: missing"),
-        (dict(eval={"models": {"pickscore": "w"}, "base": {"pickscore": "high"}}), "eval.base.pickscore: expected a number, got 'high'"),
-        (dict(stages={"refine": {"status": "done", "alignment_from": {"source": "critic"}}}),
-         "stages.refine.alignment_from.alignment: missing"),
+        (
+            dict(eval={"models": {"pickscore": "w"}, "base": {"pickscore": "high"}}),
+            "eval.base.pickscore: expected a number, got 'high'",
+        ),
+        (
+            dict(stages={"refine": {"status": "done", "alignment_from": {"source": "critic"}}}),
+            "stages.refine.alignment_from.alignment: missing",
+        ),
     ],
 )
 def test_a_validation_error_is_one_line_naming_the_field(tmp_path, fields, message):
@@ -141,7 +172,9 @@ def test_the_writer_refuses_a_shape_history_could_not_read(tmp_path):
     store = RunStore.create(prompt="a fox", seed=1, config={}, versions={}, folder=tmp_path / "run")
     before = (store.folder / MANIFEST).read_bytes()
     store.manifest["stages"]["base"] = {"status": "done", "width": 64.5}
-    with pytest.raises(StoreError, match=r"refusing to write .*: stages\.base\.width: expected a whole number, got 64\.5"):
+    with pytest.raises(
+        StoreError, match=r"refusing to write .*: stages\.base\.width: expected a whole number, got 64\.5"
+    ):
         store.write_manifest()
     assert (store.folder / MANIFEST).read_bytes() == before
     with pytest.raises(StoreError, match="stages.base.image: missing from a completed stage"):

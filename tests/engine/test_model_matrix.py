@@ -47,7 +47,9 @@ REPO = "acme/tiny-sdxl"
 def saved(tmp_path_factory):
     """Tiny SDXL folders in the three variant layouts, built once; cases copy them."""
     root = tmp_path_factory.mktemp("saved")
-    return {layout: layouts.save_folder(build_tiny_sdxl(0), root / layout, layout) for layout in ("fp32", "fp16", "both")}
+    return {
+        layout: layouts.save_folder(build_tiny_sdxl(0), root / layout, layout) for layout in ("fp32", "fp16", "both")
+    }
 
 
 @pytest.fixture(scope="session")
@@ -116,8 +118,11 @@ def build_case(name: str, tmp_path: Path, monkeypatch, saved, single_files) -> C
                 "exponential": {"use_exponential_sigmas": True},
                 "beta": {"use_beta_sigmas": True},
                 "v_prediction": {"prediction_type": "v_prediction"},
-                "sde": {"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++",
-                        "timestep_spacing": "trailing"},
+                "sde": {
+                    "_class_name": "DPMSolverMultistepScheduler",
+                    "algorithm_type": "sde-dpmsolver++",
+                    "timestep_spacing": "trailing",
+                },
             }[layout]
         )
         path.write_text(json.dumps(config))
@@ -164,19 +169,28 @@ MATRIX = {
     "cache:fp32": None,
     "cache:fp16": None,
     "cache:both": None,
-    "cache:missing_component": ["text_encoder_2/config.json is missing", f"hf download {REPO} --include",
-                                "text_encoder_2/model.safetensors"],
-    "cache:no_weights": ["unet has no weights", f"hf download {REPO} --include",
-                         '"unet/diffusion_pytorch_model.safetensors"'],
-    "cache:fp32+fp16": ['unet has no fp16 weights', 'diffusion.variant = "fp16"'],
+    "cache:missing_component": [
+        "text_encoder_2/config.json is missing",
+        f"hf download {REPO} --include",
+        "text_encoder_2/model.safetensors",
+    ],
+    "cache:no_weights": [
+        "unet has no weights",
+        f"hf download {REPO} --include",
+        '"unet/diffusion_pytorch_model.safetensors"',
+    ],
+    "cache:fp32+fp16": ["unet has no fp16 weights", 'diffusion.variant = "fp16"'],
     "cache:fp16+none": ["unet has no full (non-fp16) weights", 'diffusion.variant = "none"'],
     "folder:fp32": None,
     "folder:fp16": None,
     "folder:both": None,
     "folder:missing_component": ["text_encoder_2/config.json is missing", "--local-dir"],
     "folder:no_weights": ["unet has no weights", "--local-dir", "unet/diffusion_pytorch_model.safetensors"],
-    "single:sdxl-safetensors-empty": ["does not fit the configuration built-in: sdxl-base",
-                                      "UNet channels are 32, the configuration's 320", "single_file_config"],
+    "single:sdxl-safetensors-empty": [
+        "does not fit the configuration built-in: sdxl-base",
+        "UNet channels are 32, the configuration's 320",
+        "single_file_config",
+    ],
     "single:sdxl-safetensors-cached": None,
     "single:sd15-safetensors-empty": ["does not fit the configuration built-in: sd15"],
     "single:sd15-safetensors-cached": None,
@@ -258,8 +272,10 @@ def test_mixed_variants_load_each_component_from_its_own_files(tmp_path, saved):
     variants = engine.describe()["component_variants"]
     assert variants == {"text_encoder": "fp16", "text_encoder_2": "fp16", "unet": "fp16", "vae": "none"}
     reference = Diffusion(str(saved["fp32"]), device="cpu").load()
-    assert torch.equal(engine.txt2img.vae.state_dict()["decoder.conv_out.weight"],
-                       reference.txt2img.vae.state_dict()["decoder.conv_out.weight"])
+    assert torch.equal(
+        engine.txt2img.vae.state_dict()["decoder.conv_out.weight"],
+        reference.txt2img.vae.state_dict()["decoder.conv_out.weight"],
+    )
 
 
 def test_a_single_file_loads_the_same_weights_as_its_folder(tmp_path, monkeypatch, single_files, saved):
@@ -315,14 +331,25 @@ def test_native_size_comes_from_the_model(tmp_path, saved):
 
 def _env(tmp_path: Path, cache: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("CRITIFUSION_CONFIG", "TOGETHER_API_KEY")}
-    env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), XDG_CONFIG_HOME=str(tmp_path / "xdg"),
-               XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_HUB_CACHE=str(cache),
+        XDG_CONFIG_HOME=str(tmp_path / "xdg"),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+    )
     return env
 
 
 def _cli(*args, env, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "critifusion_tui", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "critifusion_tui", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_run_on_an_fp16_only_cache_with_hub_tokenizers(tmp_path, saved):
@@ -334,9 +361,21 @@ def test_run_on_an_fp16_only_cache_with_hub_tokenizers(tmp_path, saved):
     layouts.to_hub_cache(folder, cache, REPO)
     env = _env(tmp_path, cache)
     out = tmp_path / "run"
-    proc = _cli("run", "a red fox", "--demo", "--set", f"diffusion.model={REPO}",
-                "--set", "diffusion.width=auto", "--set", "diffusion.height=auto", "--out", str(out),
-                env=env, cwd=tmp_path)
+    proc = _cli(
+        "run",
+        "a red fox",
+        "--demo",
+        "--set",
+        f"diffusion.model={REPO}",
+        "--set",
+        "diffusion.width=auto",
+        "--set",
+        "diffusion.height=auto",
+        "--out",
+        str(out),
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     record = manifest["diffusion"]
@@ -344,7 +383,9 @@ def test_run_on_an_fp16_only_cache_with_hub_tokenizers(tmp_path, saved):
     assert record["device"] == "cpu" and record["dtype"] == "float32"
     assert record["scheduler"]["sigmas"] == "karras"
     assert {Path(w["path"]).name for w in record["weights"]} == {
-        "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors"}
+        "diffusion_pytorch_model.fp16.safetensors",
+        "model.fp16.safetensors",
+    }
     assert manifest["stages"]["base"]["width"] == 64  # "auto": the tiny model's native size
     # Printed by the tokenizers library while loading: shown once as a notice, never raw.
     lines = (proc.stdout + proc.stderr).splitlines()
@@ -370,7 +411,9 @@ def test_doctor_and_run_agree_through_the_commands(tmp_path, saved):
     path = folder2 / "scheduler" / "scheduler_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "use_exponential_sigmas": True}))
     out = tmp_path / "run2"
-    run = _cli("run", "a fox", "--demo", "--set", f"diffusion.model='{folder2}'", "--out", str(out), env=env, cwd=tmp_path)
+    run = _cli(
+        "run", "a fox", "--demo", "--set", f"diffusion.model='{folder2}'", "--out", str(out), env=env, cwd=tmp_path
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert json.loads((out / "manifest.json").read_text())["status"] == "done"
 

@@ -55,8 +55,11 @@ async def test_true_unloads_what_ollama_holds_before_each_diffusion_and_says_so(
     assert "llm" in before_base
     assert listed[0].at < events.first(DiffusionStep, "base_original")
     # Before the refinement: the vision model the critique loaded since.
-    between = [r.body["model"] for r in unloads if events.first(StageFinished, "critique") < r.at
-               < events.first(DiffusionStep, "refine")]
+    between = [
+        r.body["model"]
+        for r in unloads
+        if events.first(StageFinished, "critique") < r.at < events.first(DiffusionStep, "refine")
+    ]
     assert between == ["llava"]
     assert server.loaded == []  # nothing left in "memory" after the last diffusion
     said = [e for _, e in events if isinstance(e, Notice) and "to unload" in e.message]

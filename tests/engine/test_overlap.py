@@ -28,8 +28,11 @@ def hosted(tmp_path, model: str, settings: Settings, **diffusion) -> Settings:
     data = offline_settings(tmp_path, model, diffusion=diffusion).model_dump()
     data["providers"] = settings.providers.model_dump()
     data["providers"]["together"]["timeout_s"] = 6 * LATENCY  # the fixture's 2 s is shorter than one answer
-    data["criticore"] = {"candidates": ["together:a", "together:b"], "aggregator": ["together:agg"],
-                         "vlms": ["together:critic"]}
+    data["criticore"] = {
+        "candidates": ["together:a", "together:b"],
+        "aggregator": ["together:agg"],
+        "vlms": ["together:critic"],
+    }
     return Settings.model_validate(data)
 
 
@@ -72,7 +75,9 @@ async def test_the_model_loads_while_the_text_stages_wait_on_the_provider(tmp_pa
     await session.aclose()
 
 
-async def test_variants_all_draws_and_criticises_the_comparison_beside_the_method(tmp_path, tiny_sdxl_dir, server, settings):
+async def test_variants_all_draws_and_criticises_the_comparison_beside_the_method(
+    tmp_path, tiny_sdxl_dir, server, settings
+):
     slow_server(server)
     fresh = Diffusion(str(tiny_sdxl_dir), device="cpu")
     session = Session(hosted(tmp_path, str(tiny_sdxl_dir), settings, steps=8), diffusion=fresh)
@@ -81,7 +86,14 @@ async def test_variants_all_draws_and_criticises_the_comparison_beside_the_metho
     manifest = await run.run_all()
     assert manifest["status"] == "done"
     assert list(manifest["stages"]) == [
-        "tags", "components", "base", "critique", "refine", "base_original", "critique_original", "refine_original",
+        "tags",
+        "components",
+        "base",
+        "critique",
+        "refine",
+        "base_original",
+        "critique_original",
+        "refine_original",
     ]
     text_end = max(events.at(StageFinished, "tags"), events.at(StageFinished, "components"))
     # The comparison base needs only the user's prompt: it draws while the providers answer.
@@ -129,7 +141,9 @@ async def test_a_gate_holds_what_reads_its_fields_and_nothing_else(tmp_path, eng
         return fields
 
     manifest = await run.run_all(person)
-    assert order.index("gate:tags") < order.index("base") and order.index("gate:tags") < order.index("critique_original")
+    assert order.index("gate:tags") < order.index("base") and order.index("gate:tags") < order.index(
+        "critique_original"
+    )
     assert order.index("gate:refine") < order.index("refine")
     # The edit at the gate reached the comparison's critique too.
     assert manifest["stages"]["critique_original"]["components"] == ["a red fox", "a pine forest"]
@@ -145,8 +159,9 @@ async def test_the_schedule_raises_the_first_failure_after_the_running_stages_en
         ended.append(stage)
 
     done: set[Stage] = set()
-    schedule = Schedule((Stage.TAGS, Stage.COMPONENTS, Stage.BASE_ORIGINAL, Stage.CRITIQUE_ORIGINAL),
-                        run=run, done=done.__contains__)
+    schedule = Schedule(
+        (Stage.TAGS, Stage.COMPONENTS, Stage.BASE_ORIGINAL, Stage.CRITIQUE_ORIGINAL), run=run, done=done.__contains__
+    )
     with pytest.raises(RunFailed):
         await schedule.run()
     # Components and the comparison base were running and ended; nothing new started.
@@ -158,13 +173,21 @@ def test_the_graph_the_schedule_reads():
     assert gates_holding("base_original") == () and gates_holding("refine_original") == ()
     assert [g.name for g in gates_holding("refine")] == ["refine"]
     assert gate_inputs(TAGS_GATE) == (Stage.TAGS, Stage.COMPONENTS) and gate_inputs(REFINE_GATE) == (Stage.CRITIQUE,)
-    assert [s for s in Stage if TABLE[s].draws] == [Stage.BASE, Stage.REFINE, Stage.BASE_ORIGINAL, Stage.REFINE_ORIGINAL]
+    assert [s for s in Stage if TABLE[s].draws] == [
+        Stage.BASE,
+        Stage.REFINE,
+        Stage.BASE_ORIGINAL,
+        Stage.REFINE_ORIGINAL,
+    ]
 
 
-@pytest.mark.parametrize(("load_s", "expected"), [
-    (0.3, [Stage.TAGS, Stage.BASE, Stage.BASE_ORIGINAL]),  # the text ends first: the method draws first
-    (0.0, [Stage.TAGS, Stage.BASE_ORIGINAL, Stage.BASE]),  # loaded first: the comparison draws meanwhile
-])
+@pytest.mark.parametrize(
+    ("load_s", "expected"),
+    [
+        (0.3, [Stage.TAGS, Stage.BASE, Stage.BASE_ORIGINAL]),  # the text ends first: the method draws first
+        (0.0, [Stage.TAGS, Stage.BASE_ORIGINAL, Stage.BASE]),  # loaded first: the comparison draws meanwhile
+    ],
+)
 async def test_while_the_model_loads_the_full_method_keeps_its_turn(load_s, expected):
     done: set[Stage] = set()
     order: list[Stage] = []

@@ -11,7 +11,14 @@ import pytest
 from PIL import Image
 
 from critifusion_tui.config import Settings
-from critifusion_tui.engine.events import DiffusionStep, GateOpened, ImageReady, StageFinished, StageSkipped, StageStarted
+from critifusion_tui.engine.events import (
+    DiffusionStep,
+    GateOpened,
+    ImageReady,
+    StageFinished,
+    StageSkipped,
+    StageStarted,
+)
 from critifusion_tui.engine.pipeline import RunFailed, Session
 from critifusion_tui.engine.prompts import merge_critique_with_tags
 from critifusion_tui.engine.specfusion import cadr_from_alignment
@@ -64,8 +71,14 @@ async def test_full_run_writes_a_complete_run_folder(tmp_path, engine):
     assert stages["components"]["components"] == ["a red fox in a forest"]
     base = stages["base"]
     assert {k: base[k] for k in ("prompt", "negative", "image", "seed", "steps", "guidance", "width", "height")} == {
-        "prompt": tags["positive"], "negative": tags["negative"], "image": "base.png", "seed": 2026,
-        "steps": 4, "guidance": 4.5, "width": 64, "height": 64,
+        "prompt": tags["positive"],
+        "negative": tags["negative"],
+        "image": "base.png",
+        "seed": 2026,
+        "steps": 4,
+        "guidance": 4.5,
+        "width": 64,
+        "height": 64,
     }
     critique = stages["critique"]
     assert set(critique["candidates"][0]) >= {"model", "issues", "refined", "error", "seconds"}
@@ -73,8 +86,13 @@ async def test_full_run_writes_a_complete_run_folder(tmp_path, engine):
     refine = stages["refine"]
     assert refine["prompt"] == merge_critique_with_tags(critique["refined"], tags["positive"])
     assert {k: refine[k] for k in ("strength", "guidance", "steps", "rho_t", "base_c", "seed", "image")} == {
-        "strength": 0.75, "guidance": 5.2, "steps": 4, "rho_t": 0.85, "base_c": 0.5,
-        "seed": 2026 + 2100 + 3, "image": "refined.png",
+        "strength": 0.75,
+        "guidance": 5.2,
+        "steps": 4,
+        "rho_t": 0.85,
+        "base_c": 0.5,
+        "seed": 2026 + 2100 + 3,
+        "image": "refined.png",
     }
     assert all(isinstance(stages[s]["seconds"], float) for s in stages)
     for name in ("base.png", "refined.png", "base_latent.safetensors"):
@@ -137,7 +155,9 @@ async def test_skipping_the_critique_refines_from_the_tags(tmp_path, engine):
     run = session.new_run(PROMPT, emit=events.append)
     manifest = await run.run_all(skip)
     assert manifest["stages"]["critique"]["skipped"] is True
-    assert manifest["stages"]["refine"]["prompt"] == merge_critique_with_tags("", manifest["stages"]["tags"]["positive"])
+    assert manifest["stages"]["refine"]["prompt"] == merge_critique_with_tags(
+        "", manifest["stages"]["tags"]["positive"]
+    )
     assert [e.stage for e in events if isinstance(e, StageSkipped)] == ["critique"]
 
 
@@ -167,7 +187,9 @@ async def test_cancel_mid_diffusion_stops_within_a_step_and_keeps_what_is_done(t
     assert manifest["status"] == "cancelled"
     # The stage in flight is recorded as cancelled, not failed: nothing went wrong with it.
     assert {k: v["status"] for k, v in manifest["stages"].items()} == {
-        "tags": "done", "components": "done", "base": "cancelled",
+        "tags": "done",
+        "components": "done",
+        "base": "cancelled",
     }
 
 
@@ -191,7 +213,14 @@ async def test_all_variants_share_the_text_stages(tmp_path, engine):
     run, manifest, _ = await run_once(session, variants="all")
     stages = manifest["stages"]
     assert list(stages) == [
-        "tags", "components", "base", "critique", "refine", "base_original", "critique_original", "refine_original",
+        "tags",
+        "components",
+        "base",
+        "critique",
+        "refine",
+        "base_original",
+        "critique_original",
+        "refine_original",
     ]
     assert stages["base_original"]["prompt"] == PROMPT
     assert stages["base_original"]["negative"] == session.settings.diffusion.negative
@@ -201,7 +230,10 @@ async def test_all_variants_share_the_text_stages(tmp_path, engine):
 
 
 async def test_adaptive_mode_takes_the_critics_alignment(tmp_path, engine, server, settings):
-    server.script("critic", text="<issues>- fox is blue; make it red</issues><refined>a red fox</refined><alignment>80</alignment>")
+    server.script(
+        "critic",
+        text="<issues>- fox is blue; make it red</issues><refined>a red fox</refined><alignment>80</alignment>",
+    )
     data = offline_settings(tmp_path, str(engine.model), specfusion={"mode": "adaptive"}).model_dump()
     data["providers"] = settings.providers.model_dump()
     data["criticore"]["vlms"] = ["together:critic"]
@@ -211,7 +243,11 @@ async def test_adaptive_mode_takes_the_critics_alignment(tmp_path, engine, serve
     assert manifest["stages"]["critique"]["alignment"] == 80.0
     refine = manifest["stages"]["refine"]
     assert (refine["strength"], refine["guidance"], refine["steps"], refine["rho_t"], refine["mode"]) == (
-        strength, guidance, steps, rho_t, "adaptive",
+        strength,
+        guidance,
+        steps,
+        rho_t,
+        "adaptive",
     )
     assert "<alignment>" in server.last("/v1/chat/completions").body["messages"][1]["content"][0]["text"]
     await session.aclose()
@@ -221,7 +257,11 @@ async def test_no_secret_reaches_the_run_folder(tmp_path, engine, server, settin
     server.script("v", text="<issues>the fox is small</issues><refined>a large red fox</refined>")
     data = offline_settings(tmp_path, str(engine.model)).model_dump()
     data["providers"] = settings.providers.model_dump()
-    data["criticore"] = {"candidates": ["together:a", "together:b"], "aggregator": "together:agg", "vlms": ["together:v"]}
+    data["criticore"] = {
+        "candidates": ["together:a", "together:b"],
+        "aggregator": "together:agg",
+        "vlms": ["together:v"],
+    }
     session = Session(Settings.model_validate(data), diffusion=engine)
     run, manifest, _ = await run_once(session)
     assert manifest["config"]["providers"]["together"]["api_key_env"] == KEY_VAR
@@ -267,7 +307,11 @@ async def test_taking_one_models_answer_is_recorded_as_written_by_it(tmp_path, e
     server.script("c", text='{"components": ["a pine forest"]}')
     data = offline_settings(tmp_path, str(engine.model)).model_dump()
     data["providers"] = settings.providers.model_dump()
-    data["criticore"] = {"candidates": ["together:a", "together:b", "together:c"], "aggregator": "rules", "vlms": ["rules"]}
+    data["criticore"] = {
+        "candidates": ["together:a", "together:b", "together:c"],
+        "aggregator": "rules",
+        "vlms": ["rules"],
+    }
     session = Session(Settings.model_validate(data), diffusion=engine)
     run = session.new_run(PROMPT)
     await run.advance()  # the text step
@@ -276,7 +320,9 @@ async def test_taking_one_models_answer_is_recorded_as_written_by_it(tmp_path, e
     run.use_answer("tags", "together:a")
     assert run.prompts["positive"]["by"] == "together:a"
     # SPEC 1.4 on that one answer: the prompt first, lighting before "other", the quality floor.
-    assert run.text("positive") == "a red fox in a forest, moonlight, a red fox, snow, high detailed, sharp focus, 8k, UHD"
+    assert (
+        run.text("positive") == "a red fox in a forest, moonlight, a red fox, snow, high detailed, sharp focus, 8k, UHD"
+    )
     run.use_answer("components", "together:b")
     assert run.text("components") == ["a red fox", "falling snow"]
     assert [e["by"] for e in run.store.manifest["edits"]] == ["together:a", "together:b"]

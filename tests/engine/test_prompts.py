@@ -283,9 +283,7 @@ def test_postprocess_empty_answer(merged: str) -> None:
 
 def test_postprocess_numbered_list_answer() -> None:
     merged = "Here are the tags:\n1. a cat\n2. rim lighting\n3. UHD."
-    assert postprocess_tags(merged, "a cat") == (
-        "a cat, rim lighting, UHD, high detailed, sharp focus, 8k"
-    )
+    assert postprocess_tags(merged, "a cat") == ("a cat, rim lighting, UHD, high detailed, sharp focus, 8k")
 
 
 def test_postprocess_html_escaped_answer() -> None:
@@ -296,9 +294,7 @@ def test_postprocess_html_escaped_answer() -> None:
 
 
 def test_postprocess_empty_prompt_uses_first_tag() -> None:
-    assert postprocess_tags("a red fox, 8k, sunset", "") == (
-        "a red fox, sunset, 8k, high detailed, sharp focus, UHD"
-    )
+    assert postprocess_tags("a red fox, 8k, sunset", "") == ("a red fox, sunset, 8k, high detailed, sharp focus, UHD")
     assert postprocess_tags("", "") == "high detailed, sharp focus, 8k, UHD"
 
 
@@ -358,10 +354,7 @@ def test_fallback_with_small_preset_and_truncation() -> None:
 
 def test_merge_refined_subject_first_then_buckets() -> None:
     refined = "A red fox sitting in fresh snow, soft morning light, detailed fur."
-    tags = (
-        "a fox in the snow, watercolor style, sunset glow, vibrant colors, sharp focus, 8k, "
-        "high detailed, UHD"
-    )
+    tags = "a fox in the snow, watercolor style, sunset glow, vibrant colors, sharp focus, 8k, high detailed, UHD"
     assert merge_critique_with_tags(refined, tags) == (
         "A red fox sitting in fresh snow, watercolor style, soft morning light, sunset glow, "
         "vibrant colors, detailed fur, sharp focus, 8k, high detailed, UHD, a fox in the snow"

@@ -18,8 +18,12 @@ def test_conflicting_sigma_options_are_switched_off_and_recorded():
 
 
 def test_prediction_type_is_kept_and_the_solver_is_spec_3():
-    saved = {"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++",
-             "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
+    saved = {
+        "_class_name": "DPMSolverMultistepScheduler",
+        "algorithm_type": "sde-dpmsolver++",
+        "prediction_type": "v_prediction",
+        "timestep_spacing": "trailing",
+    }
     summary = describe_scheduler(saved)
     assert summary["algorithm"] == "dpmsolver++" and summary["prediction_type"] == "v_prediction"
     assert summary["timestep_spacing"] == "trailing" and "algorithm_type=sde-dpmsolver++" in summary["ignored"]

@@ -97,8 +97,9 @@ def test_a_full_size_sd15_single_file_loads_offline_with_an_empty_cache(tmp_path
     state = to_original_sd15(SimpleNamespace(unet=unet, vae=vae, text_encoder=text))
     probe_key = "model.diffusion_model.input_blocks.1.1.proj_in.weight"
     probe = state[probe_key].half()
-    path = save_single_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()},
-                            tmp_path / "v1-5-random.safetensors")
+    path = save_single_file(
+        {k: v.half() if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "v1-5-random.safetensors"
+    )
     del state, unet, vae, text
 
     engine = Diffusion(str(path), device="cpu").load()

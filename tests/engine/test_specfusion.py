@@ -258,10 +258,16 @@ def test_refine_seed():
 @pytest.mark.parametrize(
     "metric, value, expected",
     [
-        ("pickscore", 18.0, 0.0), ("pickscore", 25.0, 100.0), ("pickscore", 21.97, 56.71428571428571),
-        ("hpsv2", 0.27, 50.0), ("hpsv2", 0.1, 0.0), ("hpsv2", 0.5, 100.0),
-        ("imagereward", 0.5, 50.0), ("imagereward", -3.0, 0.0),
-        ("aesthetic", 5.75, 50.0), ("aesthetic", 9.0, 100.0),
+        ("pickscore", 18.0, 0.0),
+        ("pickscore", 25.0, 100.0),
+        ("pickscore", 21.97, 56.71428571428571),
+        ("hpsv2", 0.27, 50.0),
+        ("hpsv2", 0.1, 0.0),
+        ("hpsv2", 0.5, 100.0),
+        ("imagereward", 0.5, 50.0),
+        ("imagereward", -3.0, 0.0),
+        ("aesthetic", 5.75, 50.0),
+        ("aesthetic", 9.0, 100.0),
     ],
 )
 def test_alignment_from_metric_maps_linearly_between_its_anchors_and_clamps(metric, value, expected):

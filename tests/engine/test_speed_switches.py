@@ -82,7 +82,10 @@ def test_auto_turns_on_with_cuda_and_fuse_stays_off_with_offload():
     assert offload.channels_last and not offload.fuse_qkv and offload.compile
     assert "cpu_offload" in offload.why["fuse_qkv"]
     assert offload.record()["compile"] == {
-        "on": True, "why": "diffusion.compile = true", "mode": "max-autotune-no-cudagraphs", "scope": "regional",
+        "on": True,
+        "why": "diffusion.compile = true",
+        "mode": "max-autotune-no-cudagraphs",
+        "scope": "regional",
     }
     forced = resolve_switches("cpu", channels_last=True, fuse_qkv="true")
     assert forced.channels_last and forced.fuse_qkv and not forced.auto("fuse_qkv")
@@ -97,7 +100,7 @@ def test_auto_turns_on_with_cuda_and_fuse_stays_off_with_offload():
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
-        ({"channels_last": "sometimes"}, 'unknown diffusion.channels_last'),
+        ({"channels_last": "sometimes"}, "unknown diffusion.channels_last"),
         ({"fuse_qkv": 2}, "unknown diffusion.fuse_qkv"),
         ({"compile": "auto"}, "diffusion.compile takes true or false"),
         ({"compile": True, "compile_mode": "reduce-overhead", "device": "cuda"}, "unknown diffusion.compile_mode"),
@@ -125,7 +128,9 @@ def test_compile_on_the_cpu_stays_a_config_error():
 def test_the_config_keys_reach_the_engine_and_the_resume_check():
     from critifusion_tui.engine.resume import same_model
 
-    cfg = DiffusionConfig(model="tiny-random", channels_last=True, fuse_qkv="false", compile_mode="max-autotune-no-cudagraphs")
+    cfg = DiffusionConfig(
+        model="tiny-random", channels_last=True, fuse_qkv="false", compile_mode="max-autotune-no-cudagraphs"
+    )
     assert (cfg.channels_last, cfg.fuse_qkv) == (True, False)
     engine = Diffusion.from_config(cfg)
     assert (engine.channels_last, engine.fuse_qkv, engine.compile_mode) == (True, False, "max-autotune-no-cudagraphs")
@@ -274,8 +279,17 @@ def test_a_real_run_reads_no_tensor_inside_the_callback(engine, monkeypatch):
 
     monkeypatch.setattr(diffusion_running, "_step_callback", watched)
     steps = []
-    engine.base_latent(PROMPT, NEG, width=64, height=64, steps=3, guidance=4.5, seed=1,
-                       on_step=lambda d, t: steps.append((d, t)), cancel=lambda: False)
+    engine.base_latent(
+        PROMPT,
+        NEG,
+        width=64,
+        height=64,
+        steps=3,
+        guidance=4.5,
+        seed=1,
+        on_step=lambda d, t: steps.append((d, t)),
+        cancel=lambda: False,
+    )
     assert steps == [(1, 3), (2, 3), (3, 3)]
 
 
@@ -290,8 +304,12 @@ def test_doctor_names_the_switches_and_why():
     assert line.startswith("channels_last off (auto: CUDA only, the device is cpu); fused QKV off (auto: CUDA only")
     assert "compile off (diffusion.compile = false)" in line
     assert "attention: torch SDPA" in line and "(cpu, float32)" in line
-    forced = {c.label: c.detail for c in model_checks(Settings(diffusion=DiffusionConfig(
-        model="tiny-random", channels_last=True, fuse_qkv=True)))}
+    forced = {
+        c.label: c.detail
+        for c in model_checks(
+            Settings(diffusion=DiffusionConfig(model="tiny-random", channels_last=True, fuse_qkv=True))
+        )
+    }
     assert forced["speed"].startswith("channels_last on (diffusion.channels_last = true); fused QKV on")
 
 
@@ -305,19 +323,23 @@ async def test_the_critique_gets_the_png_bytes_without_reading_the_file(tmp_path
 
     reads, sent = [], []
     real_read, real_critique = RunStore.read_file, CritiCore.critique
-    monkeypatch.setattr(RunStore, "read_file", lambda self, rel, *a, **kw: reads.append(rel) or real_read(self, rel, *a, **kw))
+    monkeypatch.setattr(
+        RunStore, "read_file", lambda self, rel, *a, **kw: reads.append(rel) or real_read(self, rel, *a, **kw)
+    )
 
     async def critique(self, png, *args, **kwargs):
         sent.append(png)
         return await real_critique(self, png, *args, **kwargs)
 
     monkeypatch.setattr(CritiCore, "critique", critique)
-    settings = Settings.model_validate({
-        "criticore": {"candidates": ["rules"], "aggregator": "rules", "vlms": ["rules"]},
-        "diffusion": {"model": str(engine.model), "device": "cpu", "width": 64, "height": 64, "steps": 4},
-        "specfusion": {"total_steps": 4, "last_k": 3},
-        "output": {"dir": str(tmp_path / "runs")},
-    })
+    settings = Settings.model_validate(
+        {
+            "criticore": {"candidates": ["rules"], "aggregator": "rules", "vlms": ["rules"]},
+            "diffusion": {"model": str(engine.model), "device": "cpu", "width": 64, "height": 64, "steps": 4},
+            "specfusion": {"total_steps": 4, "last_k": 3},
+            "output": {"dir": str(tmp_path / "runs")},
+        }
+    )
     session = Session(settings, diffusion=engine)
 
     async def gate(name, fields):

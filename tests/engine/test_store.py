@@ -74,7 +74,11 @@ def test_edits_are_recorded_with_who_and_what(tmp_path):
     store.record_edit("tags", "positive", "a fox", "a red fox", by="user")
     edit = RunStore.open(store.folder).manifest["edits"][0]
     assert {k: edit[k] for k in ("stage", "field", "by", "before", "after")} == {
-        "stage": "tags", "field": "positive", "by": "user", "before": "a fox", "after": "a red fox",
+        "stage": "tags",
+        "field": "positive",
+        "by": "user",
+        "before": "a fox",
+        "after": "a red fox",
     }
 
 
@@ -107,7 +111,9 @@ def test_png_carries_prompt_negative_and_seed(tmp_path):
     from PIL import Image
 
     store = new_store(tmp_path)
-    name = store.write_png("base.png", Image.new("RGB", (8, 8), "red"), {"prompt": "a fox", "negative": "blur", "seed": "7"})
+    name = store.write_png(
+        "base.png", Image.new("RGB", (8, 8), "red"), {"prompt": "a fox", "negative": "blur", "seed": "7"}
+    )
     with Image.open(store.path(name)) as image:
         assert image.text == {"prompt": "a fox", "negative": "blur", "seed": "7"}
         assert image.size == (8, 8)
@@ -154,7 +160,9 @@ def test_run_files_follow_the_umask(tmp_path, umask):
     store = new_store(tmp_path)
     store.write_png("base.png", Image.new("RGB", (8, 8), "red"), {"prompt": "a fox"})
     store.write_latent("base_latent.safetensors", torch.zeros(1, 4, 8, 8))
-    store.save_stage("base", {"image": "base.png", "latent": "base_latent.safetensors", "prompt": "a fox", "negative": ""})
+    store.save_stage(
+        "base", {"image": "base.png", "latent": "base_latent.safetensors", "prompt": "a fox", "negative": ""}
+    )
     store.finish()
     file_mode, folder_mode = 0o666 & ~umask, 0o777 & ~umask
     assert modes(store.folder) == {
@@ -183,25 +191,38 @@ def test_a_whole_run_is_readable_by_others_under_umask_022(tmp_path):
     import sys
 
     out = tmp_path / "outputs"
-    environ = {k: v for k, v in os.environ.items() if k not in ("CRITIFUSION_CONFIG", "TOGETHER_API_KEY", "OLLAMA_HOST")}
+    environ = {
+        k: v for k, v in os.environ.items() if k not in ("CRITIFUSION_CONFIG", "TOGETHER_API_KEY", "OLLAMA_HOST")
+    }
     environ.update(XDG_CONFIG_HOME=str(tmp_path / "xdg"), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     settings = [
-        "diffusion.model=tiny-random", "criticore.candidates=['rules']", "criticore.aggregator=rules",
-        "criticore.vlms=['rules']", "diffusion.width=64", "diffusion.height=64", "diffusion.steps=2",
-        "specfusion.total_steps=2", "specfusion.last_k=1", f"output.dir='{out}'",
+        "diffusion.model=tiny-random",
+        "criticore.candidates=['rules']",
+        "criticore.aggregator=rules",
+        "criticore.vlms=['rules']",
+        "diffusion.width=64",
+        "diffusion.height=64",
+        "diffusion.steps=2",
+        "specfusion.total_steps=2",
+        "specfusion.last_k=1",
+        f"output.dir='{out}'",
     ]
     proc = subprocess.run(
         [sys.executable, "-m", "critifusion_tui", "run", "a red fox", *(a for s in settings for a in ("--set", s))],
-        env=environ, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        stdin=subprocess.DEVNULL, preexec_fn=lambda: os.umask(0o022),
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=lambda: os.umask(0o022),
     )
     assert proc.returncode == 0, proc.stderr
     (folder,) = out.iterdir()
     found = modes(folder)
     assert {"manifest.json", "base.png", "refined.png"} <= set(found)
     assert any(name.endswith(".safetensors") for name in found)
-    wrong = {name: oct(mode) for name, mode in found.items()
-             if mode != (0o755 if (folder / name).is_dir() else 0o644)}
+    wrong = {name: oct(mode) for name, mode in found.items() if mode != (0o755 if (folder / name).is_dir() else 0o644)}
     assert wrong == {}
 
 

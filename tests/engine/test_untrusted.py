@@ -41,8 +41,10 @@ def test_fresh_folders_under_output_dir_are_never_shared(tmp_path):
     from datetime import datetime, timezone
 
     now = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    folders = [RunStore.create(prompt="a fox", seed=1, config={}, versions={}, output_dir=tmp_path, now=now).folder
-               for _ in range(3)]
+    folders = [
+        RunStore.create(prompt="a fox", seed=1, config={}, versions={}, output_dir=tmp_path, now=now).folder
+        for _ in range(3)
+    ]
     assert len(set(folders)) == 3 and [f.name[-2:] for f in folders[1:]] == ["-2", "-3"]
 
 

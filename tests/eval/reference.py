@@ -43,6 +43,7 @@ def _heads_attention(q, k, v, heads, bias=None):
 
 # --- open_clip CLIP (HPSv2) -----------------------------------------------------------------
 
+
 def _oc_block(x, sd, p, heads, causal):
     h = _ln(x, sd, p + "ln_1", 1e-5)
     qkv = h @ sd[p + "attn.in_proj_weight"].T + sd[p + "attn.in_proj_bias"]
@@ -81,10 +82,19 @@ def cosine(a, b):
 
 # --- ImageReward ----------------------------------------------------------------------------
 
+
 def blip_vit(sd, pixels, heads):
     p = "blip.visual_encoder."
-    x = F.conv2d(pixels, sd[p + "patch_embed.proj.weight"], sd[p + "patch_embed.proj.bias"],
-                 stride=sd[p + "patch_embed.proj.weight"].shape[-1]).flatten(2).transpose(1, 2)
+    x = (
+        F.conv2d(
+            pixels,
+            sd[p + "patch_embed.proj.weight"],
+            sd[p + "patch_embed.proj.bias"],
+            stride=sd[p + "patch_embed.proj.weight"].shape[-1],
+        )
+        .flatten(2)
+        .transpose(1, 2)
+    )
     x = torch.cat([sd[p + "cls_token"].expand(x.shape[0], -1, -1), x], dim=1) + sd[p + "pos_embed"]
     i = 0
     while f"{p}blocks.{i}.norm1.weight" in sd:
@@ -98,15 +108,23 @@ def blip_vit(sd, pixels, heads):
 
 def blip_bert_cls(sd, ids, mask, image, heads, layers):
     t = "blip.text_encoder."
-    x = sd[t + "embeddings.word_embeddings.weight"][ids] + sd[t + "embeddings.position_embeddings.weight"][: ids.shape[1]]
+    x = (
+        sd[t + "embeddings.word_embeddings.weight"][ids]
+        + sd[t + "embeddings.position_embeddings.weight"][: ids.shape[1]]
+    )
     x = _ln(x, sd, t + "embeddings.LayerNorm", 1e-12)
     pad_bias = (1.0 - mask[:, None, None, :].float()) * -10000.0
     for i in range(layers):
         b = f"{t}encoder.layer.{i}."
         for part, context, bias in (("attention", None, pad_bias), ("crossattention", image, None)):
             ctx = x if context is None else context
-            a = _heads_attention(_lin(x, sd, f"{b}{part}.self.query"), _lin(ctx, sd, f"{b}{part}.self.key"),
-                                 _lin(ctx, sd, f"{b}{part}.self.value"), heads, bias)
+            a = _heads_attention(
+                _lin(x, sd, f"{b}{part}.self.query"),
+                _lin(ctx, sd, f"{b}{part}.self.key"),
+                _lin(ctx, sd, f"{b}{part}.self.value"),
+                heads,
+                bias,
+            )
             x = _ln(_lin(a, sd, f"{b}{part}.output.dense") + x, sd, f"{b}{part}.output.LayerNorm", 1e-12)
         h = F.gelu(_lin(x, sd, b + "intermediate.dense"))
         x = _ln(_lin(h, sd, b + "output.dense") + x, sd, b + "output.LayerNorm", 1e-12)

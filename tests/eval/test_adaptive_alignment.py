@@ -23,13 +23,15 @@ TARGET = {"pickscore": 20.0, "hpsv2": 45.0, "imagereward": 70.0, "aesthetic": 90
 def adaptive_settings(tmp_path, model, weights, source, **eval_keys) -> Settings:
     paths = {key: str(path) for key, path in weights.items()}
     paths.update(eval_keys)
-    return Settings.model_validate({
-        "criticore": {"candidates": ["rules"], "aggregator": "rules", "vlms": ["rules"]},
-        "diffusion": {"model": model, "device": "cpu", "dtype": "float32", "width": 64, "height": 64, "steps": 4},
-        "specfusion": {"mode": "adaptive", "alignment_from": source, "total_steps": 4, "last_k": 3},
-        "output": {"dir": str(tmp_path / "runs")},
-        "eval": paths,
-    })
+    return Settings.model_validate(
+        {
+            "criticore": {"candidates": ["rules"], "aggregator": "rules", "vlms": ["rules"]},
+            "diffusion": {"model": model, "device": "cpu", "dtype": "float32", "width": 64, "height": 64, "steps": 4},
+            "specfusion": {"mode": "adaptive", "alignment_from": source, "total_steps": 4, "last_k": 3},
+            "output": {"dir": str(tmp_path / "runs")},
+            "eval": paths,
+        }
+    )
 
 
 def score_independently(settings, metric, image, prompt) -> float:
@@ -58,18 +60,25 @@ async def test_refinement_follows_the_metrics_mapped_score(tmp_path, engine, wei
     calls = []
     real_img2img, real_fusion = engine.img2img_latent, specfusion.frequency_fusion
     monkeypatch.setattr(engine, "img2img_latent", lambda **kw: calls.append(("img2img", kw)) or real_img2img(**kw))
-    monkeypatch.setattr(specfusion, "frequency_fusion", lambda *a, **kw: calls.append(("fusion", kw)) or real_fusion(*a, **kw))
+    monkeypatch.setattr(
+        specfusion, "frequency_fusion", lambda *a, **kw: calls.append(("fusion", kw)) or real_fusion(*a, **kw)
+    )
     await run.refine_stage()
 
     expected = specfusion.cadr_from_alignment(TARGET[metric])
     record = json.loads((run.folder / "manifest.json").read_text())["stages"]["refine"]
     assert record["mode"] == "adaptive"
     assert (record["strength"], record["guidance"], record["steps"]) == pytest.approx(
-        (expected.strength, expected.guidance, expected.steps), abs=1e-3)
+        (expected.strength, expected.guidance, expected.steps), abs=1e-3
+    )
     assert record["rho_t"] == pytest.approx(expected.rho_t, abs=1e-3)
     # What the manifest says is what the diffusion and the fusion were given.
     (_, img2img), (_, fusion) = calls
-    assert (img2img["strength"], img2img["guidance"], img2img["steps"]) == (record["strength"], record["guidance"], record["steps"])
+    assert (img2img["strength"], img2img["guidance"], img2img["steps"]) == (
+        record["strength"],
+        record["guidance"],
+        record["steps"],
+    )
     assert img2img["prompt"] == run.text("refinement")
     assert fusion["rho_t"] == record["rho_t"]
     # The source, the raw value (of the base against the user's own prompt) and the mapping.
@@ -104,8 +113,9 @@ async def test_the_scorer_is_loaded_once_per_session(tmp_path, engine, weights, 
 
 async def test_missing_weights_fail_the_refine_stage_with_the_fix(tmp_path, engine, weights):  # noqa: F811
     missing = tmp_path / "nowhere" / "ImageReward.pt"
-    settings = adaptive_settings(tmp_path, str(engine.model), weights, "imagereward",
-                                 imagereward_checkpoint=str(missing))
+    settings = adaptive_settings(
+        tmp_path, str(engine.model), weights, "imagereward", imagereward_checkpoint=str(missing)
+    )
     session = Session(settings, diffusion=engine)
     events = []
     run = session.new_run(PROMPT, emit=events.append)
@@ -122,8 +132,9 @@ async def test_missing_weights_fail_the_refine_stage_with_the_fix(tmp_path, engi
 
 
 async def test_hub_weights_missing_name_the_download_command(tmp_path, engine, weights):  # noqa: F811
-    settings = adaptive_settings(tmp_path, str(engine.model), weights, "pickscore",
-                                 pickscore_model="yuvalkirstain/PickScore_v1")
+    settings = adaptive_settings(
+        tmp_path, str(engine.model), weights, "pickscore", pickscore_model="yuvalkirstain/PickScore_v1"
+    )
     session = Session(settings, diffusion=engine)
     session.scorers.cache_dir = str(tmp_path / "empty-hf-cache")  # not this machine's cache
     run = session.new_run(PROMPT)

@@ -15,8 +15,18 @@ import pytest
 from tests.eval.conftest import overrides
 
 PROMPTS = ["a red fox in a forest", "a blue cube on a green sphere", "a photo of a cat"]
-SMALL = ["--set", "diffusion.width=64", "--set", "diffusion.height=64", "--set", "diffusion.steps=4",
-         "--set", "specfusion.total_steps=4", "--set", "specfusion.last_k=3"]
+SMALL = [
+    "--set",
+    "diffusion.width=64",
+    "--set",
+    "diffusion.height=64",
+    "--set",
+    "diffusion.steps=4",
+    "--set",
+    "specfusion.total_steps=4",
+    "--set",
+    "specfusion.last_k=3",
+]
 VARIANTS = ["base_original", "base", "refined_original", "refined"]
 METRICS = ["pickscore", "hpsv2", "imagereward", "aesthetic"]
 
@@ -28,8 +38,15 @@ def clean_env(tmp: Path) -> dict:
 
 
 def critifusion(*args, env, cwd, timeout=180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "critifusion_tui", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "critifusion_tui", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +54,20 @@ def demo_batch(tmp_path_factory):
     """Three demo runs with all four variants, made once by the real `run` command."""
     root = tmp_path_factory.mktemp("demo-batch")
     (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
-    proc = critifusion("run", "--demo", "--variants", "all", "--prompts", str(root / "prompts.txt"),
-                       "--out", str(root / "runs"), *SMALL, env=clean_env(root), cwd=root, timeout=300)
+    proc = critifusion(
+        "run",
+        "--demo",
+        "--variants",
+        "all",
+        "--prompts",
+        str(root / "prompts.txt"),
+        "--out",
+        str(root / "runs"),
+        *SMALL,
+        env=clean_env(root),
+        cwd=root,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return root / "runs"
 
@@ -55,7 +84,9 @@ def manifest(folder: Path) -> dict:
 
 def test_json_shape_scores_in_every_manifest_and_the_table(runs, weights, tmp_path):
     env = clean_env(tmp_path)
-    proc = critifusion("eval", str(runs), "--json", "--csv", str(tmp_path / "s.csv"), *overrides(weights), env=env, cwd=tmp_path)
+    proc = critifusion(
+        "eval", str(runs), "--json", "--csv", str(tmp_path / "s.csv"), *overrides(weights), env=env, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert set(out) == {"runs", "summary"}
@@ -98,8 +129,18 @@ def test_json_shape_scores_in_every_manifest_and_the_table(runs, weights, tmp_pa
 
 def test_a_missing_weight_is_one_message_and_the_other_metrics_still_run(runs, weights, tmp_path):
     gone = tmp_path / "nowhere" / "ImageReward.pt"
-    proc = critifusion("eval", str(runs), "--json", "--metrics", "imagereward,aesthetic", *overrides(weights),
-                       "--set", f"eval.imagereward_checkpoint='{gone}'", env=clean_env(tmp_path), cwd=tmp_path)
+    proc = critifusion(
+        "eval",
+        str(runs),
+        "--json",
+        "--metrics",
+        "imagereward,aesthetic",
+        *overrides(weights),
+        "--set",
+        f"eval.imagereward_checkpoint='{gone}'",
+        env=clean_env(tmp_path),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("imagereward: cannot load its weights") == 1
@@ -109,26 +150,55 @@ def test_a_missing_weight_is_one_message_and_the_other_metrics_still_run(runs, w
 
 
 def test_missing_hub_weights_name_the_download_command(runs, tmp_path):
-    proc = critifusion("eval", str(runs), "--metrics", "hpsv2", "--set", "eval.hpsv2_clip=tiny-org/no-such-clip",
-                       env=clean_env(tmp_path), cwd=tmp_path)
+    proc = critifusion(
+        "eval",
+        str(runs),
+        "--metrics",
+        "hpsv2",
+        "--set",
+        "eval.hpsv2_clip=tiny-org/no-such-clip",
+        env=clean_env(tmp_path),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "hf download xswu/HPSv2 HPS_v2.1_compressed.pt" in proc.stderr
     assert "hf download tiny-org/no-such-clip config.json" in proc.stderr
     # v2.0 is selectable and names its own file.
-    proc = critifusion("eval", str(runs), "--metrics", "hpsv2", "--set", "eval.hpsv2_version=v2.0", env=clean_env(tmp_path), cwd=tmp_path)
+    proc = critifusion(
+        "eval",
+        str(runs),
+        "--metrics",
+        "hpsv2",
+        "--set",
+        "eval.hpsv2_version=v2.0",
+        env=clean_env(tmp_path),
+        cwd=tmp_path,
+    )
     assert "hf download xswu/HPSv2 HPS_v2_compressed.pt" in proc.stderr
 
 
 def test_new_weights_score_again(runs, weights, tmp_path):
     env = clean_env(tmp_path)
-    first = critifusion("eval", str(runs), "--json", "--metrics", "aesthetic", *overrides(weights), env=env, cwd=tmp_path)
+    first = critifusion(
+        "eval", str(runs), "--json", "--metrics", "aesthetic", *overrides(weights), env=env, cwd=tmp_path
+    )
     assert first.returncode == 0, first.stderr
     other = tmp_path / "other.pth"
     from tests.eval import tiny
 
     shutil.copy(tiny.save_aesthetic(tmp_path / "a2", seed=99), other)
-    second = critifusion("eval", str(runs), "--json", "--metrics", "aesthetic", *overrides(weights),
-                         "--set", f"eval.aesthetic_checkpoint='{other}'", env=env, cwd=tmp_path)
+    second = critifusion(
+        "eval",
+        str(runs),
+        "--json",
+        "--metrics",
+        "aesthetic",
+        *overrides(weights),
+        "--set",
+        f"eval.aesthetic_checkpoint='{other}'",
+        env=env,
+        cwd=tmp_path,
+    )
     assert second.returncode == 0, second.stderr
     assert "aesthetic: scoring 12 images" in second.stderr
     a = json.loads(first.stdout)["runs"][0]["scores"]["base"]["aesthetic"]
@@ -149,8 +219,17 @@ def test_plot_writes_a_png_or_says_what_it_needs(runs, weights, tmp_path):
     import importlib.util
 
     png = tmp_path / "chart.png"
-    proc = critifusion("eval", str(runs), "--metrics", "aesthetic", "--plot", str(png), *overrides(weights),
-                       env=clean_env(tmp_path), cwd=tmp_path)
+    proc = critifusion(
+        "eval",
+        str(runs),
+        "--metrics",
+        "aesthetic",
+        "--plot",
+        str(png),
+        *overrides(weights),
+        env=clean_env(tmp_path),
+        cwd=tmp_path,
+    )
     assert "Traceback" not in proc.stderr
     if importlib.util.find_spec("matplotlib"):
         assert proc.returncode == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

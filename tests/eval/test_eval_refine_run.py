@@ -15,11 +15,22 @@ def test_eval_scores_a_refine_runs_base_and_refinement(weights, tmp_path):
     env = clean_env(tmp_path)
     Image.new("RGB", (100, 60), (200, 40, 30)).save(tmp_path / "fox.png")
     out = tmp_path / "refined"
-    made = critifusion("refine", str(tmp_path / "fox.png"), "--prompt", "a red fox", "--demo", *SMALL,
-                       "--out", str(out), env=env, cwd=tmp_path)
+    made = critifusion(
+        "refine",
+        str(tmp_path / "fox.png"),
+        "--prompt",
+        "a red fox",
+        "--demo",
+        *SMALL,
+        "--out",
+        str(out),
+        env=env,
+        cwd=tmp_path,
+    )
     assert made.returncode == 0, made.stdout + made.stderr
-    proc = critifusion("eval", str(out), "--metrics", "aesthetic,pickscore", "--json", *overrides(weights),
-                       env=env, cwd=tmp_path)
+    proc = critifusion(
+        "eval", str(out), "--metrics", "aesthetic,pickscore", "--json", *overrides(weights), env=env, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     (run,) = json.loads(proc.stdout)["runs"]
     assert run["prompt"] == "a red fox"

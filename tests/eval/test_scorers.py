@@ -47,7 +47,9 @@ def test_hpsv2_converts_open_clip_weights_and_scores_the_cosine(eval_config, wei
     got = scorer.score(images[28], PROMPTS)
 
     sd = torch.load(weights["hpsv2_checkpoint"], weights_only=True)["state_dict"]
-    ids = scorer.processor.tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt")["input_ids"]
+    ids = scorer.processor.tokenizer(
+        PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    )["input_ids"]
     pixels = torch.stack([reference.pixels_of(im) for im in images[28]])
     with torch.no_grad():
         text = reference.openclip_text(sd, ids, tiny.TEXT_HEADS, tiny.TEXT_LAYERS)
@@ -76,8 +78,14 @@ def test_imagereward_matches_a_hand_written_blip_forward(eval_config, weights, i
     pixels = torch.stack([reference.pixels_of(im) for im in images[32]])
     with torch.no_grad():
         image = reference.blip_vit(sd, pixels, heads=tiny.IR_VIT // 64)
-        cls = reference.blip_bert_cls(sd, tokens["input_ids"], tokens["attention_mask"], image,
-                                      tiny.IR_BERT["num_attention_heads"], tiny.IR_BERT["num_hidden_layers"])
+        cls = reference.blip_bert_cls(
+            sd,
+            tokens["input_ids"],
+            tokens["attention_mask"],
+            image,
+            tiny.IR_BERT["num_attention_heads"],
+            tiny.IR_BERT["num_hidden_layers"],
+        )
         raw = reference.mlp_chain(sd, cls, "mlp.layers.")
     expected = (raw - 0.16717362830052426) / 1.0333394966054072
     assert got == pytest.approx(expected.tolist(), abs=1e-4)

@@ -23,9 +23,19 @@ def fake_cache(root, repo, commit, files):
 def test_hub_references_resolve_in_the_cache_with_their_commit(tmp_path):
     snap = fake_cache(tmp_path, "tiny-org/tiny-hps", "abc123def4567890", ["HPS.pt"])
     folder = fake_cache(tmp_path, "tiny-org/tiny-clip", "0011223344556677", ["config.json", "processor_config.json"])
-    got = resolve("hpsv2", [Need("ckpt", "tiny-org/tiny-hps/HPS.pt", "file"),
-                            Need("clip", "tiny-org/tiny-clip", "folder", ("config.json", ("preprocessor_config.json", "processor_config.json")))],
-                  cache_dir=str(tmp_path))
+    got = resolve(
+        "hpsv2",
+        [
+            Need("ckpt", "tiny-org/tiny-hps/HPS.pt", "file"),
+            Need(
+                "clip",
+                "tiny-org/tiny-clip",
+                "folder",
+                ("config.json", ("preprocessor_config.json", "processor_config.json")),
+            ),
+        ],
+        cache_dir=str(tmp_path),
+    )
     assert got.paths == {"ckpt": snap / "HPS.pt", "clip": folder}
     assert got.prints == {"ckpt": "tiny-org/tiny-hps/HPS.pt@abc123def456", "clip": "tiny-org/tiny-clip@001122334455"}
 
@@ -33,15 +43,22 @@ def test_hub_references_resolve_in_the_cache_with_their_commit(tmp_path):
 def test_every_missing_piece_in_one_error_with_its_command(tmp_path):
     fake_cache(tmp_path, "tiny-org/tiny-clip", "0011223344556677", ["config.json"])
     with pytest.raises(WeightsMissing) as caught:
-        resolve("imagereward", [
-            Need("checkpoint", "tiny-org/ir/IR.pt", "file"),
-            Need("med", "tiny-org/ir/med.json", "file"),
-            Need("tok", "tiny-org/tiny-clip", "folder", ("config.json", "vocab.txt"), ("config.json", "vocab.txt")),
-            Need("local", str(tmp_path / "nope.pt"), "file"),
-        ], cache_dir=str(tmp_path))
+        resolve(
+            "imagereward",
+            [
+                Need("checkpoint", "tiny-org/ir/IR.pt", "file"),
+                Need("med", "tiny-org/ir/med.json", "file"),
+                Need("tok", "tiny-org/tiny-clip", "folder", ("config.json", "vocab.txt"), ("config.json", "vocab.txt")),
+                Need("local", str(tmp_path / "nope.pt"), "file"),
+            ],
+            cache_dir=str(tmp_path),
+        )
     err = caught.value
     assert len(err.problems) == 4
-    assert err.commands == ["hf download tiny-org/ir IR.pt med.json", "hf download tiny-org/tiny-clip config.json vocab.txt"]
+    assert err.commands == [
+        "hf download tiny-org/ir IR.pt med.json",
+        "hf download tiny-org/tiny-clip config.json vocab.txt",
+    ]
     assert str(err).startswith("imagereward: cannot load its weights:")
     assert f"no such file {tmp_path / 'nope.pt'}" in str(err)
 

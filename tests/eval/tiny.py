@@ -48,13 +48,25 @@ def clip_config():
     tok = build_tiny_clip_tokenizer()
     return CLIPConfig(
         text_config=dict(
-            hidden_size=TEXT_WIDTH, intermediate_size=4 * TEXT_WIDTH, num_hidden_layers=TEXT_LAYERS,
-            num_attention_heads=TEXT_HEADS, vocab_size=len(tok), max_position_embeddings=77, hidden_act="gelu",
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            hidden_size=TEXT_WIDTH,
+            intermediate_size=4 * TEXT_WIDTH,
+            num_hidden_layers=TEXT_LAYERS,
+            num_attention_heads=TEXT_HEADS,
+            vocab_size=len(tok),
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
         ),
         vision_config=dict(
-            hidden_size=VISION_WIDTH, intermediate_size=4 * VISION_WIDTH, num_hidden_layers=VISION_LAYERS,
-            num_attention_heads=VISION_HEADS, image_size=IMAGE, patch_size=PATCH, hidden_act="gelu",
+            hidden_size=VISION_WIDTH,
+            intermediate_size=4 * VISION_WIDTH,
+            num_hidden_layers=VISION_LAYERS,
+            num_attention_heads=VISION_HEADS,
+            image_size=IMAGE,
+            patch_size=PATCH,
+            hidden_act="gelu",
         ),
         projection_dim=EMBED,
     ), tok
@@ -88,10 +100,16 @@ def openclip_state(seed: int) -> dict:
         for i in range(layers):
             b = f"{prefix}{i}."
             out |= norm(b + "ln_1", width) | norm(b + "ln_2", width)
-            out |= {b + "attn.in_proj_weight": rnd(3 * width, width), b + "attn.in_proj_bias": rnd(3 * width),
-                    b + "attn.out_proj.weight": rnd(width, width), b + "attn.out_proj.bias": rnd(width),
-                    b + "mlp.c_fc.weight": rnd(4 * width, width), b + "mlp.c_fc.bias": rnd(4 * width),
-                    b + "mlp.c_proj.weight": rnd(width, 4 * width), b + "mlp.c_proj.bias": rnd(width)}
+            out |= {
+                b + "attn.in_proj_weight": rnd(3 * width, width),
+                b + "attn.in_proj_bias": rnd(3 * width),
+                b + "attn.out_proj.weight": rnd(width, width),
+                b + "attn.out_proj.bias": rnd(width),
+                b + "mlp.c_fc.weight": rnd(4 * width, width),
+                b + "mlp.c_fc.bias": rnd(4 * width),
+                b + "mlp.c_proj.weight": rnd(width, 4 * width),
+                b + "mlp.c_proj.bias": rnd(width),
+            }
         return out
 
     _, tok = clip_config()
@@ -147,24 +165,41 @@ def imagereward_state(seed: int, vocab: int) -> dict:
         return {f"{name}.weight": 1.0 + 0.1 * torch.randn(width, generator=gen), f"{name}.bias": rnd(width)}
 
     v, tokens = "blip.visual_encoder.", (IR_IMAGE // IR_PATCH) ** 2 + 1
-    state = {v + "cls_token": rnd(1, 1, IR_VIT), v + "pos_embed": rnd(1, tokens, IR_VIT),
-             v + "patch_embed.proj.weight": rnd(IR_VIT, 3, IR_PATCH, IR_PATCH, std=0.05), v + "patch_embed.proj.bias": rnd(IR_VIT)}
+    state = {
+        v + "cls_token": rnd(1, 1, IR_VIT),
+        v + "pos_embed": rnd(1, tokens, IR_VIT),
+        v + "patch_embed.proj.weight": rnd(IR_VIT, 3, IR_PATCH, IR_PATCH, std=0.05),
+        v + "patch_embed.proj.bias": rnd(IR_VIT),
+    }
     for i in range(IR_VIT_DEPTH):
         b = f"{v}blocks.{i}."
         state |= ln(b + "norm1", IR_VIT) | ln(b + "norm2", IR_VIT) | lin(b + "attn.qkv", 3 * IR_VIT, IR_VIT)
-        state |= lin(b + "attn.proj", IR_VIT, IR_VIT) | lin(b + "mlp.fc1", 4 * IR_VIT, IR_VIT) | lin(b + "mlp.fc2", IR_VIT, 4 * IR_VIT)
+        state |= (
+            lin(b + "attn.proj", IR_VIT, IR_VIT)
+            | lin(b + "mlp.fc1", 4 * IR_VIT, IR_VIT)
+            | lin(b + "mlp.fc2", IR_VIT, 4 * IR_VIT)
+        )
     state |= ln(v + "norm", IR_VIT)
 
     t, h, inner = "blip.text_encoder.", IR_BERT["hidden_size"], IR_BERT["intermediate_size"]
-    state |= {t + "embeddings.word_embeddings.weight": rnd(vocab, h), t + "embeddings.position_embeddings.weight": rnd(512, h),
-              t + "embeddings.position_ids": torch.arange(512)[None]}
+    state |= {
+        t + "embeddings.word_embeddings.weight": rnd(vocab, h),
+        t + "embeddings.position_embeddings.weight": rnd(512, h),
+        t + "embeddings.position_ids": torch.arange(512)[None],
+    }
     state |= ln(t + "embeddings.LayerNorm", h)
     for i in range(IR_BERT["num_hidden_layers"]):
         b = f"{t}encoder.layer.{i}."
         for part, kv in (("attention", h), ("crossattention", IR_VIT)):
-            state |= lin(f"{b}{part}.self.query", h, h) | lin(f"{b}{part}.self.key", h, kv) | lin(f"{b}{part}.self.value", h, kv)
+            state |= (
+                lin(f"{b}{part}.self.query", h, h)
+                | lin(f"{b}{part}.self.key", h, kv)
+                | lin(f"{b}{part}.self.value", h, kv)
+            )
             state |= lin(f"{b}{part}.output.dense", h, h) | ln(f"{b}{part}.output.LayerNorm", h)
-        state |= lin(b + "intermediate.dense", inner, h) | lin(b + "output.dense", h, inner) | ln(b + "output.LayerNorm", h)
+        state |= (
+            lin(b + "intermediate.dense", inner, h) | lin(b + "output.dense", h, inner) | ln(b + "output.LayerNorm", h)
+        )
     # The real head's sizes after the input: 1024, 128, 64, 16, 1.
     for key, (o, i) in zip(("0", "2", "4", "6", "7"), ((1024, h), (128, 1024), (64, 128), (16, 64), (1, 16))):
         state |= lin(f"mlp.layers.{key}", o, i)
@@ -180,10 +215,22 @@ def save_imagereward(folder: Path, seed: int) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     tok_dir = save_bert_tokenizer(folder / "bert")
     vocab = len(AutoTokenizer.from_pretrained(tok_dir)) + 2  # BLIP adds [DEC] and [ENC]
-    config = {"architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
-              "hidden_dropout_prob": 0.1, "initializer_range": 0.02, "layer_norm_eps": 1e-12,
-              "max_position_embeddings": 512, "model_type": "bert", "pad_token_id": 0, "type_vocab_size": 2,
-              "vocab_size": vocab, "encoder_width": 768, "add_cross_attention": True, **IR_BERT}
+    config = {
+        "architectures": ["BertModel"],
+        "attention_probs_dropout_prob": 0.1,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": 512,
+        "model_type": "bert",
+        "pad_token_id": 0,
+        "type_vocab_size": 2,
+        "vocab_size": vocab,
+        "encoder_width": 768,
+        "add_cross_attention": True,
+        **IR_BERT,
+    }
     (folder / "med_config.json").write_text(json.dumps(config, indent=2))
     torch.save(imagereward_state(seed, vocab), folder / "ImageReward.pt")
     return {"checkpoint": folder / "ImageReward.pt", "med_config": folder / "med_config.json", "tokenizer": tok_dir}

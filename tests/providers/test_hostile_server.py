@@ -55,7 +55,9 @@ async def test_timeout_bounds_the_whole_streamed_answer(settings, server):
     async with ProviderRouter(settings) as router:
         started = time.perf_counter()
         with pytest.raises(ProviderTimeoutError, match="no complete answer within 1 s"):
-            await router.model("together:drip").chat([user("hi")], temperature=0.2, max_tokens=50, on_delta=lambda p: None)
+            await router.model("together:drip").chat(
+                [user("hi")], temperature=0.2, max_tokens=50, on_delta=lambda p: None
+            )
         assert time.perf_counter() - started < 2.5
 
 
@@ -75,7 +77,9 @@ async def test_a_huge_answer_is_cut_at_the_cap_and_flagged(settings, server, pro
 
 async def test_a_normal_answer_is_not_flagged(settings, server):
     async with ProviderRouter(settings) as router:
-        result = await router.model("together:a").chat([user("hi")], temperature=0.2, max_tokens=5, on_delta=lambda p: None)
+        result = await router.model("together:a").chat(
+            [user("hi")], temperature=0.2, max_tokens=5, on_delta=lambda p: None
+        )
     assert result.text == "reply from a" and result.truncated is False
 
 

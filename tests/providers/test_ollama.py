@@ -66,9 +66,7 @@ async def test_streaming_deltas_arrive_in_order_and_cleaned(server, provider) ->
     chunks = ["<think>the fox", " is orange</thi", "nk>\n\x1b[1m<refined>", "a red fox\x1b", "]0;x\x07</refined>"]
     server.script("m-stream", chunks=chunks)
     deltas: list[str] = []
-    result = await provider.model("m-stream").chat(
-        MESSAGES, temperature=0.2, max_tokens=420, on_delta=deltas.append
-    )
+    result = await provider.model("m-stream").chat(MESSAGES, temperature=0.2, max_tokens=420, on_delta=deltas.append)
 
     assert deltas == ["<refined>", "a red fox", "</refined>"]
     assert result.text == "<refined>a red fox</refined>"
@@ -78,7 +76,11 @@ async def test_streaming_deltas_arrive_in_order_and_cleaned(server, provider) ->
 @pytest.mark.parametrize(
     ("script", "error", "words"),
     [
-        (dict(status=404, error="model 'm-fault' not found, try pulling it first"), ModelNotFoundError, "ollama pull m-fault"),
+        (
+            dict(status=404, error="model 'm-fault' not found, try pulling it first"),
+            ModelNotFoundError,
+            "ollama pull m-fault",
+        ),
         (dict(status=401), AuthenticationError, "HTTP 401"),
         (dict(status=429), RateLimitedError, "HTTP 429"),
         (dict(status=500, error="model requires more system memory"), ProviderConnectionError, "more system memory"),
@@ -142,9 +144,7 @@ async def test_five_concurrent_calls_overlap(server, provider) -> None:
     for name in names:
         server.script(name, text=f"answer {name}", delay=0.5)
     started = time.perf_counter()
-    results = await asyncio.gather(
-        *(provider.model(n).chat(MESSAGES, temperature=0.7, max_tokens=220) for n in names)
-    )
+    results = await asyncio.gather(*(provider.model(n).chat(MESSAGES, temperature=0.7, max_tokens=220) for n in names))
     elapsed = time.perf_counter() - started
 
     assert [r.text for r in results] == [f"answer {n}" for n in names]

@@ -71,9 +71,7 @@ async def test_streaming_deltas_arrive_in_order_and_cleaned(server, provider) ->
     chunks = ["<thi", "nk>reasoning</th", "ink>\x1b[3", "1mfox\x1b", "[0m, snow", ", [bold]dusk[/]"]
     server.script("m-stream", chunks=chunks)
     deltas: list[str] = []
-    result = await provider.model("m-stream").chat(
-        MESSAGES, temperature=0.7, max_tokens=220, on_delta=deltas.append
-    )
+    result = await provider.model("m-stream").chat(MESSAGES, temperature=0.7, max_tokens=220, on_delta=deltas.append)
 
     assert result.text == "fox, snow, [bold]dusk[/]"
     assert deltas == ["fox", ", snow", ", [bold]dusk[/]"]  # as they came, cleaned
@@ -180,9 +178,7 @@ async def test_five_concurrent_calls_overlap(server, provider) -> None:
     for name in names:
         server.script(name, text=f"answer {name}", delay=0.5)
     started = time.perf_counter()
-    results = await asyncio.gather(
-        *(provider.model(n).chat(MESSAGES, temperature=0.7, max_tokens=220) for n in names)
-    )
+    results = await asyncio.gather(*(provider.model(n).chat(MESSAGES, temperature=0.7, max_tokens=220) for n in names))
     elapsed = time.perf_counter() - started
 
     assert [r.text for r in results] == [f"answer {n}" for n in names]

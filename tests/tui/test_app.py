@@ -114,7 +114,8 @@ async def test_edits_at_both_gates_steer_the_run_and_are_recorded(tmp_path):
         await until(pilot, settled(app, DONE))
         manifest = json.loads((app.active_run.folder / "manifest.json").read_text())
     assert [(e["field"], e["by"], e["after"]) for e in manifest["edits"]] == [
-        ("positive", "user", "a fox, moonlight"), ("refinement", "user", "a fox under the moon"),
+        ("positive", "user", "a fox, moonlight"),
+        ("refinement", "user", "a fox under the moon"),
     ]
     assert manifest["stages"]["refine"]["prompt"] == "a fox under the moon"
 
@@ -137,7 +138,9 @@ async def test_escape_cancels_the_diffusion_and_keeps_what_is_done(tmp_path):
         assert "Cancelled" in hint(app) and "failed" not in hint(app)
         manifest = json.loads((app.active_run.folder / "manifest.json").read_text())
         assert {k: v["status"] for k, v in manifest["stages"].items()} == {
-            "tags": "done", "components": "done", "base": "cancelled",
+            "tags": "done",
+            "components": "done",
+            "base": "cancelled",
         }
         assert manifest["status"] == "cancelled"
         # ctrl+r goes on from the gate: the base runs again (now quickly).

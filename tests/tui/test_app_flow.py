@@ -55,8 +55,14 @@ async def test_skip_critique_is_a_key_no_editor_takes_and_the_rail_shows_it(tmp_
 async def test_a_retry_that_fails_again_keeps_the_edit_and_asks_no_aggregator(tmp_path, server, settings):
     server.script("flaky", status=500)  # fails every time
     server.script("agg", text="a red fox, forest, merged")
-    app = make_app(hosted(tmp_path, settings, candidates=["together:steady", "together:flaky", "together:other"],
-                          aggregator=["together:agg"]))
+    app = make_app(
+        hosted(
+            tmp_path,
+            settings,
+            candidates=["together:steady", "together:flaky", "together:other"],
+            aggregator=["together:agg"],
+        )
+    )
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("ctrl+r")
         await until(pilot, settled(app, TAGS_GATE))
@@ -81,8 +87,14 @@ async def test_a_retry_that_changes_the_merge_lets_the_person_choose(tmp_path, s
     server.script("flaky", status=500, times=1)  # its tags request fails once, then answers
     server.script("agg", text="a red fox, forest, first merge", times=1)
     server.script("agg", text="a red fox, forest, second merge")
-    app = make_app(hosted(tmp_path, settings, candidates=["together:steady", "together:flaky", "together:other"],
-                          aggregator=["together:agg"]))
+    app = make_app(
+        hosted(
+            tmp_path,
+            settings,
+            candidates=["together:steady", "together:flaky", "together:other"],
+            aggregator=["together:agg"],
+        )
+    )
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("ctrl+r")
         await until(pilot, settled(app, TAGS_GATE))
@@ -159,8 +171,15 @@ async def test_back_at_done_asks_then_keeps_the_rail_true(tmp_path):
         await until(pilot, lambda: app.phase == REFINE_GATE)
         rail = app.query_one(StageRail)
         states = {stage: rail.state(stage) for stage in rail.rows}
-        assert states == {"prompt": "done", "tags": "done", "components": "done", "base": "done",
-                          "critique": "done", "refine": "gate", "done": "waiting"}
+        assert states == {
+            "prompt": "done",
+            "tags": "done",
+            "components": "done",
+            "base": "done",
+            "critique": "done",
+            "refine": "gate",
+            "done": "waiting",
+        }
         await pilot.press("ctrl+b")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")

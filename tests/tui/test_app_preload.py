@@ -10,8 +10,7 @@ from tests.tui.test_app import app_settings, make_app, settled, until
 async def test_the_model_loads_while_the_app_waits_for_a_prompt(tmp_path):
     app = make_app(app_settings(tmp_path))
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: app.session is not None
-                    and app.session.load_state(app.session.diffusion) == "ready")
+        await until(pilot, lambda: app.session is not None and app.session.load_state(app.session.diffusion) == "ready")
         assert app.active_run is None  # nothing was started: the load ran on its own
         await pilot.press("ctrl+r")
         await until(pilot, settled(app, TAGS_GATE))

@@ -17,14 +17,20 @@ from critifusion_tui.tui.widgets.stage_rail import StageRail
 from tests.tui.test_app import app_settings, make_app, settled, until
 
 SIZES = [(80, 24), (120, 40)]
-STOPS = {"prompt": [], "tags-gate": [TAGS_GATE], "refine-gate": [TAGS_GATE, REFINE_GATE],
-         "done": [TAGS_GATE, REFINE_GATE, DONE]}
+STOPS = {
+    "prompt": [],
+    "tags-gate": [TAGS_GATE],
+    "refine-gate": [TAGS_GATE, REFINE_GATE],
+    "done": [TAGS_GATE, REFINE_GATE, DONE],
+}
 
 
 @pytest.fixture
 def fixed_run_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(RunStore, "_fresh_folder", staticmethod(lambda output_dir, now, prompt: Path(output_dir) / "run"))
+    monkeypatch.setattr(
+        RunStore, "_fresh_folder", staticmethod(lambda output_dir, now, prompt: Path(output_dir) / "run")
+    )
 
 
 def normalise(app) -> None:

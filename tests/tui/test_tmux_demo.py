@@ -50,7 +50,9 @@ def test_demo_in_tmux_from_prompt_to_refined_image(tmux, tmp_path):
     command = f"{sys.executable} -m critifusion_tui --demo 'a red fox in a forest'"
     subprocess.run(
         [*tmux.base, "new-session", "-d", "-s", "demo", "-x", "80", "-y", "24", "-c", str(tmp_path), command],
-        env=env, check=True, timeout=10,
+        env=env,
+        check=True,
+        timeout=10,
     )
     first = tmux.wait_for("Type a prompt, then ctrl+r")
     assert "a red fox in a forest" in first and "tiny-random" in first

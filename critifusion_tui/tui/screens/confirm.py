@@ -47,8 +47,9 @@ class ConfirmScreen(ModalScreen[bool]):
     }
     """
 
-    def __init__(self, question: str, yes: str = "Quit", no: str = "Stay", *,
-                 name: str | None = None, id: str | None = None) -> None:
+    def __init__(
+        self, question: str, yes: str = "Quit", no: str = "Stay", *, name: str | None = None, id: str | None = None
+    ) -> None:
         super().__init__(name=name, id=id)
         self.question = question
         self.yes = yes

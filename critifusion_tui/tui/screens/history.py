@@ -49,8 +49,12 @@ from critifusion_tui.tui.widgets.image_view import ImageView
 
 REFINEMENT_ROW = "refinement prompt"
 STATUS_STYLE = {
-    "done": "green", "failed": "bold red", "cancelled": "yellow", "running": "cyan",
-    "paused": "magenta", "abandoned": "dim yellow",
+    "done": "green",
+    "failed": "bold red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "paused": "magenta",
+    "abandoned": "dim yellow",
 }
 NOISE_LABEL = "tiny-random: noise"
 
@@ -271,8 +275,11 @@ def compare_scores_table(a: RunSummary, b: RunSummary) -> Table | Text:
         left, right = sa.get(variant, {}), sb.get(variant, {})
         for metric in _metrics_in({variant: left}, {variant: right}):
             x, y = left.get(metric), right.get(metric)
-            diff = Text("–") if x is None or y is None else Text(
-                f"{y - x:+.3g}", style="green" if y > x else ("red" if y < x else ""))
+            diff = (
+                Text("–")
+                if x is None or y is None
+                else Text(f"{y - x:+.3g}", style="green" if y > x else ("red" if y < x else ""))
+            )
             table.add_row(Text(variant), Text(metric), Text(format_score(x)), Text(format_score(y)), diff)
     return table
 
@@ -356,7 +363,8 @@ class ScoringMixin:
         worker = get_current_worker()
         try:
             report = score_folders(
-                folders, cache,
+                folders,
+                cache,
                 on_progress=lambda m, d, t: screen.post_message(ScoringProgress(m, d, t)),
                 cancelled=lambda: worker.is_cancelled,
             )
@@ -416,10 +424,8 @@ class RunTable(DataTable):
     """The run list: home and end jump to the newest and the oldest run."""
 
     BINDINGS = [
-        Binding("home", "scroll_top", "Newest", id="history.first", show=False,
-                tooltip="Jump to the newest run"),
-        Binding("end", "scroll_bottom", "Oldest", id="history.last", show=False,
-                tooltip="Jump to the oldest run"),
+        Binding("home", "scroll_top", "Newest", id="history.first", show=False, tooltip="Jump to the newest run"),
+        Binding("end", "scroll_bottom", "Oldest", id="history.last", show=False, tooltip="Jump to the oldest run"),
     ]
 
 
@@ -437,25 +443,35 @@ class HistoryScreen(ScoringMixin, Screen[Path | None]):
     )
 
     BINDINGS = [
-        Binding("enter", "reopen", "Reopen", id="history.reopen", priority=True,
-                tooltip="Reopen the highlighted run in the main screen"),
-        Binding("v", "view", "View images", id="history.view",
-                tooltip="Base and refined images side by side"),
-        Binding("space", "mark", "Mark", id="history.mark",
-                tooltip="Mark (or unmark) the highlighted run for comparison"),
-        Binding("c", "compare", "Compare", id="history.compare",
-                tooltip="Compare the two marked runs"),
-        Binding("r", "rescan", "Rescan", id="history.refresh",
-                tooltip="Read the output folder again"),
+        Binding(
+            "enter",
+            "reopen",
+            "Reopen",
+            id="history.reopen",
+            priority=True,
+            tooltip="Reopen the highlighted run in the main screen",
+        ),
+        Binding("v", "view", "View images", id="history.view", tooltip="Base and refined images side by side"),
+        Binding(
+            "space", "mark", "Mark", id="history.mark", tooltip="Mark (or unmark) the highlighted run for comparison"
+        ),
+        Binding("c", "compare", "Compare", id="history.compare", tooltip="Compare the two marked runs"),
+        Binding("r", "rescan", "Rescan", id="history.refresh", tooltip="Read the output folder again"),
         Binding("escape", "back", "Back", id="history.back", tooltip="Back to the main screen"),
         # Last, so that 80 columns still show "esc Back"; F1 and ctrl+p list it too.
-        Binding("e", "score", "Score", id="history.score",
-                tooltip="Score the highlighted run's images with the eval metrics"),
+        Binding(
+            "e",
+            "score",
+            "Score",
+            id="history.score",
+            tooltip="Score the highlighted run's images with the eval metrics",
+        ),
     ]
 
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (140, "-wide")]
 
-    DEFAULT_CSS = """
+    DEFAULT_CSS = (
+        """
     HistoryScreen #history-title {
         height: 1;
         padding: 0 1;
@@ -512,7 +528,9 @@ class HistoryScreen(ScoringMixin, Screen[Path | None]):
         padding: 1 2;
         color: $text-muted;
     }
-    """ + SCORING_CSS
+    """
+        + SCORING_CSS
+    )
 
     class Reopen(Message):
         """The person asked to reopen the run in `folder` (sent to the app)."""
@@ -553,9 +571,7 @@ class HistoryScreen(ScoringMixin, Screen[Path | None]):
             yield table
             with Vertical(id="run-side"):
                 yield Static(id="run-detail")
-                yield ImageView(
-                    "Refined", mode=self.image_mode, image_class=self.image_class, id="run-preview"
-                )
+                yield ImageView("Refined", mode=self.image_mode, image_class=self.image_class, id="run-preview")
         yield from self.scoring_bar()
         yield Footer()
 
@@ -594,9 +610,7 @@ class HistoryScreen(ScoringMixin, Screen[Path | None]):
         if bad:
             names = ", ".join(folder.name for folder, _ in self.unreadable[:3])
             more = f" and {bad - 3} more" if bad > 3 else ""
-            parts.append(
-                f"{bad} folder{'s' if bad != 1 else ''} could not be read ({names}{more})"
-            )
+            parts.append(f"{bad} folder{'s' if bad != 1 else ''} could not be read ({names}{more})")
         summary = self.query_one("#history-summary", Static)
         summary.update(Text(_one_line(" · ".join(parts))))
         summary.set_class(bool(bad), "-problem")
@@ -766,11 +780,17 @@ class ImagesScreenBase(ScoringMixin, Screen[None]):
 
     BINDINGS = [
         Binding("escape", "back", "Back", id="history.close_view", tooltip="Back to the run list"),
-        Binding("e", "score", "Score", id="history.score_shown",
-                tooltip="Score the shown runs' images with the eval metrics"),
+        Binding(
+            "e",
+            "score",
+            "Score",
+            id="history.score_shown",
+            tooltip="Score the shown runs' images with the eval metrics",
+        ),
     ]
 
-    DEFAULT_CSS = """
+    DEFAULT_CSS = (
+        """
     ImagesScreenBase #view-title {
         height: 1;
         padding: 0 1;
@@ -806,10 +826,17 @@ class ImagesScreenBase(ScoringMixin, Screen[None]):
         height: auto;
         padding: 0 1;
     }
-    """ + SCORING_CSS
+    """
+        + SCORING_CSS
+    )
 
-    def __init__(self, *, image_mode: str = "auto", image_class: type[Widget] | None = None,
-                 scorers: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        image_mode: str = "auto",
+        image_class: type[Widget] | None = None,
+        scorers: Callable[[], Any] | None = None,
+    ) -> None:
         super().__init__()
         self.image_mode = image_mode
         self.image_class = image_class
@@ -884,8 +911,11 @@ class RunImagesScreen(ImagesScreenBase):
         refined = self.query_one("#view-refined", ImageView)
         self.show_image(base, self.run, ("base",), "No base image in this run.")
         status = self.run.status
-        why = "the run was cancelled" if status == "cancelled" else (
-            "the run failed" if status == "failed" else "not refined yet")
+        why = (
+            "the run was cancelled"
+            if status == "cancelled"
+            else ("the run failed" if status == "failed" else "not refined yet")
+        )
         self.show_image(refined, self.run, ("refine",), f"No refined image: {why}.")
 
 

@@ -43,10 +43,16 @@ class LogScreen(ModalScreen[None]):
 
     BINDINGS = [
         Binding("1", "filter('all')", "All", id="log.all", tooltip="Show every entry"),
-        Binding("2", "filter('warnings')", "Warnings+errors", id="log.warnings",
-                tooltip="Show only warnings and errors"),
-        Binding("3", "filter('ledger')", "Ledger", id="log.ledger",
-                tooltip="Tokens, seconds, retries and 429s per model and role"),
+        Binding(
+            "2", "filter('warnings')", "Warnings+errors", id="log.warnings", tooltip="Show only warnings and errors"
+        ),
+        Binding(
+            "3",
+            "filter('ledger')",
+            "Ledger",
+            id="log.ledger",
+            tooltip="Tokens, seconds, retries and 429s per model and role",
+        ),
         Binding("escape,ctrl+l", "close", "Close", id="log.close", tooltip="Close the log"),
     ]
 
@@ -82,8 +88,12 @@ class LogScreen(ModalScreen[None]):
     """
 
     def __init__(
-        self, entries: Iterable[RawEntry], *, ledger: Callable[[], list[str]] | None = None,
-        name: str | None = None, id: str | None = None,
+        self,
+        entries: Iterable[RawEntry],
+        *,
+        ledger: Callable[[], list[str]] | None = None,
+        name: str | None = None,
+        id: str | None = None,
     ) -> None:
         super().__init__(name=name, id=id)
         # The run's ledger as lines (engine/ledger.summary_lines), read each time it is shown.

@@ -69,7 +69,9 @@ SECTIONS: list[tuple[str, str, list[Field]]] = [
         [
             Field("criticore.candidates", "Candidates", "refs", f"Tag and component ensemble; {REF_HINT}", 5),
             Field("criticore.aggregator", "Aggregator", "refs", f"Merges the answers; tried in order; {REF_HINT}", 2),
-            Field("criticore.vlms", "Critics (VLM)", "refs", f"Vision models that criticise the base image; {REF_HINT}", 2),
+            Field(
+                "criticore.vlms", "Critics (VLM)", "refs", f"Vision models that criticise the base image; {REF_HINT}", 2
+            ),
         ],
     ),
     (
@@ -78,8 +80,15 @@ SECTIONS: list[tuple[str, str, list[Field]]] = [
         [
             Field("diffusion.model", "Model", "input", 'Hub id, local folder, .safetensors file or "tiny-random"'),
             Field("diffusion.seed", "Seed", "input", "Whole number >= 0"),
-            Field("diffusion.width", "Width", "input", 'Pixels, a multiple of 8 (64-4096), or "auto" (the model\'s size)'),
-            Field("diffusion.height", "Height", "input", 'Pixels, a multiple of 8 (64-4096), or "auto" (the model\'s size)'),
+            Field(
+                "diffusion.width", "Width", "input", 'Pixels, a multiple of 8 (64-4096), or "auto" (the model\'s size)'
+            ),
+            Field(
+                "diffusion.height",
+                "Height",
+                "input",
+                'Pixels, a multiple of 8 (64-4096), or "auto" (the model\'s size)',
+            ),
             Field("diffusion.steps", "Steps", "input", "Denoising steps (1-1000)"),
             Field("diffusion.guidance", "Guidance", "input", "Classifier-free guidance (>= 0)"),
         ],
@@ -134,10 +143,15 @@ class SettingsScreen(ModalScreen[dict | None]):
     )
 
     BINDINGS = [
-        Binding("ctrl+s", "save", "Save", id="settings.save", priority=True,
-                tooltip="Check every field and write the changed ones"),
-        Binding("escape", "cancel", "Cancel", id="settings.cancel",
-                tooltip="Close without saving anything"),
+        Binding(
+            "ctrl+s",
+            "save",
+            "Save",
+            id="settings.save",
+            priority=True,
+            tooltip="Check every field and write the changed ones",
+        ),
+        Binding("escape", "cancel", "Cancel", id="settings.cancel", tooltip="Close without saving anything"),
     ]
 
     # Wide: the routing lists span the dialog and the two parameter sections sit side by side.

@@ -62,16 +62,12 @@ steps done of all steps, speed, and the estimated time left."""
     }
     """
 
-    def __init__(
-        self, *, name: str | None = None, id: str | None = None, classes: str | None = None
-    ) -> None:
+    def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self.add_class("-idle")
         self._stage_label = Label("", classes="diffusion-progress--stage", markup=False)
         # Never total=None: an indeterminate bar animates at 15 Hz, even while hidden.
-        self._bar = ProgressBar(
-            total=1, show_eta=False, show_percentage=False, classes="diffusion-progress--bar"
-        )
+        self._bar = ProgressBar(total=1, show_eta=False, show_percentage=False, classes="diffusion-progress--bar")
         self._status = Label("", classes="diffusion-progress--status", markup=False)
         self._stage = ""
         self._status_text = ""

@@ -114,9 +114,7 @@ Set images under [tui] in config.toml to auto, kitty, sixel, halfblock or none."
         self.border_title = Text(safe_str(title))
         if _graphics_note and mode != "none":
             self.border_subtitle = Text(safe_str(_graphics_note))
-        self.image_widget: Widget | None = (
-            self.image_class(classes="image-view--image") if self.image_class else None
-        )
+        self.image_widget: Widget | None = self.image_class(classes="image-view--image") if self.image_class else None
         self._path_view = Static("", classes="image-view--path", markup=False)
         self._label_view = Static("", classes="image-view--label", markup=False)
         self._message_view = Static("", classes="image-view--message", markup=False)

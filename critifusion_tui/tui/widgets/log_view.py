@@ -132,8 +132,15 @@ Up/down, PgUp/PgDn, Home/End scroll. Model text is shown exactly as received."""
         self._shown_rows = 0
         self._rewrapping = False
 
-    def write(self, content: Any, width: int | None = None, expand: bool = False, shrink: bool = True,
-              scroll_end: bool | None = None, animate: bool = False) -> LogView:
+    def write(
+        self,
+        content: Any,
+        width: int | None = None,
+        expand: bool = False,
+        shrink: bool = True,
+        scroll_end: bool | None = None,
+        animate: bool = False,
+    ) -> LogView:
         """RichLog's write, wrapped at the room beside the scrollbar (RichLog would measure
         against the console's width, which need not be the view's); what is written is kept
         so it can wrap again at another width."""

@@ -82,16 +82,40 @@ Over the limit it shows the last words SDXL reads and the first words it never s
     # priority: a terminal sends alt+e as Esc then "e", which arrives with the character "e";
     # the text area would type it before a plain binding of its parent saw the key.
     BINDINGS = [
-        Binding("ctrl+end,alt+e", "text_end", "End of text", show=False, priority=True,
-                id="prompt-editor.text-end",
-                tooltip="Move the cursor to the end of the whole text (alt+e where ctrl+end does not arrive)"),
-        Binding("ctrl+home,alt+a", "text_start", "Start of text", show=False, priority=True,
-                id="prompt-editor.text-start",
-                tooltip="Move the cursor to the start of the whole text (alt+a where ctrl+home does not arrive)"),
-        Binding("ctrl+shift+end", "text_end(True)", "Select to end of text", show=False,
-                id="prompt-editor.select-to-end", tooltip="Select from the cursor to the end of the whole text"),
-        Binding("ctrl+shift+home", "text_start(True)", "Select to start of text", show=False,
-                id="prompt-editor.select-to-start", tooltip="Select from the cursor to the start of the whole text"),
+        Binding(
+            "ctrl+end,alt+e",
+            "text_end",
+            "End of text",
+            show=False,
+            priority=True,
+            id="prompt-editor.text-end",
+            tooltip="Move the cursor to the end of the whole text (alt+e where ctrl+end does not arrive)",
+        ),
+        Binding(
+            "ctrl+home,alt+a",
+            "text_start",
+            "Start of text",
+            show=False,
+            priority=True,
+            id="prompt-editor.text-start",
+            tooltip="Move the cursor to the start of the whole text (alt+a where ctrl+home does not arrive)",
+        ),
+        Binding(
+            "ctrl+shift+end",
+            "text_end(True)",
+            "Select to end of text",
+            show=False,
+            id="prompt-editor.select-to-end",
+            tooltip="Select from the cursor to the end of the whole text",
+        ),
+        Binding(
+            "ctrl+shift+home",
+            "text_start(True)",
+            "Select to start of text",
+            show=False,
+            id="prompt-editor.select-to-start",
+            tooltip="Select from the cursor to the start of the whole text",
+        ),
     ]
 
     DEFAULT_CSS = """

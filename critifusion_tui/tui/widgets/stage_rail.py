@@ -34,6 +34,7 @@ from critifusion_tui.tui.widgets._safe import safe_str
 
 __all__ = ["STAGES", "STAGE_STATES", "STAGE_TITLES", "StageRail", "format_seconds", "rows_for"]
 
+
 def rows_for(stages) -> list[tuple[str, str]]:
     """The rail's rows for a run's stages (from the engine's stage table): the prompt, each
     stage with its title, and the end."""
@@ -233,9 +234,7 @@ Under the list: what the highlighted stage is doing, or why it failed."""
     def will_skip(self, stage: str) -> bool:
         return stage in self._will_skip
 
-    def set_state(
-        self, stage: str, state: str, *, seconds: float | None = None, detail: str = ""
-    ) -> None:
+    def set_state(self, stage: str, state: str, *, seconds: float | None = None, detail: str = "") -> None:
         """Set one stage's state.
 
         For "running", `seconds` is time already spent and the rail counts on from it; when

@@ -49,15 +49,28 @@ def make_run(
     latent = store.write_latent("base_latent.safetensors", torch.zeros(1, 4, 8, 8))
     store.save_stage(
         "base",
-        {"image": "base.png", "latent": latent, "prompt": prompt, "negative": "blurry",
-         "seed": seed, "steps": steps, "seconds": 12.5},
+        {
+            "image": "base.png",
+            "latent": latent,
+            "prompt": prompt,
+            "negative": "blurry",
+            "seed": seed,
+            "steps": steps,
+            "seconds": 12.5,
+        },
     )
     if refined:
         store.write_png("refined.png", Image.new("RGB", (64, 64), colour[::-1]), {"prompt": prompt})
         store.save_stage(
             "refine",
-            {"image": "refined.png", "prompt": f"{prompt}, sharp focus", "strength": 0.75,
-             "guidance": 7.5, "steps": steps, "seconds": 4.0},
+            {
+                "image": "refined.png",
+                "prompt": f"{prompt}, sharp focus",
+                "strength": 0.75,
+                "guidance": 7.5,
+                "steps": steps,
+                "seconds": 4.0,
+            },
         )
     store.finish(status)
     return store.folder
@@ -68,10 +81,12 @@ def make_history(output_dir: Path) -> dict[str, Path]:
     manifest, a foreign schema and a plain folder that is no run at all."""
     runs = {
         "fox": make_run(output_dir, "a red fox in the snow", minutes=0, seed=7),
-        "cat": make_run(output_dir, "a [bold]cat[/] on a mat", minutes=30, status="failed",
-                        refined=False, colour=(20, 90, 200)),
-        "owl": make_run(output_dir, "an owl at night, moonlight", minutes=10, status="cancelled",
-                        steps=30, colour=(90, 160, 40)),
+        "cat": make_run(
+            output_dir, "a [bold]cat[/] on a mat", minutes=30, status="failed", refined=False, colour=(20, 90, 200)
+        ),
+        "owl": make_run(
+            output_dir, "an owl at night, moonlight", minutes=10, status="cancelled", steps=30, colour=(90, 160, 40)
+        ),
     }
     broken = output_dir / "20260301-120000-broken"
     broken.mkdir()

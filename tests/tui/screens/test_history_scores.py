@@ -48,8 +48,12 @@ def history(tmp_path: Path, scorers=None) -> HistoryScreen:
 def tiny_scorers(weights, **eval_keys):  # noqa: F811
     keys = {key: str(path) for key, path in weights.items()}
     keys.update(eval_keys)
-    settings = Settings.model_validate({"diffusion": {"device": "cpu", "dtype": "float32"},
-                                        "eval": {**keys, "metrics": ["pickscore", "aesthetic"], "batch_size": 2}})
+    settings = Settings.model_validate(
+        {
+            "diffusion": {"device": "cpu", "dtype": "float32"},
+            "eval": {**keys, "metrics": ["pickscore", "aesthetic"], "batch_size": 2},
+        }
+    )
     cache = ScorerCache(settings, cache_dir="/nonexistent-hf-cache")
     return lambda: cache
 
@@ -140,7 +144,11 @@ async def test_e_scores_the_compared_runs_in_a_worker(tmp_path, runs, weights, m
         assert line[2:4] == [f"{owl['refined']['pickscore']:.4g}", f"{fox['refined']['pickscore']:.4g}"]
         # Progress per metric, from 0 to its 4 images.
         assert [p for p in progress if p[1] in (0, 4)] == [
-            ("pickscore", 0, 4), ("pickscore", 4, 4), ("aesthetic", 0, 4), ("aesthetic", 4, 4)]
+            ("pickscore", 0, 4),
+            ("pickscore", 4, 4),
+            ("aesthetic", 0, 4),
+            ("aesthetic", 4, 4),
+        ]
         assert "8 images scored." in [n.message for n in app._notifications]
 
 
@@ -148,6 +156,7 @@ def _spy(handler, calls):
     def spy(self, message):
         calls.append((message.metric, message.done, message.total))
         return handler(self, message)
+
     return spy
 
 

@@ -52,7 +52,11 @@ async def test_lists_runs_newest_first_with_status_and_unreadable_count(tmp_path
         assert static_text(screen, "#history-summary").startswith("3 runs · 2 folders could not be read")
         table = rows(screen)
         assert [r[2] for r in table] == ["failed", "cancelled", "done"]
-        assert [r[5] for r in table] == ["a [bold]cat[/] on a mat", "an owl at night, moonlight", "a red fox in the snow"]
+        assert [r[5] for r in table] == [
+            "a [bold]cat[/] on a mat",
+            "an owl at night, moonlight",
+            "a red fox in the snow",
+        ]
         assert [r[3] for r in table] == ["12.5 s", "16.5 s", "16.5 s"]
         assert all(r[4] == "tiny" for r in table)
         # The detail pane shows the highlighted run's prompt as typed (no markup).
@@ -74,13 +78,18 @@ async def test_paused_and_abandoned_runs_are_listed_and_a_newer_schema_is_named(
     found, unreadable = scan_runs(outputs)
     assert [(r.folder, r.status) for r in found] == [(abandoned, "abandoned"), (paused, "paused")]
     assert [(f, why.split(": ", 1)[1]) for f, why in unreadable] == [
-        (newer, "made by a newer critifusion-tui (schema critifusion.run/2); this version reads critifusion.run/1"
-                " — upgrade critifusion-tui to open it"),
+        (
+            newer,
+            "made by a newer critifusion-tui (schema critifusion.run/2); this version reads critifusion.run/1"
+            " — upgrade critifusion-tui to open it",
+        ),
     ]
     screen = history(tmp_path)
     async with Host(screen).run_test(size=(80, 24)):
         assert [r[2] for r in rows(screen)] == ["abandoned", "paused"]
-        assert static_text(screen, "#history-summary").startswith("2 runs · 1 folder could not be read (20260301-120000-newer)")
+        assert static_text(screen, "#history-summary").startswith(
+            "2 runs · 1 folder could not be read (20260301-120000-newer)"
+        )
 
 
 async def test_long_prompt_is_truncated_to_the_column(tmp_path):
@@ -173,7 +182,8 @@ async def test_compare_two_marked_runs(tmp_path, runs):
         assert differences["status"] == ("failed", "cancelled")
         assert "seed" not in differences and "model" not in differences
         assert compare.differences_summary() == (
-            "Differs: the prompts (above), the refinement prompts and 5 key settings.")
+            "Differs: the prompts (above), the refinement prompts and 5 key settings."
+        )
         await pilot.press("escape")
         await pilot.pause()
         assert app.screen is screen
@@ -219,8 +229,15 @@ async def test_wide_screen_previews_the_highlighted_run(tmp_path, runs):
 
 def test_bindings_have_ids():
     ids = {b.id for b in HistoryScreen.BINDINGS}
-    assert ids == {"history.reopen", "history.view", "history.mark", "history.compare",
-                   "history.score", "history.refresh", "history.back"}
+    assert ids == {
+        "history.reopen",
+        "history.view",
+        "history.mark",
+        "history.compare",
+        "history.score",
+        "history.refresh",
+        "history.back",
+    }
     assert all(b.description for b in HistoryScreen.BINDINGS)
 
 

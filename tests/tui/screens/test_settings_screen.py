@@ -78,7 +78,7 @@ async def test_routing_and_specfusion_changes_are_written(config_file: Path):
     assert settings.specfusion.guidance == 6.5
     text = config_file.read_text(encoding="utf-8")
     assert 'candidates = [\n  "rules",\n  "ollama:llama3.1",\n]' in text
-    assert "# Image size in pixels (multiples of 8), or \"auto\": the model's native size" in text
+    assert '# Image size in pixels (multiples of 8), or "auto": the model\'s native size' in text
 
 
 async def test_invalid_values_show_errors_and_write_nothing(config_file: Path):

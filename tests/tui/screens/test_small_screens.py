@@ -51,8 +51,18 @@ async def test_log_shows_the_ledger_on_3_as_plain_text_and_follows_it():
     from critifusion_tui.engine.ledger import summarize, summary_lines
 
     calls = [
-        {"model": "together:[bold]x", "role": "candidate", "tokens_in": 120, "tokens_out": 30,
-         "seconds": 1.5, "retries": 1, "throttled": 1, "error": None, "source": "provider", "usage": "reported"},
+        {
+            "model": "together:[bold]x",
+            "role": "candidate",
+            "tokens_in": 120,
+            "tokens_out": 30,
+            "seconds": 1.5,
+            "retries": 1,
+            "throttled": 1,
+            "error": None,
+            "source": "provider",
+            "usage": "reported",
+        },
     ]
     screen = LogScreen(ENTRIES, ledger=lambda: summary_lines(summarize(calls)))
     app = Host(screen)
@@ -80,6 +90,7 @@ async def test_log_reads_the_apps_buffer_and_closes_on_ctrl_l():
     screen = LogScreen(buffer)
     app = Host(screen)
     async with app.run_test(size=(80, 24)) as pilot:
+
         async def until(predicate, timeout=10.0):  # the screen polls its buffer twice a second
             for _ in range(int(timeout / 0.05)):
                 if predicate():
@@ -168,8 +179,12 @@ def test_every_binding_has_an_id_and_description():
 
 
 LONG_ENTRIES = [
-    (T + i, "info", "together:Qwen/Qwen2.5-72B",
-     f"line {i}: " + "the quick brown fox jumps over the lazy dog " * 3 + f"END{i}")
+    (
+        T + i,
+        "info",
+        "together:Qwen/Qwen2.5-72B",
+        f"line {i}: " + "the quick brown fox jumps over the lazy dog " * 3 + f"END{i}",
+    )
     for i in range(30)
 ]
 

@@ -79,7 +79,9 @@ def test_history_compare_with_scores(snap_compare, outputs):
     from critifusion_tui.eval.runs import save_scores
 
     # The owl has base and refined images; the cat failed before refining (base only).
-    owl, cat = (RunStore.open(next(p for p in outputs.iterdir() if name in p.name)) for name in ("an-owl", "a-bold-cat"))
+    owl, cat = (
+        RunStore.open(next(p for p in outputs.iterdir() if name in p.name)) for name in ("an-owl", "a-bold-cat")
+    )
     save_scores(owl, "pickscore", "tiny", {"base": 20.21, "refined": 20.61})
     save_scores(owl, "aesthetic", "tiny", {"base": 5.42, "refined": 5.61})
     save_scores(cat, "pickscore", "tiny", {"base": 20.9})

@@ -23,8 +23,6 @@ def write_png(path: Path, width: int = 64, height: int = 64) -> Path:
     from PIL import Image
 
     image = Image.new("RGB", (width, height))
-    image.putdata(
-        [(x * 255 // width, y * 255 // height, 128) for y in range(height) for x in range(width)]
-    )
+    image.putdata([(x * 255 // width, y * 255 // height, 128) for y in range(height) for x in range(width)])
     image.save(path)
     return path

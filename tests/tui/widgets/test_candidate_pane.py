@@ -160,7 +160,7 @@ async def test_an_unusable_answer_shows_its_text_and_the_reason():
     app = PaneApp(FakeClock())
     async with app.run_test(size=(80, 24)) as pilot:
         pane = app.query_one(CandidatePane)
-        reason = "together:x: unusable answer: it repeats our instructions (\"put the subject phrase first\")"
+        reason = 'together:x: unusable answer: it repeats our instructions ("put the subject phrase first")'
         pane.finish("Put the subject phrase first, cat", reason, 1.0)
         await pilot.pause()
         text = screen_text(app)

@@ -17,8 +17,7 @@ from tests.tui.conftest import screen_text
 # "echo" (75 words + BOS + EOS = 77) and never sees "castle river moon garden".
 OVER = " ".join(["red"] * 70 + "alpha bravo charlie delta echo castle river moon garden".split())
 OVER_LINE = (
-    "81 / 77 CLIP tokens: SDXL stops reading after “…bravo charlie delta echo”; "
-    "not read: “castle river moon garden”"
+    "81 / 77 CLIP tokens: SDXL stops reading after “…bravo charlie delta echo”; not read: “castle river moon garden”"
 )
 
 

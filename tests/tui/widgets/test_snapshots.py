@@ -45,9 +45,7 @@ class PaneFailed(App):
     def compose(self) -> ComposeResult:
         with Horizontal():
             self.ok = CandidatePane("tags", "candidate", "ollama:llama3.2:3b", id="ok")
-            self.bad = CandidatePane(
-                "tags", "candidate", "together:Qwen/Qwen2.5-72B-Instruct-Turbo", id="bad"
-            )
+            self.bad = CandidatePane("tags", "candidate", "together:Qwen/Qwen2.5-72B-Instruct-Turbo", id="bad")
             yield self.bad
             yield self.ok
         yield Footer()
