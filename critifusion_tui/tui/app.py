@@ -13,45 +13,37 @@ it is imported only when the app really starts, never on the `--help` path.
 from __future__ import annotations
 
 import logging
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
 from textual.notifications import SeverityLevel
 from textual.widgets import ContentSwitcher, Footer, Header, Input, Static
 from textual.worker import Worker, WorkerState
 
 from critifusion_tui.config import LoadedConfig, load_config
 from critifusion_tui.engine.events import (
-    CandidateDelta,
-    CandidateFinished,
-    CandidateStarted,
-    DiffusionStep,
     Event,
-    ImageReady,
-    ModelLoaded,
-    ModelLoading,
-    Notice,
-    StageCancelled,
-    StageFailed,
-    StageFinished,
-    StageSkipped,
-    StageStarted,
 )
 from critifusion_tui.engine.flow import Phase
-from critifusion_tui.engine.stages import ORIGINAL, TABLE, branch_of, spec
+from critifusion_tui.engine.stages import spec
 from critifusion_tui.tui.widgets.candidate_pane import CandidatePane
 from critifusion_tui.tui.widgets.diffusion_progress import DiffusionProgress
 from critifusion_tui.tui.widgets.image_view import ImageView
 from critifusion_tui.tui.widgets.log_view import LogBuffer
 from critifusion_tui.tui.widgets.prompt_editor import ComponentsEditor, PromptEditor
+from critifusion_tui.tui.engine_view import (
+    IMAGE_STAGES,
+    PANES_OF_KIND,
+    EngineEvent,
+    EngineEventsView,
+    kind_of,
+    one_line,
+)
 from critifusion_tui.tui.widgets.stage_rail import StageRail, rows_for
 
 # Which view shows a stage, by the kind of stage (the stage table says each stage's kind),
@@ -65,7 +57,6 @@ VIEW_OF_KIND = {
     "refine": "view-images",
     "done": "view-images",
 }
-PANES_OF_KIND = {"tags": "#tags-panes", "components": "#components-panes", "critique": "#critique-panes"}
 # Where the app stands: composing a prompt, or where the engine's run stands (engine/flow.py).
 PROMPT = "prompt"
 TAGS_GATE, REFINE_GATE, DONE = Phase.TAGS_GATE.value, Phase.REFINE_GATE.value, Phase.DONE.value
@@ -79,25 +70,6 @@ NEXT_HINT = {
 }
 BUSY = "A stage is running: wait, or press escape to cancel it."
 PRELOAD_AFTER_S = 1.0  # after start-up, the model's load waits this long for the first paint and keys
-RUNNING_HINT = {
-    "tags": "Expanding the prompt into tags",
-    "components": "Decomposing the prompt into components",
-    "base": "Drawing the base image",
-    "critique": "The critics are looking at the image",
-    "refine": "Refining with SpecFusion",
-}
-# The stages that draw an image; each has an ImageView "#image-<stage>".
-IMAGE_STAGES = tuple(stage for stage, stage_spec in TABLE.items() if stage_spec.image)
-# Actions that act only in some places; the footer shows a key only where it acts.
-GATE_PHASES = (TAGS_GATE, REFINE_GATE)
-
-
-def kind_of(stage: str) -> str:
-    """The stage's kind (tags ... refine) from the stage table; the rail's own rows as is."""
-    try:
-        return spec(stage).kind
-    except ValueError:
-        return stage
 
 
 # Loggers of the client libraries that say what the engine's events cannot: httpx logs every
@@ -123,15 +95,7 @@ class ProviderLogHandler(logging.Handler):
             self.handleError(record)  # logging's own way to report a broken handler
 
 
-class EngineEvent(Message):
-    """An engine event, delivered to the app's one handler on the loop thread."""
-
-    def __init__(self, event: Event) -> None:
-        super().__init__()
-        self.event = event
-
-
-class CritiFusionApp(App):
+class CritiFusionApp(EngineEventsView, App):
     """CritiFusion, stage by stage."""
 
     TITLE = "critifusion"
@@ -640,7 +604,7 @@ class CritiFusionApp(App):
             if not isinstance(error, RunFailed) or error.stage == "run":
                 self.log_buffer.add("error", event.worker.name, message)
             self._hint(
-                f"{getattr(error, 'stage', event.worker.name)} failed: {_one_line(message)}  (f5 retries it)",
+                f"{getattr(error, 'stage', event.worker.name)} failed: {one_line(message)}  (f5 retries it)",
                 error=True,
             )
         self._refresh_keys()
@@ -921,7 +885,7 @@ class CritiFusionApp(App):
         toast there would cover what they type). Errors stay on the hint line until the next
         move; the log keeps everything."""
         if _in_editor(self.focused) and self.screen is self.screen_stack[0]:
-            self._hint(_one_line(message), error=severity == "error")
+            self._hint(one_line(message), error=severity == "error")
             return
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
@@ -961,164 +925,6 @@ class CritiFusionApp(App):
         self._show_where()
         self.notify(f"Using {message.model}'s answer.", markup=False)
 
-    # ---------------------------------------------------------------- engine events
-
-    def on_engine_event(self, message: EngineEvent) -> None:
-        event = message.event
-        rail = self.query_one(StageRail)
-        stage = event.stage
-        on_rail = stage in rail.rows
-        if isinstance(event, StageStarted):
-            self.stage_started[stage] = time.monotonic()
-            self.failures[stage] = []
-            if on_rail:
-                rail.set_state(stage, "running", detail=event.detail)
-            self._show(stage)
-            if kind_of(stage) == "critique" and self.active_run is not None:
-                self._show_critique_image(self.active_run)
-            self._hint(f"{RUNNING_HINT.get(kind_of(stage), stage)}… escape cancels (what is done is kept).")
-            self.log_buffer.add("info", stage, f"started {event.detail}".strip())
-            self._refresh_keys()
-        elif isinstance(event, CandidateStarted):
-            self._pane(stage, event.role, event.model).start()
-            what = "offline rules, no request" if event.model == "rules" else "request sent"
-            self.log_buffer.add("info", stage, f"{event.role} {event.model}: {what}")
-        elif isinstance(event, CandidateDelta):
-            self._pane(stage, event.role, event.model).append(event.text)
-        elif isinstance(event, CandidateFinished):
-            self._pane(stage, event.role, event.model).finish(
-                event.text, event.error, event.seconds, event.notes, origin=event.origin
-            )
-            if event.error:
-                self.failures.setdefault(stage, []).append(event.error)
-                self.log_buffer.add("warning", stage, f"{event.role} {event.model} failed: {event.error}")
-            else:
-                notes = f" ({'; '.join(event.notes)})" if event.notes else ""
-                where = {"cache": " from the cache", "replay": " (replayed)"}.get(event.origin, "")
-                self.log_buffer.add(
-                    "info", stage, f"{event.role} {event.model} answered{where} in {event.seconds:.1f} s{notes}"
-                )
-        elif isinstance(event, ModelLoading):
-            self._loading_since = time.monotonic()
-            self._loading_model = event.model
-            self._tick_loading()
-            self.log_buffer.add("info", stage, f"loading {event.model}")
-        elif isinstance(event, DiffusionStep):
-            self._loading_since = None
-            self.query_one(DiffusionProgress).update_step(
-                stage, event.step, event.total, event.elapsed, since=self.stage_started.get(stage)
-            )
-        elif isinstance(event, ImageReady):
-            self._show_image(stage, event.path, event.label)
-            self.log_buffer.add("info", stage, f"image {event.path}")
-        elif isinstance(event, StageFinished):
-            if on_rail:
-                rail.set_state(stage, "done", seconds=event.seconds)
-            self._stop_progress()
-            self._report_failures(stage)
-            self.log_buffer.add("info", stage, f"done in {event.seconds:.1f} s")
-        elif isinstance(event, StageFailed):
-            if on_rail:
-                rail.set_state(stage, "failed", seconds=event.seconds, detail=event.error)
-            self._stop_progress()
-            self._stop_panes(stage, cancelled=False)
-            # The error may quote model output or paths: plain text, never markup.
-            self._hint(f"{stage} failed: {_one_line(event.error, 100)}  (f5 retries; ctrl+l: all)", error=True)
-            self.log_buffer.add("error", stage, event.error)
-        elif isinstance(event, StageCancelled):
-            if on_rail:
-                rail.set_state(stage, "cancelled", seconds=event.seconds, detail="cancelled by you")
-            self._stop_progress()
-            self._stop_panes(stage, cancelled=True)
-            self.log_buffer.add("info", stage, f"cancelled after {event.seconds:.1f} s")
-        elif isinstance(event, StageSkipped):
-            if on_rail:
-                rail.set_state(stage, "skipped")
-            self.log_buffer.add("info", stage, f"skipped: {event.reason}")
-        elif isinstance(event, ModelLoaded):
-            self._loading_since = None
-            self.log_buffer.add("info", stage, f"model: {event.summary}")
-            self._loaded_model = event.summary
-            self.query_one("#config-summary", Static).update(self._config_summary())
-        elif isinstance(event, Notice):
-            self.log_buffer.add(event.level, stage or "run", event.message)
-            if stage == "critique" and event.level == "info":
-                self.query_one("#critique-summary", Static).update(Text(event.message))
-        if isinstance(event, StageFinished) and stage == "critique":
-            self._summarise_critique()
-
-    def _tick_loading(self) -> None:
-        """While the model loads (seconds for a real one), the progress line says what loads
-        and for how long, on the same clock as the rail."""
-        if self._loading_since is None:
-            return
-        elapsed = time.monotonic() - self._loading_since
-        self.query_one(DiffusionProgress).reset(f"loading {self._loading_model}… {elapsed:.1f} s")
-
-    def _stop_progress(self) -> None:
-        self._loading_since = None
-        self.query_one(DiffusionProgress).reset()
-
-    def _stop_panes(self, stage: str, *, cancelled: bool) -> None:
-        """Panes of `stage` still waiting or answering stop counting: the stage ended."""
-        for (pane_stage, _, _), pane in self.panes.items():
-            if pane_stage == stage and pane.state in ("waiting", "answering"):
-                if cancelled:
-                    pane.cancel()
-                else:
-                    pane.finish("", "the stage failed before this model answered", pane.seconds or 0.0, ())
-
-    def _show_image(self, stage: str, path: Path, label: str) -> None:
-        if stage not in IMAGE_STAGES:
-            return
-        if branch_of(stage) is ORIGINAL:
-            self.query_one("#images-original").remove_class("-hidden")
-        self.query_one(f"#image-{stage}", ImageView).show(path, label)
-
-    def _report_failures(self, stage: str) -> None:
-        """One line per stage with failures: how many, and the first reason with its fix."""
-        failed = self.failures.get(stage) or []
-        if failed:
-            more = f" (and {len(failed) - 1} more; ctrl+l shows all)" if len(failed) > 1 else ""
-            self.notify(f"{stage}: {failed[0]}{more}", severity="warning", timeout=8, markup=False)
-
-    def _pane(self, stage: str, role: str, model: str) -> CandidatePane:
-        """The pane of one model in one stage, made when its first event arrives."""
-        key = (stage, role, model)
-        pane = self.panes.get(key)
-        if pane is None:
-            pane = self.panes[key] = CandidatePane(stage, role, model)
-            self.query_one(PANES_OF_KIND[kind_of(stage)], Vertical).mount(pane)
-        return pane
-
-    def _summarise_critique(self) -> None:
-        record = self.active_run.store.stage("critique") if self.active_run else None
-        if not record or record.get("skipped"):
-            return
-        issues = [f"  - {issue}" for issue in record.get("issues", [])] or ["  (none)"]
-        lines = ["Merged issues:", *issues]
-        if record.get("alignment") is not None:
-            lines.append(f"Alignment rating: {record['alignment']:g} / 100")
-        lines.append(f"Critic's refined prompt: {record.get('refined', '')}")
-        self.query_one("#critique-summary", Static).update(Text("\n".join(lines)))
-
-    def _summarise_images(self) -> None:
-        record = self.active_run.store.stage("refine") if self.active_run else None
-        if not record:
-            return
-        source = record.get("alignment_from")
-        rated = ""
-        if isinstance(source, dict) and isinstance(source.get("alignment"), (int, float)):
-            value = source.get("value")
-            raw = f" {value:.4g}" if isinstance(value, (int, float)) else ""
-            rated = f", alignment {source['alignment']:g} / 100 from {source.get('source')}{raw}"
-        self.query_one("#images-summary", Static).update(
-            Text(
-                f"{self.active_run.folder}\nrefined with strength {record['strength']:.2f}, guidance {record['guidance']:g}, "
-                f"{record['steps']} steps, rho_t {record['rho_t']:g}, seed {record['seed']} ({record['mode']}{rated})"
-            )
-        )
-
     def _noise_label(self) -> str:
         return "tiny-random: noise" if self.loaded.settings.diffusion.model == "tiny-random" else ""
 
@@ -1135,11 +941,6 @@ class CritiFusionApp(App):
         self.query_one("#images-original").add_class("-hidden")
         self.query_one("#critique-summary", Static).update("")
         self.query_one("#images-summary", Static).update("")
-
-
-def _one_line(text: str, limit: int = 160) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _as_shown(value) -> str:
