@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from critifusion_tui.engine.devices import empty_cache, is_oom
@@ -76,6 +77,38 @@ def vae_decode_dtype(vae: Any) -> torch.dtype:
     if vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False)):
         return torch.float32
     return vae.dtype
+
+
+@contextmanager
+def _vae_in_decode_dtype(vae: Any) -> Iterator[None]:
+    """Run ``vae`` in :func:`vae_decode_dtype` for the block, then cast it back (the modules
+    are shared with the pipelines, which expect the dtype they were loaded in)."""
+    before = vae.dtype
+    target = vae_decode_dtype(vae)
+    if target != before:
+        vae.to(dtype=target)
+    try:
+        yield
+    finally:
+        if target != before:
+            vae.to(dtype=before)
+
+
+def _latent_stats(vae: Any, z: torch.Tensor) -> tuple[Any, Any, float]:
+    """The VAE's latent normalisation for ``z``: (mean, std, scaling_factor), mean and std as
+    (1, C, 1, 1) tensors on ``z``'s device and dtype, or None where the VAE has none (SDXL's
+    and SD 1.5's VAEs scale only)."""
+    import torch
+
+    mean = getattr(vae.config, "latents_mean", None)
+    std = getattr(vae.config, "latents_std", None)
+    scale = float(vae.config.scaling_factor)
+    if mean is None or std is None:
+        return None, None, scale
+    shape = (1, z.shape[1], 1, 1)
+    mean_t = torch.tensor(mean, device=z.device, dtype=z.dtype).view(shape)
+    std_t = torch.tensor(std, device=z.device, dtype=z.dtype).view(shape)
+    return mean_t, std_t, scale
 
 
 def _cancel_requested(cancel: Any) -> bool:
@@ -315,35 +348,16 @@ class DiffusionRunning:
             vae = pipe.vae
 
             def call() -> Any:
-                needs_upcast = vae_decode_dtype(vae) != vae.dtype
-                try:
-                    if needs_upcast:
-                        vae.to(dtype=torch.float32)
-                    with torch.no_grad():
-                        z = latent.to(device=get_module_execution_device(vae), dtype=vae.dtype)
-                        mean = getattr(vae.config, "latents_mean", None)
-                        std = getattr(vae.config, "latents_std", None)
-                        scale = float(vae.config.scaling_factor)
-                        if mean is not None and std is not None:
-                            shape = (1, z.shape[1], 1, 1)
-                            mean_t = torch.tensor(mean, device=z.device, dtype=z.dtype).view(shape)
-                            std_t = torch.tensor(std, device=z.device, dtype=z.dtype).view(shape)
-                            z = z * std_t / scale + mean_t
-                        else:
-                            z = z / scale
-                        image = vae.decode(z, return_dict=False)[0]
-                        if getattr(pipe, "watermark", None) is not None:
-                            image = pipe.watermark.apply_watermark(image)
-                        return pipe.image_processor.postprocess(image.float(), output_type="pil")[0]
-                finally:
-                    if needs_upcast:
-                        vae.to(dtype=torch.float16)
+                with _vae_in_decode_dtype(vae), torch.no_grad():
+                    z = latent.to(device=get_module_execution_device(vae), dtype=vae.dtype)
+                    mean, std, scale = _latent_stats(vae, z)
+                    z = z * std / scale + mean if mean is not None else z / scale
+                    image = vae.decode(z, return_dict=False)[0]
+                    if getattr(pipe, "watermark", None) is not None:
+                        image = pipe.watermark.apply_watermark(image)
+                    return pipe.image_processor.postprocess(image.float(), output_type="pil")[0]
 
-            try:
-                return self._run(pipe, "decode", call)
-            finally:
-                if self.cpu_offload:
-                    self._release_offload(pipe)
+            return self._run_vae(pipe, "decode", call)
 
     def encode(self, image: Image.Image) -> torch.Tensor:
         """A PIL image to a latent in the scaled space: the inverse of :meth:`decode`, so the
@@ -367,36 +381,26 @@ class DiffusionRunning:
             vae = pipe.vae
 
             def call() -> Any:
-                needs_upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-                try:
-                    if needs_upcast:
-                        vae.to(dtype=torch.float32)
-                    with torch.no_grad():
-                        pixels = pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
-                        x = pixels.to(device=get_module_execution_device(vae), dtype=vae.dtype)
-                        z = vae.encode(x).latent_dist.mode()
-                        mean = getattr(vae.config, "latents_mean", None)
-                        std = getattr(vae.config, "latents_std", None)
-                        scale = float(vae.config.scaling_factor)
-                        if mean is not None and std is not None:
-                            shape = (1, z.shape[1], 1, 1)
-                            mean_t = torch.tensor(mean, device=z.device, dtype=z.dtype).view(shape)
-                            std_t = torch.tensor(std, device=z.device, dtype=z.dtype).view(shape)
-                            z = (z - mean_t) * scale / std_t
-                        else:
-                            z = z * scale
-                        return z.to(dtype=pipe.unet.dtype).contiguous()  # a view of the moments otherwise
-                finally:
-                    if needs_upcast:
-                        vae.to(dtype=torch.float16)
+                with _vae_in_decode_dtype(vae), torch.no_grad():
+                    pixels = pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
+                    x = pixels.to(device=get_module_execution_device(vae), dtype=vae.dtype)
+                    z = vae.encode(x).latent_dist.mode()
+                    mean, std, scale = _latent_stats(vae, z)
+                    z = (z - mean) * scale / std if mean is not None else z * scale
+                    return z.to(dtype=pipe.unet.dtype).contiguous()  # a view of the moments otherwise
 
-            try:
-                return self._run(pipe, "encode", call)
-            finally:
-                if self.cpu_offload:
-                    self._release_offload(pipe)
+            return self._run_vae(pipe, "encode", call)
 
     # ------------------------------------------------------------------ helpers
+
+    def _run_vae(self, pipe: Any, what: str, call: Callable[[], Any]) -> Any:
+        """A VAE pass (decode, encode): errors mapped as for the UNet, and with CPU offload the
+        modules given back afterwards (no denoising loop ends it with the pipeline's hooks)."""
+        try:
+            return self._run(pipe, what, call)
+        finally:
+            if self.cpu_offload:
+                self._release_offload(pipe)
 
     def _check_size(self, width: int | None, height: int | None) -> tuple[int, int]:
         default_w, default_h = self.default_size
@@ -443,6 +447,8 @@ class DiffusionRunning:
             try:
                 pipe.maybe_free_model_hooks()
             except Exception:  # pragma: no cover - best effort on an error path
+                # Silent on purpose: the caller is already raising the error the person sees
+                # (out of memory, a failed pass); a second one from the clean-up would hide it.
                 pass
 
     def _free_memory(self) -> None:
