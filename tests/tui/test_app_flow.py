@@ -28,6 +28,31 @@ def hosted(tmp_path, settings, **criticore) -> Settings:
     return Settings.model_validate(data)
 
 
+def three_candidates_and_an_aggregator(tmp_path, settings) -> Settings:
+    return hosted(
+        tmp_path,
+        settings,
+        candidates=["together:steady", "together:flaky", "together:other"],
+        aggregator=["together:agg"],
+    )
+
+
+async def edit_the_tags_at_the_gate(app, pilot, text: str) -> None:
+    """Run to the tags gate and type `text` over the positive prompt, as a person would."""
+    await pilot.press("ctrl+r")
+    await until(pilot, settled(app, TAGS_GATE))
+    app.query_one("#positive", PromptEditor).text_area.select_all()
+    await pilot.press(*text)
+
+
+async def retry_the_tags_of(app, pilot, model: str) -> CandidatePane:
+    """Press r on `model`'s tags pane; returns the pane."""
+    pane = next(p for p in app.query(CandidatePane) if p.stage == "tags" and p.model == model)
+    pane.focus()
+    await pilot.press("r")
+    return pane
+
+
 async def test_skip_critique_is_a_key_no_editor_takes_and_the_rail_shows_it(tmp_path):
     app = make_app(app_settings(tmp_path))
     async with app.run_test(size=(80, 24)) as pilot:
@@ -55,24 +80,11 @@ async def test_skip_critique_is_a_key_no_editor_takes_and_the_rail_shows_it(tmp_
 async def test_a_retry_that_fails_again_keeps_the_edit_and_asks_no_aggregator(tmp_path, server, settings):
     server.script("flaky", status=500)  # fails every time
     server.script("agg", text="a red fox, forest, merged")
-    app = make_app(
-        hosted(
-            tmp_path,
-            settings,
-            candidates=["together:steady", "together:flaky", "together:other"],
-            aggregator=["together:agg"],
-        )
-    )
+    app = make_app(three_candidates_and_an_aggregator(tmp_path, settings))
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("ctrl+r")
-        await until(pilot, settled(app, TAGS_GATE))
-        area = app.query_one("#positive", PromptEditor).text_area
-        area.select_all()
-        await pilot.press(*"my own tags")
+        await edit_the_tags_at_the_gate(app, pilot, "my own tags")
         asked = len(server.requests_to("/v1/chat/completions"))
-        flaky = next(p for p in app.query(CandidatePane) if p.stage == "tags" and p.model == "together:flaky")
-        flaky.focus()
-        await pilot.press("r")
+        flaky = await retry_the_tags_of(app, pilot, "together:flaky")
         await until(pilot, lambda: not app.busy and flaky.state == "failed")
         await pilot.pause()
         # One request: the failed model again; no aggregator, since no answer changed.
@@ -87,23 +99,10 @@ async def test_a_retry_that_changes_the_merge_lets_the_person_choose(tmp_path, s
     server.script("flaky", status=500, times=1)  # its tags request fails once, then answers
     server.script("agg", text="a red fox, forest, first merge", times=1)
     server.script("agg", text="a red fox, forest, second merge")
-    app = make_app(
-        hosted(
-            tmp_path,
-            settings,
-            candidates=["together:steady", "together:flaky", "together:other"],
-            aggregator=["together:agg"],
-        )
-    )
+    app = make_app(three_candidates_and_an_aggregator(tmp_path, settings))
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("ctrl+r")
-        await until(pilot, settled(app, TAGS_GATE))
-        area = app.query_one("#positive", PromptEditor).text_area
-        area.select_all()
-        await pilot.press(*"my own tags")
-        flaky = next(p for p in app.query(CandidatePane) if p.stage == "tags" and p.model == "together:flaky")
-        flaky.focus()
-        await pilot.press("r")
+        await edit_the_tags_at_the_gate(app, pilot, "my own tags")
+        await retry_the_tags_of(app, pilot, "together:flaky")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         question = app.screen.question
         assert "my own tags" in question and "second merge" in question
