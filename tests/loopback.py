@@ -58,6 +58,10 @@ class Script:
     hang: bool = False  # never answer (until the client gives up or the server stops)
     garbage: str | None = None  # 200 with this body (or SSE event / NDJSON line) instead of JSON
     times: int | None = None  # used for this many requests, then the next script; None: always
+    # Only requests whose JSON body holds this text take the script (and count towards
+    # ``times``); the others get the default answer. Lets a test fail one stage's request of a
+    # model that answers several stages at once, whatever order they arrive in.
+    when: str | None = None
     # (prompt tokens, completion tokens) the answer reports as its usage; None: 7 and the
     # answer's word count. ``usage=False``: no usage at all (a server that reports none).
     usage: tuple[int, int] | bool | None = None
@@ -169,12 +173,14 @@ class LoopbackServer:
         """List ``name`` in /v1/models, /v2/supported-models, /api/tags; /api/show knows it."""
         self.models[name] = ModelEntry(name, vision)
 
-    def next_script(self, model: str) -> Script:
+    def next_script(self, model: str, body: dict | None = None) -> Script:
         with self._lock:
             queue = self._scripts.get(model)
             if not queue:
                 return Script()
             current = queue[0]
+            if current.when is not None and current.when not in json.dumps(body or {}):
+                return Script()
             if current.times is not None:
                 current.times -= 1
                 if current.times <= 0:
@@ -289,7 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
             message = "response_format json_schema is not supported by this server"
             self._json(400, {"error": {"message": message, "type": "invalid_request_error"}})
             return
-        script = self._begin(model)
+        script = self._begin(model, body)
         if script is None:
             return
         if script.status is not None:
@@ -357,7 +363,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(400, {"error": "invalid format: json schema is not supported"})
             return
         self._ollama_load(model, body.get("keep_alive"))
-        script = self._begin(model)
+        script = self._begin(model, body)
         if script is None:
             return
         if script.status is not None:
@@ -426,7 +432,7 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
             return
-        script = self._begin(model)
+        script = self._begin(model, body)
         if script is None:
             return
         if script.status is not None:
@@ -470,9 +476,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- behaviours -------------------------------------------------------------------------
 
-    def _begin(self, model: str) -> Script | None:
+    def _begin(self, model: str, body: dict) -> Script | None:
         """Apply the script's delay or hang; None when the request is to go unanswered."""
-        script = self.loopback.next_script(model)
+        script = self.loopback.next_script(model, body)
         if script.hang:
             self.loopback.wait(HANG_LIMIT_S)
             self.close_connection = True

@@ -96,7 +96,9 @@ async def test_a_retry_that_fails_again_keeps_the_edit_and_asks_no_aggregator(tm
 
 
 async def test_a_retry_that_changes_the_merge_lets_the_person_choose(tmp_path, server, settings):
-    server.script("flaky", status=500, times=1)  # its tags request fails once, then answers
+    # Its tags request fails once, then answers; its components request, sent at the same time,
+    # must not take the failure (which of the two arrives first varies from run to run).
+    server.script("flaky", status=500, times=1, when="Idea:")
     server.script("agg", text="a red fox, forest, first merge", times=1)
     server.script("agg", text="a red fox, forest, second merge")
     app = make_app(three_candidates_and_an_aggregator(tmp_path, settings))
