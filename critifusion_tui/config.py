@@ -214,6 +214,15 @@ def _auto_switch(value: Any) -> Any:
 
 AutoSwitch = Annotated[Literal["auto"] | bool, BeforeValidator(_auto_switch)]
 
+# Where a 0-100 alignment score of an image comes from: the VLM critics' own <alignment>
+# rating, or an eval metric scoring the image against the user's prompt (mapped to 0-100).
+ScoreSource = Literal["critic", "pickscore", "hpsv2", "imagereward", "aesthetic"]
+
+
+def _off_is_none(value: Any) -> Any:
+    # TOML has no null: "off" (or leaving the key out) means "no such condition".
+    return None if value == "off" else value
+
 
 class DiffusionConfig(Section):
     model: str = Field(default=DEFAULT_SDXL, min_length=1)
@@ -234,6 +243,10 @@ class DiffusionConfig(Section):
     fuse_qkv: AutoSwitch = "auto"
     compile: bool = False
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
+    # Best-of-N bases (docs/method.md, beyond the paper): draw this many bases, one seed each,
+    # and refine the one `base_pick_from` rates best. 1 is the paper.
+    base_candidates: int = Field(default=1, ge=1, le=8)
+    base_pick_from: ScoreSource = "critic"
 
     @field_validator("width", "height")
     @classmethod
@@ -276,13 +289,25 @@ class SpecFusionConfig(Section):
     mode: Literal["fixed", "adaptive"] = "fixed"
     # Where adaptive mode (CADR) takes its 0-100 alignment score from: the VLM critics' own
     # <alignment> rating, or an eval metric scoring the base image against the user's prompt.
-    alignment_from: Literal["critic", "pickscore", "hpsv2", "imagereward", "aesthetic"] = "critic"
+    alignment_from: ScoreSource = "critic"
     total_steps: int = Field(default=50, ge=1, le=1000)
     last_k: int = Field(default=37, ge=1, le=1000)
     guidance: Annotated[float | None, BeforeValidator(_auto_is_none)] = Field(default=None, ge=0)
     rho_t: float = Field(default=0.85, ge=0, le=1)
     base_c: float = Field(default=0.5, gt=0, le=1)
     noise_std: float = Field(default=0.001, ge=0)
+
+
+class LoopConfig(Section):
+    """Critique rounds (docs/method.md, beyond the paper): after the paper's one critique and
+    one refinement, criticise the refined image again and refine it again, up to `rounds` in
+    all, stopping early when the score reaches `stop_at` or a round gains less than
+    `min_gain`. The final image is the best-scoring round."""
+
+    rounds: int = Field(default=1, ge=1, le=10)
+    stop_at: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(default=None, ge=0, le=100)
+    min_gain: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(default=None, ge=-100, le=100)
+    score_from: ScoreSource = "critic"
 
 
 class OutputConfig(Section):
@@ -338,6 +363,7 @@ class Settings(Section):
     criticore: CriticoreConfig = Field(default_factory=CriticoreConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     specfusion: SpecFusionConfig = Field(default_factory=SpecFusionConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     tui: TuiConfig = Field(default_factory=TuiConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

@@ -873,26 +873,32 @@ class Run(RunFlow):
         return None if value is None else {"source": "critic", "alignment": float(value)}
 
     async def metric_alignment(self, metric: str, *, original: bool = False) -> dict[str, Any]:
-        """Score the base image against the user's prompt with an eval metric (its scorer is
-        loaded once per session) and map the score to 0-100 with
-        :func:`~critifusion_tui.engine.specfusion.alignment_from_metric`. A metric that cannot
-        run (missing weights, unreadable files, no such device) fails the refine stage with
-        the message that says how to fix it."""
-        from critifusion_tui.engine.diffusion import DiffusionLoadError
-        from critifusion_tui.engine.specfusion import METRIC_ALIGNMENT_RANGES, alignment_from_metric
-        from critifusion_tui.eval.base import ScorerError
-        from critifusion_tui.eval.weights import WeightsMissing
-
+        """Score the base image against the user's prompt with an eval metric, for adaptive
+        mode (:meth:`score_image`); a metric that cannot run fails the refine stage."""
         line = branch(original)
         name, base = line.refine, line.base
         record = self.store.stage(base)
         if record is None:
             raise RunFailed(name, f"the {base} stage has not run")
-        image = self.store.path(record["image"])
+        return await self.score_image(
+            metric, self.store.path(record["image"]), stage=name, setting="specfusion.alignment_from"
+        )
+
+    async def score_image(self, metric: str, image: Path, *, stage: str, setting: str) -> dict[str, Any]:
+        """Score `image` against the user's prompt with an eval metric (its scorer is loaded
+        once per session) and map the score to 0-100 with
+        :func:`~critifusion_tui.engine.specfusion.alignment_from_metric`. A metric that cannot
+        run (missing weights, unreadable files, no such device) fails `stage` with the message
+        that says how to fix it; `setting` is the config key that asked for the metric."""
+        from critifusion_tui.engine.diffusion import DiffusionLoadError
+        from critifusion_tui.engine.specfusion import METRIC_ALIGNMENT_RANGES, alignment_from_metric
+        from critifusion_tui.eval.base import ScorerError
+        from critifusion_tui.eval.weights import WeightsMissing
+
         prompt = self.prompt
         cache = self.session.scorers
         if not cache.loaded(metric):
-            self._emit(Notice(name, "info", f"loading the {metric} scorer (specfusion.alignment_from)"))
+            self._emit(Notice(stage, "info", f"loading the {metric} scorer ({setting})"))
 
         def score() -> tuple[float, float, str]:
             prepared = cache.prepare(metric)
@@ -904,9 +910,9 @@ class Run(RunFlow):
             value, mapped, weights = await asyncio.to_thread(score)
         except (WeightsMissing, ScorerError, DiffusionLoadError, OSError, ValueError) as exc:
             raise RunFailed(
-                name,
-                f"adaptive mode takes its alignment score from {metric} (specfusion.alignment_from), "
-                f'which cannot run:\n{exc}\nOr set specfusion.alignment_from = "critic".',
+                stage,
+                f"{setting} = {metric!r} scores images with {metric}, which cannot run:\n{exc}\n"
+                f'Or set {setting} = "critic".',
             ) from None
         poor, good = METRIC_ALIGNMENT_RANGES[metric]
         return {
