@@ -136,6 +136,17 @@ Also rate how well the image matches the prompt, from 0 (not at all) to 100 (per
         "stage 4, appended to critic_user in adaptive SpecFusion mode",
     ),
     Template(
+        "critic_history",
+        """
+This image is round {round} of a step-by-step refinement. Earlier rounds reported:
+{history}
+In <issues>, list only what is still wrong or newly wrong; leave out what is now fixed.""",
+        ("round", "history"),
+        "critique rounds (loop.rounds > 1), appended to critic_user from round 2 on: {round}"
+        " the round whose image is attached, {history} the issues earlier rounds reported, one"
+        " line each, led by [round N]",
+    ),
+    Template(
         "critic_agg_system",
         """You merge the reports of several image critics into one.
 Reply only with these tags:

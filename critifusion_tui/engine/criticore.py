@@ -829,11 +829,13 @@ class CritiCore:
         previous: CritiqueResult | None = None,
         only: Iterable[str] | None = None,
         stage: str = "critique",
+        history: tuple[int, str] | None = None,
     ) -> CritiqueResult:
         """Every VLM criticises the image made from `image_prompt`; the aggregator merges them.
 
         `stage` names the calls in events, the ledger and a replay: ``critique_original`` for
-        the comparison branch, whose critique may run beside the full method's."""
+        the comparison branch, whose critique may run beside the full method's. `history`:
+        (the round whose image this is, what earlier rounds reported), for critique rounds."""
         started = time.perf_counter()
         components = list(components)
         ins = self.instructions
@@ -841,9 +843,16 @@ class CritiCore:
         question = ins.render("critic_user", prompt=image_prompt, components=components_json)
         if ask_alignment:
             question += ins.text("critic_alignment")
+        told: tuple[str, ...] = ()
+        if history is not None:
+            question += ins.render("critic_history", round=str(history[0]), history=history[1])
+            told = (history[1],)
         messages = [system(ins.text("critic_system")), user(question)]
-        guard = self._guard(("critic_system", "critic_user", "critic_alignment"), image_prompt, components_json)
+        guard = self._guard(
+            ("critic_system", "critic_user", "critic_alignment", "critic_history"), image_prompt, components_json, *told
+        )
         used = ["critic_system", "critic_user"] + (["critic_alignment"] if ask_alignment else [])
+        used += ["critic_history"] if history is not None else []
 
         def make_ask(model: str) -> Ask:
             if _is_rules(model):

@@ -125,6 +125,20 @@ class Notice(Event):
     message: str = ""
 
 
+@dataclass(frozen=True)
+class RoundScored(Event):
+    """Critique rounds: round `round`'s image got its 0-100 score (None: nobody rated it).
+    `rounds` is every round so far, as the stage's record lists them; `final` the round that
+    is the final image when the rounds ended (0 while they go on); `stopped` why they ended."""
+
+    round: int = 0
+    score: float | None = None
+    image: str = ""
+    rounds: tuple[dict[str, Any], ...] = ()
+    final: int = 0
+    stopped: str = ""
+
+
 Emit = Callable[[Event], None]
 
 

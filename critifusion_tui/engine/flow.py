@@ -67,6 +67,7 @@ class RunFlow:
 
     # Set by Run.__init__; declared here for readers and type checkers.
     store: Any
+    settings: Any
     skip_critique_next: bool
     _step_task: asyncio.Task | None
     model_state: Any  # the model's load, for the schedule (Run.model_state)
@@ -89,6 +90,7 @@ class RunFlow:
         async def base_stage(self, *, original: bool = False) -> dict[str, Any]: ...
         async def critique_stage(self, *, original: bool = False, only: Any = None) -> dict[str, Any]: ...
         async def refine_stage(self, *, original: bool = False) -> dict[str, Any]: ...
+        async def rounds_stage(self, *, more: int = 0) -> dict[str, Any]: ...
 
     _unattended = False  # run_all answers the gates itself: no "paused" between its steps
 
@@ -99,8 +101,13 @@ class RunFlow:
         return self.store.manifest.get("variants", "full")
 
     @property
+    def rounds_planned(self) -> int:
+        """loop.rounds: 1 is the paper's one critique and one refinement."""
+        return int(self.settings.loop.rounds)
+
+    @property
     def steps(self) -> tuple[Step, ...]:
-        return steps(self.variants)
+        return steps(self.variants, self.rounds_planned)
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -197,8 +204,6 @@ class RunFlow:
         """Run `stage` again with its inputs as they are now (`only`: just these models of
         it, keeping the other answers), then the stages after it in its step that are not
         done. What it invalidates downstream is forgotten first."""
-        from critifusion_tui.engine.stages import step_of
-
         stage = Stage(stage)
         if stage not in self.stages:
             raise FlowError(f"this run has no {stage} stage (variants {self.variants})")
@@ -208,13 +213,23 @@ class RunFlow:
 
         async def work() -> None:
             await self._run_stage_by_name(stage, only=only)
-            step = step_of(stage)
+            step = next(s for s in self.steps if stage in s.stages)
             if not step.concurrent:
                 for later in step.stages[step.stages.index(stage) + 1 :]:
                     if not self.done(later):
                         await self._run_stage_by_name(later)
 
         await self._guarded(work())
+        return self.phase
+
+    async def more_rounds(self, count: int = 1) -> Phase:
+        """Critique rounds: `count` more rounds after they ended, whatever the stop rules say
+        (the person asked for them)."""
+        if Stage.ROUNDS not in self.stages:
+            raise FlowError("this run has no critique rounds (loop.rounds = 1)")
+        if not self.done(Stage.ROUNDS):
+            raise FlowError("the rounds have not ended yet")
+        await self._guarded(self.rounds_stage(more=count))
         return self.phase
 
     def rerun_problem(self, stage: str) -> str | None:
@@ -368,6 +383,8 @@ class RunFlow:
                 self.skip_critique()
             else:
                 await self.critique_stage(original=original, only=only)
+        elif stage is Stage.ROUNDS:
+            await self.rounds_stage()
         else:
             await self.refine_stage(original=original)
 

@@ -51,7 +51,7 @@ SEED_MAX = 2**63 - 1
 
 # "paused": waiting at a gate for a person; "abandoned": a person left the run unfinished.
 RunStatus = Literal["running", "done", "failed", "cancelled", "paused", "abandoned"]
-StageStatus = Literal["done", "failed", "cancelled"]
+StageStatus = Literal["done", "failed", "cancelled", "running"]  # running: stopped mid-way (a crash)
 STATUSES: tuple[str, ...] = RunStatus.__args__  # type: ignore[attr-defined]
 STAGE_STATUSES: tuple[str, ...] = StageStatus.__args__  # type: ignore[attr-defined]
 # The stages of the method in the order a run makes them (SPEC 7's comparison branch last).
@@ -61,6 +61,7 @@ STAGE_NAMES = (
     "base",
     "critique",
     "refine",
+    "rounds",
     "base_original",
     "critique_original",
     "refine_original",
@@ -248,6 +249,34 @@ class RefineStage(DiffusionStage):
     mode: str | None = None  # fixed or adaptive
     alignment: float | None = None
     alignment_from: Alignment | None = None
+    latent: FileName | None = None  # the fused latent (full method): critique rounds refine from it
+
+
+class RoundRecord(ManifestModel):
+    """One round of critique rounds: its image and latent, how it was made, and its score."""
+
+    round: Count
+    image: FileName
+    latent: FileName | None = None
+    prompt: str = ""
+    seed: Count | None = None
+    strength: float | None = None
+    score: float | None = None  # 0-100, given when the next critique (or the metric) rated it
+    issues: list[str] = Field(default_factory=list)  # what the critique of its image reported
+    next_prompt: str | None = None  # the refinement prompt that critique wrote for the next round
+    seconds: float | None = None
+
+
+class RoundsStage(StageRecord):
+    """Critique rounds (docs/method.md 10.1): every round, and which one is the final image."""
+
+    rounds: list[RoundRecord] = Field(default_factory=list)
+    base_score: float | None = None
+    score_from: str | None = None
+    final: Count | None = None
+    final_image: FileName | None = None
+    final_by: str | None = None  # "score", "last round" (nothing scored) or "user"
+    stopped: str | None = None  # why no further round ran
 
 
 class Stages(ManifestModel):
@@ -260,6 +289,7 @@ class Stages(ManifestModel):
     base: BaseStage | None = None
     critique: CritiqueStage | None = None
     refine: RefineStage | None = None
+    rounds: RoundsStage | None = None
     base_original: BaseStage | None = None
     critique_original: CritiqueStage | None = None
     refine_original: RefineStage | None = None

@@ -312,6 +312,10 @@ class Run(RunFlow):
         # The typed results of this process's stages: a re-run of one model keeps the others.
         self._results: dict[str, Any] = {}
         self.reopened = False  # set by Session.resume: the first stage run notes the resume
+        # What a stage in flight has made so far (critique rounds: the rounds done), kept in
+        # its record when it fails or is cancelled, so a resume goes on from there.
+        self._progress: dict[str, dict[str, Any]] = {}
+        self._rounds_stop: asyncio.Event | None = None  # set: the person stops the rounds
         # The prompts a person may steer, with who wrote them; restored on resume.
         self.prompts: dict[str, dict[str, Any]] = store.manifest.setdefault("prompts", {})
 
@@ -476,12 +480,13 @@ class Run(RunFlow):
             seconds = time.perf_counter() - started
             record.setdefault("seconds", round(seconds, 3))
             self._update_ledger()
+            self._progress.pop(name, None)
             self.store.save_stage(name, record)
         except asyncio.CancelledError:
             seconds = time.perf_counter() - started
             self._update_ledger()
             with suppress(OSError, StoreError):  # the cancel is said even if the disk refuses it
-                self.store.cancel_stage(name, seconds=round(seconds, 3))
+                self.store.cancel_stage(name, **self._progress.pop(name, {}), seconds=round(seconds, 3))
             self._emit(StageCancelled(name, seconds))
             raise
         except (RunFailed, StoreError, OSError) as exc:
@@ -489,7 +494,7 @@ class Run(RunFlow):
             seconds = time.perf_counter() - started
             self._update_ledger()
             with suppress(OSError):  # a full disk may refuse this write too: the message still comes
-                self.store.fail_stage(name, failure.message, seconds=round(seconds, 3))
+                self.store.fail_stage(name, failure.message, **self._progress.pop(name, {}), seconds=round(seconds, 3))
             self._emit(StageFailed(name, failure.message, seconds))
             raise failure from None
         self._emit(StageFinished(name, seconds))
@@ -768,9 +773,10 @@ class Run(RunFlow):
         size = "native size" if "auto" in (cfg.width, cfg.height) else f"{cfg.width}x{cfg.height}"
         return await self._stage(name, work, detail=f"{size}, {cfg.steps} steps")
 
-    async def _save_png(self, stage: str, image, prompt: str, negative: str, seed: int) -> str:
+    async def _save_png(self, stage: str, image, prompt: str, negative: str, seed: int, name: str | None = None) -> str:
         """Encode and write the PNG off the loop (a 1024 px PNG takes a noticeable moment),
-        keeping the bytes for the critique (encoded once; no read of the file back)."""
+        keeping the bytes for the critique (encoded once; no read of the file back). `name`:
+        the file, where the stage table names none for the stage (critique rounds)."""
         label = "tiny-random: noise" if self.diffusion.is_tiny_random else ""
         chunks = {
             "prompt": prompt,
@@ -778,9 +784,10 @@ class Run(RunFlow):
             "seed": str(seed),
             "Software": f"critifusion-tui {__version__}",
         }
-        name = spec(stage).image
+        name = name or spec(stage).image
         assert name is not None, f"the {stage} stage draws no image"  # the stage table names one for each drawing stage
         data = await asyncio.to_thread(self.store.save_png, name, image, chunks)
+        self._pngs[name] = (name, data)
         self._pngs[stage] = (name, data)
         self._emit(ImageReady(stage, path=self.store.path(name), label=label))
         return name
@@ -862,9 +869,14 @@ class Run(RunFlow):
     # ---------------------------------------------------------------- stage 6: SpecFusion
 
     def _critic_rates(self) -> bool:
-        """Adaptive mode with the critic as the alignment source: ask the VLMs for a rating."""
+        """Ask the VLMs for a 0-100 rating: adaptive mode with the critic as its alignment
+        source, or critique rounds scored by the critic (the base's rating is what round 1
+        is measured against)."""
         spec = self.settings.specfusion
-        return spec.mode == "adaptive" and spec.alignment_from == "critic"
+        loop = self.settings.loop
+        return (spec.mode == "adaptive" and spec.alignment_from == "critic") or (
+            loop.rounds > 1 and loop.score_from == "critic"
+        )
 
     def critic_alignment(self, *, original: bool = False) -> dict[str, Any] | None:
         """The critics' mean <alignment> rating of the base, as an alignment record, or None."""
@@ -991,51 +1003,25 @@ class Run(RunFlow):
         if prompt is None:
             raise RunFailed(name, "the critique stage has not run (or been skipped)")
         negative = self.settings.diffusion.negative
-        spec = self.settings.specfusion
-        from_metric = spec.mode == "adaptive" and spec.alignment_from != "critic"
+        sf = self.settings.specfusion
+        from_metric = sf.mode == "adaptive" and sf.alignment_from != "critic"
         alignment = None if from_metric else self.critic_alignment(original=original)
         params = None if from_metric else self.refine_params(original=original, alignment=alignment)
 
         async def work() -> dict[str, Any]:
-            from critifusion_tui.engine.specfusion import frequency_fusion
-
             nonlocal alignment, params
             if from_metric:
-                alignment = await self.metric_alignment(spec.alignment_from, original=original)
+                alignment = await self.metric_alignment(sf.alignment_from, original=original)
                 params = self.refine_params(original=original, alignment=alignment)
             assert params is not None
             self._say_alignment(name, alignment, params)
-            await self.load_model(name)
-            diffusion = self.diffusion
             x_lo = self.latent(base)
-            await self._make_room_for_diffusion(name)
-            x_hi = await self._in_thread(
-                name,
-                diffusion.img2img_latent,
-                latent=x_lo,
-                prompt=prompt,
-                negative=negative,
-                strength=params.strength,
-                guidance=params.guidance,
-                steps=params.steps,
-                seed=params.seed,
-            )
-
-            def fuse_and_decode():
-                fused = frequency_fusion(
-                    x_hi,
-                    x_lo.to(x_hi.device, x_hi.dtype),
-                    base_c=params.base_c,
-                    rho_t=params.rho_t,
-                    noise_std=params.noise_std,
-                    generator=diffusion.generator(params.seed),
-                )
-                self._check_output(name, fused, guidance=params.guidance, noise_std=params.noise_std)
-                return diffusion.decode(fused)
-
-            image = await self._blocking(name, fuse_and_decode)
-            self._check_output(name, None, image, guidance=params.guidance, noise_std=params.noise_std)
+            fused, image = await self.specfusion(name, x_lo, x_lo, prompt, negative, params)
             png = await self._save_png(name, image, prompt, negative, params.seed)
+            latent_file = spec(name).latent
+            if latent_file is not None:  # the full method's: critique rounds refine from it
+                await asyncio.to_thread(self.store.write_latent, latent_file, fused)
+                self._latents[name] = fused
             return {
                 "prompt": prompt,
                 "negative": negative,
@@ -1048,16 +1034,74 @@ class Run(RunFlow):
                 "seed": params.seed,
                 "mode": params.mode,
                 "image": png,
+                **({"latent": latent_file} if latent_file is not None else {}),
                 **({"alignment": params.alignment} if params.alignment is not None else {}),
                 **({"alignment_from": alignment} if params.mode == "adaptive" else {}),
             }
 
         self.forget(name)
         if from_metric or params is None:
-            detail = f"adaptive, alignment from {spec.alignment_from}"
+            detail = f"adaptive, alignment from {sf.alignment_from}"
         else:
             detail = f"strength {params.strength:.2f}, {params.mode}"
         return await self._stage(name, work, detail=detail)
+
+    async def specfusion(self, stage: str, start, base, prompt: str, negative: str, params: RefineParams):
+        """SPEC 6 on one latent: img2img from `start` (the base, or the round before's image
+        in critique rounds), then the frequency fusion with `base`, whose low frequencies
+        the result keeps; returns the fused latent and its decoded image."""
+        from critifusion_tui.engine.specfusion import frequency_fusion
+
+        await self.load_model(stage)
+        diffusion = self.diffusion
+        await self._make_room_for_diffusion(stage)
+        x_hi = await self._in_thread(
+            stage,
+            diffusion.img2img_latent,
+            latent=start,
+            prompt=prompt,
+            negative=negative,
+            strength=params.strength,
+            guidance=params.guidance,
+            steps=params.steps,
+            seed=params.seed,
+        )
+
+        def fuse_and_decode():
+            fused = frequency_fusion(
+                x_hi,
+                base.to(x_hi.device, x_hi.dtype),
+                base_c=params.base_c,
+                rho_t=params.rho_t,
+                noise_std=params.noise_std,
+                generator=diffusion.generator(params.seed),
+            )
+            self._check_output(stage, fused, guidance=params.guidance, noise_std=params.noise_std)
+            return fused, diffusion.decode(fused)
+
+        fused, image = await self._blocking(stage, fuse_and_decode)
+        self._check_output(stage, None, image, guidance=params.guidance, noise_std=params.noise_std)
+        return fused, image
+
+    # ---------------------------------------------------------------- critique rounds
+
+    async def rounds_stage(self, *, more: int = 0) -> dict[str, Any]:
+        """Rounds 2.. of critique and refinement (engine/rounds.py, docs/method.md 10.1)."""
+        from critifusion_tui.engine.rounds import rounds_stage
+
+        return await rounds_stage(self, more=more)
+
+    def stop_rounds(self) -> bool:
+        """Stop the rounds in flight, keeping the rounds done (engine/rounds.py)."""
+        from critifusion_tui.engine.rounds import stop_rounds
+
+        return stop_rounds(self)
+
+    def pick_round(self, number: int) -> None:
+        """Make round `number` the final image (engine/rounds.py)."""
+        from critifusion_tui.engine.rounds import pick_round
+
+        pick_round(self, number)
 
     # ---------------------------------------------------------------- the run's end
 

@@ -29,6 +29,7 @@ class Stage(StrEnum):
     BASE = "base"
     CRITIQUE = "critique"
     REFINE = "refine"
+    ROUNDS = "rounds"  # beyond the paper: more critique rounds (loop.rounds > 1)
     BASE_ORIGINAL = "base_original"
     CRITIQUE_ORIGINAL = "critique_original"
     REFINE_ORIGINAL = "refine_original"
@@ -74,7 +75,7 @@ def branch_of(stage: str) -> Branch | None:
 @dataclass(frozen=True)
 class StageSpec:
     stage: Stage
-    kind: str  # the method's step it computes: tags, components, base, critique or refine
+    kind: str  # the method's step it computes: tags, components, base, critique, refine or rounds
     title: str
     method: str  # where docs/method.md describes it
     reads: tuple[str, ...] = ()  # the steerable prompts it uses
@@ -92,7 +93,7 @@ class StageSpec:
     @property
     def draws(self) -> bool:
         """Whether it runs the diffusion model (one such stage at a time: one model, one GPU)."""
-        return self.kind in ("base", "refine")
+        return self.kind in ("base", "refine", "rounds")
 
 
 TABLE: dict[Stage, StageSpec] = {
@@ -120,7 +121,26 @@ TABLE: dict[Stage, StageSpec] = {
             models=True,
         ),
         StageSpec(
-            Stage.REFINE, "refine", "Refine", "SPEC 6", reads=("refinement",), after=(Stage.BASE,), image="refined.png"
+            Stage.REFINE,
+            "refine",
+            "Refine",
+            "SPEC 6",
+            reads=("refinement",),
+            after=(Stage.BASE,),
+            image="refined.png",
+            latent="refined_latent.safetensors",  # round 2 of critique rounds refines from it
+        ),
+        # Rounds 2..N (docs/method.md 10.1): each criticises the round before's image and
+        # refines it again; its images are refined_r2.png, refined_r3.png, ... (its record
+        # lists them), so it names no one image here.
+        StageSpec(
+            Stage.ROUNDS,
+            "rounds",
+            "Rounds",
+            "method 10.1",
+            reads=("components", "positive"),
+            after=(Stage.BASE, Stage.REFINE),
+            models=True,
         ),
         StageSpec(
             Stage.BASE_ORIGINAL,
@@ -224,24 +244,29 @@ REFINE_GATE = Gate("refine", ("refinement",), "Edit the refinement prompt, then 
 TEXT_STEP = Step("text", (Stage.TAGS, Stage.COMPONENTS), concurrent=True)
 DRAW_STEP = Step("draw", (Stage.BASE, Stage.CRITIQUE), gate=TAGS_GATE)
 REFINE_STEP = Step("refine", (Stage.REFINE,), gate=REFINE_GATE)
+# With loop.rounds > 1 the further rounds follow the refinement in the same step: nobody is
+# asked between them (the app lets a person stop them, or ask for one more, instead).
+REFINE_AND_ROUNDS_STEP = Step("refine", (Stage.REFINE, Stage.ROUNDS), gate=REFINE_GATE)
 COMPARISON_STEP = Step("comparison", ORIGINAL.stages)
 
 
-def steps(variants: str) -> tuple[Step, ...]:
-    """The run's steps: the method, and with variants "all" the comparison branch after it."""
-    method = (TEXT_STEP, DRAW_STEP, REFINE_STEP)
+def steps(variants: str, rounds: int = 1) -> tuple[Step, ...]:
+    """The run's steps: the method (with its further critique rounds when `rounds` > 1), and
+    with variants "all" the comparison branch after it."""
+    method = (TEXT_STEP, DRAW_STEP, REFINE_AND_ROUNDS_STEP if rounds > 1 else REFINE_STEP)
     return (*method, COMPARISON_STEP) if variants == "all" else method
 
 
 def step_of(stage: str) -> Step:
-    return next(s for s in (TEXT_STEP, DRAW_STEP, REFINE_STEP, COMPARISON_STEP) if stage in s.stages)
+    every = (TEXT_STEP, DRAW_STEP, REFINE_STEP, REFINE_AND_ROUNDS_STEP, COMPARISON_STEP)
+    return next(s for s in every if stage in s.stages)
 
 
-def stages_of(variants: str) -> tuple[Stage, ...]:
-    return tuple(stage for step in steps(variants) for stage in step.stages)
+def stages_of(variants: str, rounds: int = 1) -> tuple[Stage, ...]:
+    return tuple(stage for step in steps(variants, rounds) for stage in step.stages)
 
 
-GATED_STEPS = (DRAW_STEP, REFINE_STEP)
+GATED_STEPS = (DRAW_STEP, REFINE_STEP, REFINE_AND_ROUNDS_STEP)
 
 
 def gates_holding(stage: str) -> tuple[Gate, ...]:
@@ -252,9 +277,11 @@ def gates_holding(stage: str) -> tuple[Gate, ...]:
     target = Stage(stage)
     reads = set(TABLE[target].reads)
     return tuple(
-        step.gate
-        for step in GATED_STEPS
-        if step.gate is not None and (target in step.stages or reads & set(step.gate.fields))
+        dict.fromkeys(
+            step.gate
+            for step in GATED_STEPS
+            if step.gate is not None and (target in step.stages or reads & set(step.gate.fields))
+        )
     )
 
 

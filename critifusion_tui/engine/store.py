@@ -215,6 +215,11 @@ class RunStore:
     def fail_stage(self, name: str, error: str, **fields: Any) -> None:
         self._set_stage(name, {**fields, "status": "failed", "error": error})
 
+    def save_progress(self, name: str, record: dict[str, Any]) -> None:
+        """What a long stage has made so far (critique rounds), persisted at once: a crash
+        keeps it, and the stage counts as not done until :meth:`save_stage`."""
+        self._set_stage(name, {**record, "status": "running"})
+
     def cancel_stage(self, name: str, **fields: Any) -> None:
         """A stage stopped by a person (or a signal) before it completed: not a failure."""
         self._set_stage(name, {**fields, "status": "cancelled"})

@@ -42,16 +42,20 @@ from critifusion_tui.tui.widgets.image_view import ImageView
 from critifusion_tui.tui.widgets.stage_rail import StageRail
 
 # Which container holds a stage's models' panes, by the kind of stage.
-PANES_OF_KIND = {"tags": "#tags-panes", "components": "#components-panes", "critique": "#critique-panes"}
+PANES_OF_KIND = {
+    "tags": "#tags-panes",
+    "components": "#components-panes",
+    "critique": "#critique-panes",
+    "rounds": "#critique-panes",  # each round's critics, below the first critique's
+}
 RUNNING_HINT = {
     "tags": "Expanding the prompt into tags",
     "components": "Decomposing the prompt into components",
     "base": "Drawing the base image",
     "critique": "The critics are looking at the image",
     "refine": "Refining with SpecFusion",
+    "rounds": "Critique rounds: criticising and refining again",
 }
-# The stages that draw an image; each has an ImageView "#image-<stage>".
-IMAGE_STAGES = tuple(stage for stage, stage_spec in TABLE.items() if stage_spec.image)
 # The stages that draw an image; each has an ImageView "#image-<stage>".
 IMAGE_STAGES = tuple(stage for stage, stage_spec in TABLE.items() if stage_spec.image)
 

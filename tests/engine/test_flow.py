@@ -19,13 +19,21 @@ def test_what_a_stage_invalidates_follows_from_what_it_reads():
         Stage.BASE,
         Stage.CRITIQUE,
         Stage.REFINE,
+        Stage.ROUNDS,
         Stage.CRITIQUE_ORIGINAL,
         Stage.REFINE_ORIGINAL,
     )
-    assert downstream("components") == (Stage.CRITIQUE, Stage.REFINE, Stage.CRITIQUE_ORIGINAL, Stage.REFINE_ORIGINAL)
-    assert downstream("base") == (Stage.CRITIQUE, Stage.REFINE)
+    assert downstream("components") == (
+        Stage.CRITIQUE,
+        Stage.REFINE,
+        Stage.ROUNDS,
+        Stage.CRITIQUE_ORIGINAL,
+        Stage.REFINE_ORIGINAL,
+    )
+    assert downstream("base") == (Stage.CRITIQUE, Stage.REFINE, Stage.ROUNDS)
     assert downstream("base_original") == (Stage.CRITIQUE_ORIGINAL, Stage.REFINE_ORIGINAL)
-    assert downstream("refine") == ()
+    assert downstream("refine") == (Stage.ROUNDS,)  # rounds go on from the refinement
+    assert downstream("rounds") == ()
     assert depends_on("refine") == (Stage.BASE, Stage.CRITIQUE)
     assert depends_on("base_original") == ()  # the comparison base needs no model's answer
     assert writer_of("refinement_original") == Stage.CRITIQUE_ORIGINAL

@@ -173,9 +173,11 @@ def test_the_graph_the_schedule_reads():
     assert gates_holding("base_original") == () and gates_holding("refine_original") == ()
     assert [g.name for g in gates_holding("refine")] == ["refine"]
     assert gate_inputs(TAGS_GATE) == (Stage.TAGS, Stage.COMPONENTS) and gate_inputs(REFINE_GATE) == (Stage.CRITIQUE,)
+    assert [g.name for g in gates_holding("rounds")] == ["tags", "refine"]
     assert [s for s in Stage if TABLE[s].draws] == [
         Stage.BASE,
         Stage.REFINE,
+        Stage.ROUNDS,
         Stage.BASE_ORIGINAL,
         Stage.REFINE_ORIGINAL,
     ]
