@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -24,6 +25,7 @@ from critifusion_tui.engine.events import (
     ModelLoaded,
     ModelLoading,
     Notice,
+    RoundScored,
     StageCancelled,
     StageFailed,
     StageFinished,
@@ -73,12 +75,23 @@ def describe(event: Event) -> str | None:
         return f"{tag} model: {event.summary}"
     if isinstance(event, ImageReady):
         return f"{tag} image {event.path}" + (f" ({event.label})" if event.label else "")
+    if isinstance(event, RoundScored):
+        return describe_round(event, tag)
     if isinstance(event, DiffusionStep):
         every = max(1, event.total // 10)
         if event.step == event.total or event.step % every == 0:
             rate = event.step / event.elapsed if event.elapsed > 0 else 0.0
             return f"{tag} step {event.step}/{event.total} ({rate:.2f} steps/s)"
     return None
+
+
+def describe_round(event: RoundScored, tag: str) -> str:
+    """Critique rounds: one line per round as it is scored, and one when they end."""
+    if event.final:
+        why = f": {event.stopped}" if event.stopped else ""
+        return f"{tag} final image: round {event.final} ({event.image}){why}"
+    score = "not rated" if event.score is None else f"score {event.score:g}"
+    return f"{tag} round {event.round}: {score} ({event.image})"
 
 
 class PlainReporter:
@@ -177,6 +190,11 @@ class Outcome:
                     images[name] = str(confined(self.folder, image, f"stages.{name}.image"))
                 except StoreError:
                     continue  # never a path outside the run folder
+        rounds = stages.get("rounds")
+        final = getattr(rounds, "final_image", None)
+        if rounds is not None and rounds.status == "done" and final and self.folder is not None:
+            with suppress(StoreError):  # critique rounds: the best-scoring round's image
+                images["final"] = str(confined(self.folder, final, "stages.rounds.final_image"))
         return {
             "folder": str(self.folder) if self.folder else None,
             "status": self.status,

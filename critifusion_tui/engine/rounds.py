@@ -138,9 +138,6 @@ async def _rounds(run: Run, previous: dict[str, Any] | None, more: int) -> dict[
     final, why = best_round(rounds)
     image = next(r["image"] for r in rounds if r["round"] == final)
     run._emit(RoundScored(NAME, round=final, rounds=tuple(rounds), final=final, stopped=stopped, image=image))
-    score = next(r.get("score") for r in rounds if r["round"] == final)
-    rated = f", score {score:g}" if score is not None else ""
-    run._emit(Notice(NAME, "info", f"final image: round {final} ({image}{rated}); {stopped}"))
     return {**state, "rounds": rounds, "final": final, "final_image": image, "final_by": why, "stopped": stopped}
 
 
