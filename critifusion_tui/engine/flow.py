@@ -152,6 +152,8 @@ class RunFlow:
             return "waiting"
         if record.get("skipped") and record.get("status") == "done":
             return "skipped"
+        if record.get("status") == "running" and not self.busy:
+            return "cancelled"  # it stopped mid-way (a crash): what it made so far is kept
         return record.get("status", "waiting")
 
     # ---------------------------------------------------------------- moves

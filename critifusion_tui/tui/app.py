@@ -36,6 +36,8 @@ from critifusion_tui.tui.widgets.diffusion_progress import DiffusionProgress
 from critifusion_tui.tui.widgets.image_view import ImageView
 from critifusion_tui.tui.widgets.log_view import LogBuffer
 from critifusion_tui.tui.widgets.prompt_editor import ComponentsEditor, PromptEditor
+from critifusion_tui.tui.widgets.round_strip import RoundStrip
+from critifusion_tui.tui.rounds_view import RoundsView
 from critifusion_tui.tui.engine_view import (
     IMAGE_STAGES,
     PANES_OF_KIND,
@@ -55,6 +57,7 @@ VIEW_OF_KIND = {
     "base": "view-images",
     "critique": "view-critique",
     "refine": "view-images",
+    "rounds": "view-images",
     "done": "view-images",
 }
 # Where the app stands: composing a prompt, or where the engine's run stands (engine/flow.py).
@@ -95,7 +98,7 @@ class ProviderLogHandler(logging.Handler):
             self.handleError(record)  # logging's own way to report a broken handler
 
 
-class CritiFusionApp(EngineEventsView, App):
+class CritiFusionApp(EngineEventsView, RoundsView, App):
     """CritiFusion, stage by stage."""
 
     TITLE = "critifusion"
@@ -245,6 +248,7 @@ class CritiFusionApp(EngineEventsView, App):
                         yield ImageView(
                             "Refined", mode=self.image_mode, image_class=self.image_class, id="image-refine"
                         )
+                    yield RoundStrip(id="rounds", classes="-hidden")
                     with Horizontal(id="images-original", classes="-hidden"):
                         yield ImageView(
                             "Base (your prompt)",
@@ -447,6 +451,7 @@ class CritiFusionApp(EngineEventsView, App):
         elif phase in (Phase.DONE, Phase.COMPARISON):
             self._show("done")
             self._summarise_images()
+        self._fill_rounds(run)
 
     def _show_critique_image(self, run) -> None:
         record = run.store.stage("base")
@@ -939,6 +944,8 @@ class CritiFusionApp(EngineEventsView, App):
         for view in (*(f"#image-{stage}" for stage in IMAGE_STAGES), "#critique-image"):
             self.query_one(view, ImageView).clear()
         self.query_one("#images-original").add_class("-hidden")
+        self.query_one(RoundStrip).clear()
+        self.query_one("#image-refine", ImageView).border_title = "Refined"
         self.query_one("#critique-summary", Static).update("")
         self.query_one("#images-summary", Static).update("")
 

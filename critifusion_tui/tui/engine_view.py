@@ -29,6 +29,7 @@ from critifusion_tui.engine.events import (
     ModelLoaded,
     ModelLoading,
     Notice,
+    RoundScored,
     StageCancelled,
     StageFailed,
     StageFinished,
@@ -111,6 +112,8 @@ class EngineEventsView:
         def _config_summary(self) -> str: ...
         def _show(self, stage: str) -> None: ...
         def _show_critique_image(self, run: Any) -> None: ...
+        def _on_round_scored(self, event: RoundScored) -> None: ...
+        def _on_rounds_started(self) -> None: ...
 
     def on_engine_event(self, message: EngineEvent) -> None:
         event = message.event
@@ -125,6 +128,8 @@ class EngineEventsView:
             self._show(stage)
             if kind_of(stage) == "critique" and self.active_run is not None:
                 self._show_critique_image(self.active_run)
+            if stage == "rounds":
+                self._on_rounds_started()
             self._hint(f"{RUNNING_HINT.get(kind_of(stage), stage)}… escape cancels (what is done is kept).")
             self.log_buffer.add("info", stage, f"started {event.detail}".strip())
             self._refresh_keys()
@@ -157,6 +162,8 @@ class EngineEventsView:
             self.query_one(DiffusionProgress).update_step(
                 stage, event.step, event.total, event.elapsed, since=self.stage_started.get(stage)
             )
+        elif isinstance(event, RoundScored):
+            self._on_round_scored(event)
         elif isinstance(event, ImageReady):
             self._show_image(stage, event.path, event.label)
             self.log_buffer.add("info", stage, f"image {event.path}")
@@ -218,6 +225,11 @@ class EngineEventsView:
                     pane.finish("", "the stage failed before this model answered", pane.seconds or 0.0, ())
 
     def _show_image(self, stage: str, path: Path, label: str) -> None:
+        if stage == "rounds":  # each round's image, in the refined image's place
+            view = self.query_one("#image-refine", ImageView)
+            view.border_title = "Refined, latest round"
+            view.show(path, label)
+            return
         if stage not in IMAGE_STAGES:
             return
         if branch_of(stage) is ORIGINAL:

@@ -1,0 +1,92 @@
+"""Critique rounds in the app (Pilot): the round strip shows each round with its score as it
+comes, and its keys pick the final image, ask for one more round and stop rounds in flight."""
+
+from __future__ import annotations
+
+import json
+
+from critifusion_tui.tui.app import DONE, REFINE_GATE, TAGS_GATE
+from critifusion_tui.tui.widgets.image_view import ImageView
+from critifusion_tui.tui.widgets.round_strip import RoundStrip
+from critifusion_tui.tui.widgets.stage_rail import StageRail
+from tests.tui.test_app import make_app, settled, until
+from tests.tui.test_app_flow import hosted
+
+
+def critic_says(server, *ratings: int) -> None:
+    for n, rating in enumerate(ratings):
+        server.script(
+            "critic",
+            text=f"<issues>- problem {n}</issues><refined>a red fox, fix {n}</refined><alignment>{rating}</alignment>",
+            times=1,
+        )
+
+
+def with_rounds(tmp_path, settings, **loop):
+    app_settings = hosted(tmp_path, settings, vlms=["together:critic"])
+    app_settings.loop = app_settings.loop.model_validate(loop)
+    return app_settings
+
+
+def final_of(app) -> dict:
+    return json.loads((app.active_run.folder / "manifest.json").read_text())["stages"]["rounds"]
+
+
+async def run_to_the_end(app, pilot) -> None:
+    await pilot.press("ctrl+r")
+    await until(pilot, settled(app, TAGS_GATE))
+    await pilot.press("ctrl+r")
+    await until(pilot, settled(app, REFINE_GATE))
+    await pilot.press("ctrl+r")
+    await until(pilot, settled(app, DONE))
+
+
+async def test_the_strip_shows_the_rounds_and_its_keys_pick_and_add_one(tmp_path, server, settings):
+    critic_says(server, 40, 62, 84, 70)  # base, round 1, round 2 (stop_at 80), then one more
+    app = make_app(with_rounds(tmp_path, settings, rounds=3, stop_at=80))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await run_to_the_end(app, pilot)
+        strip = app.query_one(RoundStrip)
+        assert not strip.has_class("-hidden") and app.focused is strip
+        assert [(r["round"], r["score"]) for r in strip.rounds] == [(1, 62.0), (2, 84.0)]
+        shown = str(strip.render())
+        assert "r1 62" in shown and "r2 84 ★" in shown and "reached stop_at 80" in shown
+        assert app.query_one(StageRail).state("rounds") == "done"
+        refined = app.query_one("#image-refine", ImageView)
+        assert refined.path == app.active_run.folder / "refined_r2.png"  # the final round's image
+
+        await pilot.press("left")  # round 1's image is shown ...
+        assert refined.path == app.active_run.folder / "refined.png"
+        await pilot.press("enter")  # ... and made the final image
+        await pilot.pause()
+        assert final_of(app)["final"] == 1 and final_of(app)["final_by"] == "user"
+        assert "r1 62 ★" in str(strip.render())
+
+        await pilot.press("plus")  # one more round, whatever stop_at says
+        await until(pilot, lambda: not app.busy and len(final_of(app)["rounds"]) == 3)
+        await until(pilot, settled(app, DONE))
+        assert [(r["round"], r["score"]) for r in strip.rounds] == [(1, 62.0), (2, 84.0), (3, 70.0)]
+        assert final_of(app)["stopped"] == "the round you asked for is done"
+        assert (app.active_run.folder / "refined_r3.png").is_file()
+
+
+async def test_s_stops_the_rounds_in_flight_and_keeps_the_rounds_done(tmp_path, server, settings):
+    critic_says(server, 40, 50)
+    server.script("critic", hang=True, times=1)  # round 2's critique never answers
+    settings.providers.together.timeout_s = 30.0
+    app = make_app(with_rounds(tmp_path, settings, rounds=4))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("ctrl+r")
+        await until(pilot, settled(app, TAGS_GATE))
+        await pilot.press("ctrl+r")
+        await until(pilot, settled(app, REFINE_GATE))
+        await pilot.press("ctrl+r")
+        strip = app.query_one(RoundStrip)
+        await until(pilot, lambda: len(strip.rounds) == 2 and strip.running)
+        strip.focus()
+        await pilot.press("s")
+        await until(pilot, settled(app, DONE))
+        record = final_of(app)
+        assert record["stopped"] == "stopped by you"
+        assert [(r["round"], r["score"]) for r in record["rounds"]] == [(1, 50.0), (2, None)]
+        assert record["final"] == 1  # the only scored round
