@@ -17,8 +17,9 @@ best-scoring round. Every round is persisted as it ends (the stage record's ``ro
 status ``running`` until the stage completes), so a crash or a cancel keeps them and a
 resume goes on from the last one.
 
-The person may ask for one more round after they ended (:func:`more_rounds`, no stop rule
-applies to it) and pick any round as the final image (:func:`pick_round`).
+The person may ask for one more round after they ended (``RunFlow.more_rounds``, no stop
+rule applies to it) and pick any round as the final image (:func:`pick_round`); a pick stands
+through later rounds.
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ async def _rounds(run: Run, previous: dict[str, Any] | None, more: int) -> dict[
     finally:
         run._rounds_stop = None
     final, why = best_round(rounds)
+    if previous and previous.get("final_by") == "user":  # the person's pick stands
+        final, why = previous["final"], "user"
     image = next(r["image"] for r in rounds if r["round"] == final)
     run._emit(RoundScored(NAME, round=final, rounds=tuple(rounds), final=final, stopped=stopped, image=image))
     return {**state, "rounds": rounds, "final": final, "final_image": image, "final_by": why, "stopped": stopped}

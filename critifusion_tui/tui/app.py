@@ -311,6 +311,7 @@ class CritiFusionApp(EngineEventsView, RoundsView, App):
             if logger.getEffectiveLevel() > logging.INFO:
                 logger.setLevel(logging.INFO)
         self.query_one("#prompt", Input).focus()
+        self.query_one(StageRail).set_rows(rows_for(self._planned_stages()))
         self._show_where()
         self._apply_width(self.size.width)
         self.set_interval(0.25, self._tick_loading)
@@ -933,13 +934,19 @@ class CritiFusionApp(EngineEventsView, RoundsView, App):
     def _noise_label(self) -> str:
         return "tiny-random: noise" if self.loaded.settings.diffusion.model == "tiny-random" else ""
 
+    def _planned_stages(self):
+        """The stages a new run will have (the rail's rows before there is a run)."""
+        from critifusion_tui.engine.stages import stages_of
+
+        return stages_of(self.variants, self.loaded.settings.loop.rounds)
+
     def _reset_views(self) -> None:
         for selector in PANES_OF_KIND.values():
             self.query_one(selector, Vertical).remove_children()
         self.panes.clear()
         rail = self.query_one(StageRail)
         stages = self.active_run.stages if self.active_run is not None else ()
-        rail.set_rows(rows_for(stages) if stages else rows_for(("tags", "components", "base", "critique", "refine")))
+        rail.set_rows(rows_for(stages or self._planned_stages()))
         rail.set_state("prompt", "done")
         for view in (*(f"#image-{stage}" for stage in IMAGE_STAGES), "#critique-image"):
             self.query_one(view, ImageView).clear()

@@ -127,6 +127,10 @@ async def test_one_more_round_after_they_ended_and_a_picked_final(tmp_path, engi
     assert on_disk["edits"][-1]["field"] == "final" and on_disk["edits"][-1]["after"] == "round 2"
     with pytest.raises(ValueError, match="no round 7"):
         run.pick_round(7)
+    server.script("critic", text="<issues></issues><refined>a red fox</refined><alignment>99</alignment>")
+    await run.more_rounds()  # a better round later: the person's pick still stands
+    record = run.store.stage("rounds")
+    assert record["rounds"][-1]["score"] == 99.0 and (record["final"], record["final_by"]) == (2, "user")
     await session.aclose()
 
 

@@ -67,6 +67,8 @@ async def test_the_strip_shows_the_rounds_and_its_keys_pick_and_add_one(tmp_path
         await until(pilot, settled(app, DONE))
         assert [(r["round"], r["score"]) for r in strip.rounds] == [(1, 62.0), (2, 84.0), (3, 70.0)]
         assert final_of(app)["stopped"] == "the round you asked for is done"
+        assert final_of(app)["final"] == 1  # the person's pick stands through later rounds
+        assert "r1 62 ★" in str(strip.render())
         assert (app.active_run.folder / "refined_r3.png").is_file()
 
 
