@@ -735,6 +735,10 @@ class Run(RunFlow):
                 self._emit(Notice(name, "info", f"image size {width}x{height} (the model's native size)"))
             diffusion = self.diffusion
             await self._make_room_for_diffusion(name)
+            if name == Stage.BASE and cfg.base_candidates > 1:  # best-of-N (docs/method.md 10.2)
+                from critifusion_tui.engine.base_candidates import best_of_n
+
+                return await best_of_n(self, prompt=prompt, negative=negative, width=width, height=height)
             latent = await self._in_thread(
                 name,
                 diffusion.base_latent,
@@ -768,9 +772,10 @@ class Run(RunFlow):
         size = "native size" if "auto" in (cfg.width, cfg.height) else f"{cfg.width}x{cfg.height}"
         return await self._stage(name, work, detail=f"{size}, {cfg.steps} steps")
 
-    async def _save_png(self, stage: str, image, prompt: str, negative: str, seed: int) -> str:
+    async def _save_png(self, stage: str, image, prompt: str, negative: str, seed: int, file: str | None = None) -> str:
         """Encode and write the PNG off the loop (a 1024 px PNG takes a noticeable moment),
-        keeping the bytes for the critique (encoded once; no read of the file back)."""
+        keeping the bytes for the critique (encoded once; no read of the file back). `file`:
+        another name than the stage's image (a best-of-N candidate)."""
         label = "tiny-random: noise" if self.diffusion.is_tiny_random else ""
         chunks = {
             "prompt": prompt,
@@ -778,7 +783,7 @@ class Run(RunFlow):
             "seed": str(seed),
             "Software": f"critifusion-tui {__version__}",
         }
-        name = spec(stage).image
+        name = file or spec(stage).image
         assert name is not None, f"the {stage} stage draws no image"  # the stage table names one for each drawing stage
         data = await asyncio.to_thread(self.store.save_png, name, image, chunks)
         self._pngs[stage] = (name, data)
@@ -1068,6 +1073,13 @@ class Run(RunFlow):
         except OSError as exc:
             self.store.manifest["status"] = status
             self._emit(Notice("", "error", f"could not record status {status!r}: {_file_problem(exc, self.folder)}"))
+
+    def pick_base(self, number: int) -> bool:
+        """Take best-of-N candidate `number` (1-based) as the base; the critique and what
+        follows it run again (engine/base_candidates.py)."""
+        from critifusion_tui.engine.base_candidates import pick_base
+
+        return pick_base(self, number)
 
     def png_bytes(self, stage: str) -> bytes:
         record = self.store.stage(stage)
