@@ -36,7 +36,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from critifusion_tui.engine.events import BaseCandidates, CandidateImage, Notice
+from critifusion_tui.engine.events import BaseCandidates, CandidateImage, ImageReady, Notice
 from critifusion_tui.engine.stages import Stage, downstream, spec
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -245,5 +245,7 @@ def pick_base(run: Run, number: int) -> bool:
     run.store.save_stage(Stage.BASE, {**record, "seed": chosen["seed"], "picked": number, "picked_by": "user"})
     run.store.record_edit(Stage.BASE, "base", f"candidate {before}", f"candidate {number}", by="user")
     run._record_status()
+    label = "tiny-random: noise" if run.diffusion.is_tiny_random else ""
+    run._emit(ImageReady(Stage.BASE, path=run.store.path(record["image"]), label=label))
     run._emit(announce(run, run.store.stage(Stage.BASE) or record))
     return True

@@ -15,7 +15,7 @@ import torch
 from critifusion_tui.config import Settings
 from critifusion_tui.engine import specfusion
 from critifusion_tui.engine.base_candidates import best, candidate_seed
-from critifusion_tui.engine.events import BaseCandidates, DiffusionStep, Notice
+from critifusion_tui.engine.events import BaseCandidates, DiffusionStep, ImageReady, Notice
 from critifusion_tui.engine.flow import FlowError, Phase
 from critifusion_tui.engine.manifest import read_manifest
 from critifusion_tui.engine.pipeline import Session
@@ -188,12 +188,17 @@ async def test_a_metric_that_cannot_run_rates_nothing_and_says_why(tmp_path, eng
 
 
 async def test_a_person_picks_another_candidate_and_the_critique_runs_again(tmp_path, engine):
-    session, run, _ = await finished_run(settings_with(tmp_path, engine), engine)
+    session, run, events = await finished_run(settings_with(tmp_path, engine), engine)
     refined_before = (run.folder / "refined.png").read_bytes()
     assert run.pick_base(1) is False  # already the base: nothing to redo
     assert run.store.stage("critique") is not None
 
+    del events[:]
     assert run.pick_base(3) is True
+    # The front ends hear that the base image changed, and which candidate it is now.
+    ready, said = events
+    assert isinstance(ready, ImageReady) and ready.path == run.folder / "base.png"
+    assert isinstance(said, BaseCandidates) and (said.picked, said.picked_by) == (3, "user")
     record = run.store.stage("base")
     assert (record["picked"], record["picked_by"], record["seed"]) == (3, "user", 22026)
     assert (run.folder / "base.png").read_bytes() == (run.folder / "base_c3.png").read_bytes()
