@@ -167,7 +167,13 @@ async def _critic_scores(run: Run, drawn: list[_Drawn], prompt: str) -> list[tup
             return None, None
         return float(result.alignment), None
 
-    return list(await asyncio.gather(*(rate(d) for d in drawn)))
+    tasks = [asyncio.ensure_future(rate(d)) for d in drawn]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:  # one rating failed the stage: the others stop asking
+            task.cancel()
+        raise
 
 
 async def _metric_scores(run: Run, drawn: list[_Drawn], metric: str) -> list[tuple[float | None, float | None]]:

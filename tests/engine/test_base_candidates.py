@@ -95,21 +95,25 @@ async def test_candidate_one_is_the_papers_base(tmp_path, engine):
     await three.aclose()
 
 
+async def candidate_pngs(tmp_path: Path, engine) -> dict[int, bytes]:
+    """The three candidates' images, drawn first, so a scripted critic can tell which rating
+    goes with which image (the same seed and prompt draw the same bytes: test_pipeline)."""
+    session, run, _ = await finished_run(settings_with(tmp_path / "learn", engine), engine)
+    await session.aclose()
+    return {number: (run.folder / f"base_c{number}.png").read_bytes() for number in (1, 2, 3)}
+
+
+def rate(server, png: bytes, **script) -> None:
+    """The critic's answer to the request that shows it `png` (whenever it arrives)."""
+    server.script("critic", when=base64.b64encode(png).decode(), times=1, **script)
+
+
 async def test_the_critics_best_rated_candidate_is_refined_and_every_rating_is_recorded(
     tmp_path, engine, server, together_config, ollama_config, settings
 ):
-    # First the candidates' images, to tell the critic which rating goes with which image:
-    # the same seed and prompt draw the same bytes (test_pipeline checks that).
-    _, unrated, _ = await finished_run(settings_with(tmp_path / "learn", engine), engine)
-    ratings = {1: 60, 2: 90, 3: 75}
-    for number, rating in ratings.items():
-        png = (unrated.folder / f"base_c{number}.png").read_bytes()
-        server.script(
-            "critic",
-            text=f"<issues>- candidate {number}</issues><refined>a red fox</refined><alignment>{rating}</alignment>",
-            when=base64.b64encode(png).decode(),
-            times=1,
-        )
+    pngs = await candidate_pngs(tmp_path, engine)
+    for number, rating in {1: 60, 2: 90, 3: 75}.items():
+        rate(server, pngs[number], text=f"<issues>- x</issues><refined>a fox</refined><alignment>{rating}</alignment>")
     server.script("critic", text="<issues>- the fox is small</issues><refined>a large red fox</refined>")
 
     session, run, events = await finished_run(critic_settings(tmp_path / "rated", engine, settings.providers), engine)
@@ -128,7 +132,7 @@ async def test_the_critics_best_rated_candidate_is_refined_and_every_rating_is_r
     assert all("<alignment>" in json.dumps(body) for body in asked[:3])
     critique = run.store.stage("critique")
     assert critique["issues"] == ["the fox is small"]
-    assert (run.folder / "base_c2.png").read_bytes() == unrated.folder.joinpath("base_c2.png").read_bytes()
+    assert (run.folder / "base_c2.png").read_bytes() == pngs[2]
     # One event says it all, for the front ends.
     (said,) = [e for e in events if isinstance(e, BaseCandidates)]
     assert [(c.index, c.seed, c.score, c.path) for c in said.candidates] == [
@@ -140,6 +144,22 @@ async def test_the_critics_best_rated_candidate_is_refined_and_every_rating_is_r
     # The manifest reads back typed, candidates included.
     typed = read_manifest(run.folder).stages.base
     assert typed is not None and [c.score for c in typed.candidates] == [60.0, 90.0, 75.0] and typed.picked == 2
+    await session.aclose()
+
+
+async def test_a_candidate_the_critic_did_not_rate_has_no_score_and_is_not_picked(tmp_path, engine, server, settings):
+    pngs = await candidate_pngs(tmp_path, engine)
+    rate(server, pngs[1], status=500)
+    rate(server, pngs[2], text="<issues>- x</issues><refined>a fox</refined>")  # no <alignment>
+    rate(server, pngs[3], text="<issues>- x</issues><refined>a fox</refined><alignment>20</alignment>")
+    session, run, events = await finished_run(critic_settings(tmp_path / "rated", engine, settings.providers), engine)
+    record = run.store.stage("base")
+    assert [c["score"] for c in record["candidates"]] == [None, None, 20.0]
+    assert (record["picked"], record["picked_by"]) == (3, "critic")
+    warnings = [e.message for e in events if isinstance(e, Notice) and e.level == "warning" and e.stage == "base"]
+    assert "base candidate 1: no critic gave a rating" in warnings
+    assert "base candidate 2: no critic gave a rating" in warnings
+    assert not any("no base candidate got a rating" in w for w in warnings)
     await session.aclose()
 
 
@@ -265,12 +285,20 @@ async def test_cancel_while_drawing_candidates_stops_cleanly(tmp_path, engine):
 
 
 async def test_the_comparison_base_and_a_given_base_draw_one(tmp_path, engine):
+    from critifusion_tui.engine.given_base import start_refine_run
+    from critifusion_tui.engine.image_input import read_image
+    from tests.engine.test_given_base import write_image
+
     session = Session(settings_with(tmp_path, engine), diffusion=engine)
     run = session.new_run(PROMPT, variants="all")
     await run.run_all()
     assert len(run.store.stage("base")["candidates"]) == 3
     assert "candidates" not in run.store.stage("base_original")
     assert not list(run.folder.glob("base_original_c*"))
+
+    given = start_refine_run(session, PROMPT, image=read_image(write_image(tmp_path / "fox.png")))
+    await given.run_all()
+    assert "candidates" not in given.store.stage("base") and not list(given.folder.glob("base_c*"))
     await session.aclose()
 
 
