@@ -63,8 +63,9 @@ what follows it) runs again on the new base; you are asked first."""
         height: auto;
         margin: 0 0 1 0;
         & > #base-candidates-title { height: auto; color: $text-muted; padding: 0 1; }
-        & > #base-candidates-row { height: 12; }
-        & ImageView { height: 12; min-width: 12; }
+        /* Eight thumbnails do not fit 80 columns: the row scrolls, and follows the highlight. */
+        & > #base-candidates-row { height: auto; overflow-x: auto; scrollbar-size-horizontal: 1; }
+        & ImageView { width: 20; height: 12; }
         & ImageView.-highlighted { border: round $accent; }
         &:focus ImageView.-highlighted { border: heavy $accent; }
     }
@@ -131,6 +132,7 @@ what follows it) runs again on the new base; you are asked first."""
 
     def action_move(self, delta: int) -> None:
         self._highlight(self.highlighted + delta)
+        self.thumbnails[self.highlighted - 1].scroll_visible(animate=False)
 
     def action_pick(self) -> None:
         if self.candidates is None or self.highlighted == self.picked or getattr(self.app, "busy", False):
