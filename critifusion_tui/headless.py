@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from critifusion_tui.engine.events import (
+    BaseCandidates,
     CandidateFinished,
     DiffusionStep,
     Event,
@@ -73,6 +74,8 @@ def describe(event: Event) -> str | None:
         return f"{tag} loading {event.model}"
     if isinstance(event, ModelLoaded):
         return f"{tag} model: {event.summary}"
+    if isinstance(event, BaseCandidates):
+        return "\n".join(f"{tag} {line}" for line in candidate_lines(event))
     if isinstance(event, ImageReady):
         return f"{tag} image {event.path}" + (f" ({event.label})" if event.label else "")
     if isinstance(event, RoundScored):
@@ -92,6 +95,19 @@ def describe_round(event: RoundScored, tag: str) -> str:
         return f"{tag} final image: round {event.final} ({event.image}){why}"
     score = "not rated" if event.score is None else f"score {event.score:g}"
     return f"{tag} round {event.round}: {score} ({event.image})"
+
+
+def candidate_lines(event: BaseCandidates) -> list[str]:
+    """One line per best-of-N base candidate: its seed, its rating, and which is the base."""
+    count = len(event.candidates)
+    lines = []
+    for candidate in event.candidates:
+        score = "not rated" if candidate.score is None else f"score {candidate.score:g}"
+        picked = ""
+        if candidate.index == event.picked:
+            picked = " (picked: none was rated)" if event.picked_by == "none" else f" (picked by {event.picked_by})"
+        lines.append(f"base candidate {candidate.index}/{count}: seed {candidate.seed}, {score}{picked}")
+    return lines
 
 
 class PlainReporter:

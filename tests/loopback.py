@@ -60,7 +60,8 @@ class Script:
     times: int | None = None  # used for this many requests, then the next script; None: always
     # Only requests whose JSON body holds this text take the script (and count towards
     # ``times``); the others get the default answer. Lets a test fail one stage's request of a
-    # model that answers several stages at once, whatever order they arrive in.
+    # model that answers several stages at once, whatever order they arrive in. Several
+    # ``when`` scripts at the front of a queue are each matched on their own text.
     when: str | None = None
     # (prompt tokens, completion tokens) the answer reports as its usage; None: 7 and the
     # answer's word count. ``usage=False``: no usage at all (a server that reports none).
@@ -174,17 +175,29 @@ class LoopbackServer:
         self.models[name] = ModelEntry(name, vision)
 
     def next_script(self, model: str, body: dict | None = None) -> Script:
+        """The script a request takes: the first one queued, or, while the queue starts with
+        ``when`` scripts, the first of those whose text the request holds (so requests that
+        arrive in any order, each about its own image, each get their own answer)."""
         with self._lock:
             queue = self._scripts.get(model)
             if not queue:
                 return Script()
-            current = queue[0]
-            if current.when is not None and current.when not in json.dumps(body or {}):
+            text = json.dumps(body or {})
+            found = None
+            for index, entry in enumerate(queue):
+                if entry.when is None:
+                    found = 0 if index == 0 else None
+                    break
+                if entry.when in text:
+                    found = index
+                    break
+            if found is None:
                 return Script()
+            current = queue[found]
             if current.times is not None:
                 current.times -= 1
                 if current.times <= 0:
-                    queue.popleft()
+                    del queue[found]
             return current
 
     # -- reading back -----------------------------------------------------------------------

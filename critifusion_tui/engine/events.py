@@ -118,6 +118,27 @@ class ModelLoaded(Event):
 
 
 @dataclass(frozen=True)
+class CandidateImage:
+    """One of the bases drawn for best-of-N (docs/method.md 10.2): 1-based `index`, the
+    `seed` it was drawn from, its image file and its 0-100 rating (None: not rated)."""
+
+    index: int
+    seed: int
+    path: Path
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class BaseCandidates(Event):
+    """Best-of-N bases were drawn and rated; `picked` (1-based) is the one refined, chosen by
+    `picked_by`: "critic", a metric's name, "user", or "none" when no candidate was rated."""
+
+    candidates: tuple[CandidateImage, ...] = ()
+    picked: int = 1
+    picked_by: str = ""
+
+
+@dataclass(frozen=True)
 class Notice(Event):
     """Something the user should see: a retry, a fallback, a warning. level: info, warning, error."""
 

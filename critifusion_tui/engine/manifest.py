@@ -222,12 +222,27 @@ class DiffusionStage(StageRecord):
     guidance: float | None = None
 
 
+class BaseCandidate(ManifestModel):
+    """One of the bases a best-of-N base stage drew (engine/base_candidates.py)."""
+
+    index: Count  # 1-based
+    seed: Seed
+    image: FileName
+    latent: FileName
+    score: float | None = None  # 0-100 from base_pick_from; None: not rated
+    value: float | None = None  # a metric's own score, before mapping to 0..100
+
+
 class BaseStage(DiffusionStage):
-    """Stage 3 (base, base_original): the base image and its latent."""
+    """Stage 3 (base, base_original): the base image and its latent; with best-of-N bases,
+    every candidate drawn, which one is the base, and who picked it."""
 
     latent: FileName | None = None
     width: Count | None = None
     height: Count | None = None
+    candidates: list[BaseCandidate] = Field(default_factory=list)
+    picked: Count | None = None  # 1-based index into candidates
+    picked_by: str | None = None  # "critic", a metric, "user", or "none" (nothing was rated)
 
     @model_validator(mode="after")
     def _complete_when_done(self) -> BaseStage:
@@ -236,6 +251,8 @@ class BaseStage(DiffusionStage):
             for key in ("image", "latent", "prompt", "negative"):
                 if getattr(self, key) is None:
                     raise _problem("missing from a completed stage", key)
+        if self.candidates and (self.picked is None or not 1 <= self.picked <= len(self.candidates)):
+            raise _problem(f"expected a candidate's index from 1 to {len(self.candidates)}", "picked")
         return self
 
 
@@ -457,6 +474,10 @@ class RunManifest(ManifestModel):
                 )
                 if value is not None:
                     yield f"stages.{name}.{key}", value, limit
+            for number, candidate in enumerate(getattr(record, "candidates", None) or []):
+                if isinstance(candidate, BaseCandidate):  # a base's best-of-N candidates
+                    yield f"stages.{name}.candidates[{number}].image", candidate.image, FILE_FIELDS["image"]
+                    yield f"stages.{name}.candidates[{number}].latent", candidate.latent, FILE_FIELDS["latent"]
 
 
 # ---------------------------------------------------------------- versions

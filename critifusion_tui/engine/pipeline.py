@@ -740,6 +740,10 @@ class Run(RunFlow):
                 self._emit(Notice(name, "info", f"image size {width}x{height} (the model's native size)"))
             diffusion = self.diffusion
             await self._make_room_for_diffusion(name)
+            if name == Stage.BASE and cfg.base_candidates > 1:  # best-of-N (docs/method.md 10.2)
+                from critifusion_tui.engine.base_candidates import best_of_n
+
+                return await best_of_n(self, prompt=prompt, negative=negative, width=width, height=height)
             latent = await self._in_thread(
                 name,
                 diffusion.base_latent,
@@ -1112,6 +1116,13 @@ class Run(RunFlow):
         except OSError as exc:
             self.store.manifest["status"] = status
             self._emit(Notice("", "error", f"could not record status {status!r}: {_file_problem(exc, self.folder)}"))
+
+    def pick_base(self, number: int) -> bool:
+        """Take best-of-N candidate `number` (1-based) as the base; the critique and what
+        follows it run again (engine/base_candidates.py)."""
+        from critifusion_tui.engine.base_candidates import pick_base
+
+        return pick_base(self, number)
 
     def png_bytes(self, stage: str) -> bytes:
         record = self.store.stage(stage)

@@ -26,11 +26,13 @@ from textual.widgets import ContentSwitcher, Footer, Header, Input, Static
 from textual.worker import Worker, WorkerState
 
 from critifusion_tui.config import LoadedConfig, load_config
+from critifusion_tui.engine.base_candidates import candidates_of
 from critifusion_tui.engine.events import (
     Event,
 )
 from critifusion_tui.engine.flow import Phase
 from critifusion_tui.engine.stages import spec
+from critifusion_tui.tui.widgets.base_candidates import BaseCandidatesView
 from critifusion_tui.tui.widgets.candidate_pane import CandidatePane
 from critifusion_tui.tui.widgets.diffusion_progress import DiffusionProgress
 from critifusion_tui.tui.widgets.image_view import ImageView
@@ -240,6 +242,7 @@ class CritiFusionApp(EngineEventsView, RoundsView, App):
                             "Base (criticised)", mode=self.image_mode, image_class=self.image_class, id="critique-image"
                         )
                         yield Static("", id="critique-summary", markup=False)
+                    yield BaseCandidatesView(mode=self.image_mode, image_class=self.image_class, id="base-candidates")
                     yield Vertical(id="critique-panes", classes="panes")
                     yield PromptEditor("Refinement prompt", id="refinement")
                 with Vertical(id="view-images"):
@@ -426,6 +429,7 @@ class CritiFusionApp(EngineEventsView, RoundsView, App):
             rail.set_state(gate, "gate")
         rail.set_state("done", "done" if run.phase is Phase.DONE else "waiting")
         rail.set_will_skip("critique", run.skip_critique_next and not run.done("critique"))
+        self.query_one(BaseCandidatesView).show(candidates_of(run))
         if self.composing:
             self._refresh_keys()
             return
@@ -903,6 +907,11 @@ class CritiFusionApp(EngineEventsView, RoundsView, App):
         if message.stage == "critique" and self.active_run is not None:
             self._show_critique_image(self.active_run)
 
+    def on_base_candidates_view_picked(self, message: BaseCandidatesView.Picked) -> None:
+        from critifusion_tui.tui.base_pick import ask_and_pick
+
+        ask_and_pick(self, message.number)
+
     @on(CandidatePane.Retry)
     def retry_candidate(self, message: CandidatePane.Retry) -> None:
         run = self.active_run
@@ -955,6 +964,7 @@ class CritiFusionApp(EngineEventsView, RoundsView, App):
         self.query_one("#image-refine", ImageView).border_title = "Refined"
         self.query_one("#critique-summary", Static).update("")
         self.query_one("#images-summary", Static).update("")
+        self.query_one(BaseCandidatesView).show(None)
 
 
 def _as_shown(value) -> str:

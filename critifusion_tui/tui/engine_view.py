@@ -20,6 +20,7 @@ from textual.message import Message
 from textual.widgets import Static
 
 from critifusion_tui.engine.events import (
+    BaseCandidates,
     CandidateDelta,
     CandidateFinished,
     CandidateStarted,
@@ -37,6 +38,7 @@ from critifusion_tui.engine.events import (
     StageStarted,
 )
 from critifusion_tui.engine.stages import ORIGINAL, TABLE, branch_of, spec
+from critifusion_tui.tui.widgets.base_candidates import BaseCandidatesView
 from critifusion_tui.tui.widgets.candidate_pane import CandidatePane
 from critifusion_tui.tui.widgets.diffusion_progress import DiffusionProgress
 from critifusion_tui.tui.widgets.image_view import ImageView
@@ -133,6 +135,10 @@ class EngineEventsView:
             self._hint(f"{RUNNING_HINT.get(kind_of(stage), stage)}… escape cancels (what is done is kept).")
             self.log_buffer.add("info", stage, f"started {event.detail}".strip())
             self._refresh_keys()
+        elif isinstance(event, BaseCandidates):
+            self.query_one(BaseCandidatesView).show(event)
+        elif isinstance(event, CandidateStarted | CandidateDelta) and kind_of(stage) not in PANES_OF_KIND:
+            pass  # critics rating best-of-N bases: no pane (their ratings are on the thumbnails)
         elif isinstance(event, CandidateStarted):
             self._pane(stage, event.role, event.model).start()
             what = "offline rules, no request" if event.model == "rules" else "request sent"
@@ -140,9 +146,10 @@ class EngineEventsView:
         elif isinstance(event, CandidateDelta):
             self._pane(stage, event.role, event.model).append(event.text)
         elif isinstance(event, CandidateFinished):
-            self._pane(stage, event.role, event.model).finish(
-                event.text, event.error, event.seconds, event.notes, origin=event.origin
-            )
+            if kind_of(stage) in PANES_OF_KIND:
+                self._pane(stage, event.role, event.model).finish(
+                    event.text, event.error, event.seconds, event.notes, origin=event.origin
+                )
             if event.error:
                 self.failures.setdefault(stage, []).append(event.error)
                 self.log_buffer.add("warning", stage, f"{event.role} {event.model} failed: {event.error}")
