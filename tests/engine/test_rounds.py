@@ -168,3 +168,38 @@ async def test_a_run_without_rounds_has_no_rounds_stage(tmp_path, engine):
     assert "rounds" not in manifest["stages"]
     with pytest.raises(FlowError, match="no critique rounds"):
         await run.more_rounds()
+
+
+async def test_a_metric_scores_the_rounds_and_the_last_round_costs_no_critique(
+    tmp_path, engine, server, settings, monkeypatch
+):
+    import torch
+
+    from critifusion_tui.engine import specfusion
+    from critifusion_tui.eval import scorers
+    from tests.eval import tiny
+
+    root = tmp_path / "weights"
+    data = rounds_settings(tmp_path, engine, settings, rounds=2, score_from="aesthetic").model_dump()
+    data["eval"]["aesthetic_checkpoint"] = str(tiny.save_aesthetic(root / "aesthetic", seed=6))
+    data["eval"]["aesthetic_clip"] = str(tiny.save_clip_folder(root / "openai-l14", seed=3))
+    scoring = Settings.model_validate(data)
+    # Wide anchors keep the tiny scorer's numbers inside the linear part of the 0-100 map.
+    monkeypatch.setitem(specfusion.METRIC_ALIGNMENT_RANGES, "aesthetic", (-100.0, 100.0))
+    session = Session(scoring, diffusion=engine)
+    run = session.new_run(PROMPT)
+    manifest = await run.run_all()
+    record = manifest["stages"]["rounds"]
+    scorer = scorers.load(scorers.prepare("aesthetic", scoring.eval), device="cpu", dtype=torch.float32)
+    expected = [
+        specfusion.alignment_from_metric("aesthetic", scorer.score([run.folder / r["image"]], [PROMPT])[0])
+        for r in record["rounds"]
+    ]
+    assert [r["score"] for r in record["rounds"]] == pytest.approx(expected, abs=0.01)
+    base_raw = scorer.score([run.folder / "base.png"], [PROMPT])[0]
+    assert record["base_score"] == pytest.approx(specfusion.alignment_from_metric("aesthetic", base_raw), abs=0.01)
+    assert record["final"] == max((1, 2), key=lambda k: (expected[k - 1], -k))
+    # The critic is asked about the base and round 1 (for round 2's prompt), never for a rating.
+    asked = critic_requests(server)
+    assert len(asked) == 2 and not any("<alignment>" in text for text in asked)
+    await session.aclose()
