@@ -85,27 +85,12 @@ async def best_of_n(run: Run, *, prompt: str, negative: str, width: int, height:
     cfg = run.settings.diffusion
     name = Stage.BASE
     count = cfg.base_candidates
-    diffusion = run.diffusion
     drawn: list[_Drawn] = []
     for index in range(count):
         number, seed = index + 1, candidate_seed(run.seed, index)
         run._emit(Notice(name, "info", f"drawing base candidate {number}/{count} (seed {seed})"))
-        latent = await run._in_thread(
-            name,
-            diffusion.base_latent,
-            prompt=prompt,
-            negative=negative,
-            width=width,
-            height=height,
-            steps=cfg.steps,
-            guidance=cfg.guidance,
-            seed=seed,
-        )
-        run._check_output(name, latent, guidance=cfg.guidance)
         image_name, latent_name = candidate_files(number)
-        await asyncio.to_thread(run.store.write_latent, latent_name, latent)
-        image = await run._blocking(name, diffusion.decode, latent)
-        run._check_output(name, None, image, guidance=cfg.guidance)
+        latent, image = await run.draw_base(name, prompt, negative, width, height, seed, latent_name)
         await run._save_png(name, image, prompt, negative, seed, name=image_name)
         drawn.append(_Drawn(number, seed, image, latent, run._pngs[name][1]))
 

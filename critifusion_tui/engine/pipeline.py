@@ -738,28 +738,15 @@ class Run(RunFlow):
             width, height = await self.image_size(name)
             if "auto" in (cfg.width, cfg.height):
                 self._emit(Notice(name, "info", f"image size {width}x{height} (the model's native size)"))
-            diffusion = self.diffusion
             await self._make_room_for_diffusion(name)
             if name == Stage.BASE and cfg.base_candidates > 1:  # best-of-N (docs/method.md 10.2)
                 from critifusion_tui.engine.base_candidates import best_of_n
 
                 return await best_of_n(self, prompt=prompt, negative=negative, width=width, height=height)
-            latent = await self._in_thread(
-                name,
-                diffusion.base_latent,
-                prompt=prompt,
-                negative=negative,
-                width=width,
-                height=height,
-                steps=cfg.steps,
-                guidance=cfg.guidance,
-                seed=self.seed,
-            )
-            self._check_output(name, latent, guidance=cfg.guidance)
+            latent_file = spec(name).latent
+            assert latent_file is not None  # every base stage keeps its latent (the table says which)
+            latent, image = await self.draw_base(name, prompt, negative, width, height, self.seed, latent_file)
             self._latents[name] = latent
-            await asyncio.to_thread(self.store.write_latent, spec(name).latent, latent)
-            image = await self._blocking(name, diffusion.decode, latent)
-            self._check_output(name, None, image, guidance=cfg.guidance)
             png = await self._save_png(name, image, prompt, negative, self.seed)
             return {
                 "prompt": prompt,
@@ -776,6 +763,30 @@ class Run(RunFlow):
         self.forget(name)
         size = "native size" if "auto" in (cfg.width, cfg.height) else f"{cfg.width}x{cfg.height}"
         return await self._stage(name, work, detail=f"{size}, {cfg.steps} steps")
+
+    async def draw_base(
+        self, stage: str, prompt: str, negative: str, width: int, height: int, seed: int, latent_file: str
+    ):
+        """SPEC 3's draw: the base latent from `seed`, checked, written to `latent_file`, and
+        its decoded image (checked too); returns (latent, image). The PNG is the caller's."""
+        cfg = self.settings.diffusion
+        diffusion = self.diffusion
+        latent = await self._in_thread(
+            stage,
+            diffusion.base_latent,
+            prompt=prompt,
+            negative=negative,
+            width=width,
+            height=height,
+            steps=cfg.steps,
+            guidance=cfg.guidance,
+            seed=seed,
+        )
+        self._check_output(stage, latent, guidance=cfg.guidance)
+        await asyncio.to_thread(self.store.write_latent, latent_file, latent)
+        image = await self._blocking(stage, diffusion.decode, latent)
+        self._check_output(stage, None, image, guidance=cfg.guidance)
+        return latent, image
 
     async def _save_png(self, stage: str, image, prompt: str, negative: str, seed: int, name: str | None = None) -> str:
         """Encode and write the PNG off the loop (a 1024 px PNG takes a noticeable moment),

@@ -9,17 +9,9 @@ from critifusion_tui.tui.app import DONE, REFINE_GATE, TAGS_GATE
 from critifusion_tui.tui.widgets.image_view import ImageView
 from critifusion_tui.tui.widgets.round_strip import RoundStrip
 from critifusion_tui.tui.widgets.stage_rail import StageRail
+from tests.engine.test_rounds import critic_says
 from tests.tui.test_app import make_app, settled, until
 from tests.tui.test_app_flow import hosted
-
-
-def critic_says(server, *ratings: int) -> None:
-    for n, rating in enumerate(ratings):
-        server.script(
-            "critic",
-            text=f"<issues>- problem {n}</issues><refined>a red fox, fix {n}</refined><alignment>{rating}</alignment>",
-            times=1,
-        )
 
 
 def with_rounds(tmp_path, settings, **loop):
