@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tests.cli.test_run import OFFLINE, manifest, run_cli
+from tests.cli.test_run import OFFLINE, manifest, run_cli, together_at
 from tests.loopback import KEY_VALUE, KEY_VAR, LoopbackServer
 
 LINE = re.compile(r"^\[base\] base candidate (\d)/3: seed (\d+), (score \S+|not rated)( \(picked by critic\))?$")
@@ -28,12 +28,7 @@ def test_run_prints_one_line_per_base_candidate_and_refines_the_best(env, tmp_pa
             str(out),
             "--set",
             "diffusion.base_candidates=3",
-            "--set",
-            f"providers.together.api_key_env={KEY_VAR}",
-            "--set",
-            f"providers.together.base_url='{server.url}'",
-            "--set",
-            "providers.together.max_retries=0",
+            *together_at(server),
             "--set",
             "criticore.vlms=['together:critic']",
             env=dict(env, **{KEY_VAR: KEY_VALUE}),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from tests.cli.test_run import OFFLINE, manifest, run_cli
+from tests.cli.test_run import OFFLINE, manifest, run_cli, together_at
 from tests.loopback import KEY_VALUE, KEY_VAR, LoopbackServer
 
 
@@ -23,10 +23,7 @@ def test_a_headless_run_with_three_rounds_stops_at_80_and_keeps_every_round(env,
         proc = run_cli(
             "a red fox in a forest",
             *OFFLINE,
-            "--set",
-            f"providers.together.api_key_env={KEY_VAR}",
-            "--set",
-            f"providers.together.base_url='{server.url}'",
+            *together_at(server),
             "--set",
             "criticore.vlms=['together:critic']",
             "--set",

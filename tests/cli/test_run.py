@@ -326,7 +326,9 @@ def test_json_summary_and_manifest_carry_the_ledger_and_the_templates_used(env, 
         assert KEY_VALUE.encode() not in path.read_bytes()
 
 
-def hosted(server, *extra):
+def together_at(server) -> list[str]:
+    """The --set arguments that point Together at the loopback server (the tests' key variable,
+    no retries)."""
     return [
         "--set",
         f"providers.together.api_key_env={KEY_VAR}",
@@ -334,6 +336,12 @@ def hosted(server, *extra):
         f"providers.together.base_url='{server.url}'",
         "--set",
         "providers.together.max_retries=0",
+    ]
+
+
+def hosted(server, *extra):
+    return [
+        *together_at(server),
         "--set",
         "criticore.candidates=['together:a', 'together:b', 'together:a']",
         "--set",
