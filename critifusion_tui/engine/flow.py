@@ -68,7 +68,6 @@ class RunFlow:
     # Set by Run.__init__; declared here for readers and type checkers.
     store: Any
     settings: Any
-    skip_critique_next: bool
     _step_task: asyncio.Task | None
     model_state: Any  # the model's load, for the schedule (Run.model_state)
     keeps_ollama_apart: Any  # stages that never run beside a drawing one (Run.keeps_ollama_apart)
@@ -174,10 +173,18 @@ class RunFlow:
                 changed.append(name)
         return changed
 
+    @property
+    def skip_critique_next(self) -> bool:
+        """Whether the next draw step skips the VLM critique (kept in the manifest, so a run
+        reopened at the tags gate keeps the person's choice)."""
+        return bool(self.store.manifest.get("skip_critique", False))
+
     def set_skip_critique(self, skip: bool) -> None:
         """Whether the next draw step skips the VLM critique (SPEC 5's fallback: the refinement
         prompt is the tags alone). The front ends show this choice where the critique is."""
-        self.skip_critique_next = bool(skip)
+        if bool(skip) != self.skip_critique_next:
+            self.store.manifest["skip_critique"] = bool(skip)
+            self.store.write_manifest()
 
     async def advance(self, edits: dict[str, Any] | None = None) -> Phase:
         """Apply `edits` (at a gate) and run the next step, and the steps after it that have no

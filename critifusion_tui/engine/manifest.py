@@ -423,6 +423,7 @@ class RunManifest(ManifestModel):
     status: RunStatus = "running"
     variants: Literal["full", "all"] = "full"
     tiny_random: bool = False
+    skip_critique: bool = False  # the person chose at the tags gate to skip the next critique
     stages: Stages = Field(default_factory=Stages)
     prompts: dict[str, PromptEntry] = Field(default_factory=dict)
     edits: list[Edit] = Field(default_factory=list)

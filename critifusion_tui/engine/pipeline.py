@@ -299,8 +299,7 @@ class Run(RunFlow):
         # and what the models last wrote per prompt.
         self.proposals: dict[str, dict[str, Any]] = {}
         self._written: dict[str, Any] = {}
-        # What the flow needs (engine/flow.py): the person's skip choice, the step in flight.
-        self.skip_critique_next = False
+        # What the flow needs (engine/flow.py): the step in flight.
         self._step_task = None
         # The ledger's calls live in the manifest (a resumed run goes on adding to them).
         ledger = store.manifest.setdefault("ledger", {"calls": [], "summary": summarize([])})

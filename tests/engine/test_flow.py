@@ -117,6 +117,18 @@ async def test_leaving_an_unfinished_run_records_it_as_abandoned(tmp_path, engin
     assert read(finished)["status"] == "done"
 
 
+async def test_the_skip_critique_choice_survives_a_reopen(tmp_path, engine):
+    session = Session(offline_settings(tmp_path, str(engine.model)), diffusion=engine)
+    run = session.new_run(PROMPT)
+    await run.advance()
+    run.set_skip_critique(True)
+    run.leave()
+    again = session.resume(run.folder)
+    assert again.skip_critique_next and again.phase is Phase.TAGS_GATE
+    assert await again.advance() is Phase.REFINE_GATE
+    assert again.stage_state("critique") == "skipped"
+
+
 async def test_resume_keeps_the_runs_settings_and_the_current_providers(tmp_path, engine):
     old = Session(offline_settings(tmp_path, str(engine.model), diffusion={"steps": 3}), diffusion=engine)
     run = old.new_run(PROMPT)
