@@ -85,7 +85,10 @@ async def rounds_stage(run: Run, *, more: int = 0) -> dict[str, Any]:
     """The ``rounds`` stage: rounds 2.. until a stop rule (or, with `more`, exactly `more`
     rounds beyond those already done, whatever the scores say)."""
     done = run.store.stage(NAME)
-    previous = done if more else run.store.stages.get(NAME)  # a resume goes on from its rounds
+    if more:
+        previous = done
+    else:  # a resume goes on from the rounds of an unfinished stage; a re-run starts afresh
+        previous = None if done else run.store.stages.get(NAME)
     detail = f"one more round ({more})" if more else f"up to {run.settings.loop.rounds} rounds"
     return await run._stage(NAME, lambda: _rounds(run, previous, more), detail=detail)
 

@@ -160,6 +160,17 @@ async def test_a_cancelled_round_keeps_the_rounds_done_and_a_resume_goes_on(tmp_
     await session.aclose()
 
 
+async def test_a_rerun_of_the_rounds_starts_them_afresh(tmp_path, engine, server, settings):
+    critic_says(server, 40, 85, 60, 90, 70)  # base, rounds 1 and 2; then the re-run's rounds 1 and 2
+    session, run, manifest, _ = await run_rounds(tmp_path, engine, settings, rounds=2)
+    assert [r["score"] for r in manifest["stages"]["rounds"]["rounds"]] == [85.0, 60.0]
+    await run.rerun("rounds")
+    record = run.store.stage("rounds")
+    assert [(r["round"], r["score"]) for r in record["rounds"]] == [(1, 90.0), (2, 70.0)]
+    assert record["final"] == 1 and record["stopped"] == "all 2 rounds done"
+    await session.aclose()
+
+
 async def test_a_run_without_rounds_has_no_rounds_stage(tmp_path, engine):
     session = Session(offline_settings(tmp_path, str(engine.model)), diffusion=engine)
     run = session.new_run(PROMPT)
