@@ -404,6 +404,7 @@ class EvalScores(ManifestModel):
     base: dict[str, float] | None = None
     refined_original: dict[str, float] | None = None
     refined: dict[str, float] | None = None
+    final: dict[str, float] | None = None  # critique rounds' final image (the best round)
 
     def of(self, variant: str) -> dict[str, float]:
         return getattr(self, variant, None) or {}

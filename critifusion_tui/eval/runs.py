@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from critifusion_tui.engine.manifest import RunManifest, holds_manifest
-from critifusion_tui.engine.stages import FULL, ORIGINAL
+from critifusion_tui.engine.stages import FULL, ORIGINAL, Stage
 from critifusion_tui.engine.store import MANIFEST, RunStore, StoreError
 
 # The comparison variants of SPEC 7 in reading order (the names eval reports), and the stage
@@ -22,6 +22,7 @@ VARIANT_STAGES = {
     "base": FULL.base,
     "refined_original": ORIGINAL.refine,
     "refined": FULL.refine,
+    "final": Stage.ROUNDS,  # with critique rounds: the best round (its record's final_image)
 }
 VARIANTS = tuple(VARIANT_STAGES)
 BASELINE = "base_original"
@@ -55,11 +56,12 @@ def variant_images(store: RunStore) -> dict[str, Path]:
     a run folder from elsewhere is data, and its paths must not point out of it)."""
     images: dict[str, Path] = {}
     for variant, stage in VARIANT_STAGES.items():
-        name = getattr(store.record.stage(stage), "image", None)
+        field = "final_image" if stage is Stage.ROUNDS else "image"
+        name = getattr(store.record.stage(stage), field, None)
         if name is None:
             continue
         try:
-            path = store.path(name, f"stages.{stage}.image").resolve()
+            path = store.path(name, f"stages.{stage}.{field}").resolve()
         except StoreError:
             continue
         if path.is_file():

@@ -89,6 +89,13 @@ async def test_rounds_stop_when_the_score_reaches_stop_at_and_keep_every_round(t
 
     typed = read_manifest(run.folder)
     assert typed.stages.rounds is not None and typed.stages.rounds.final == 2
+    # eval and the history take the final round as the run's "final" image.
+    from critifusion_tui.engine.store import RunStore
+    from critifusion_tui.eval.runs import variant_images
+
+    images = variant_images(RunStore.open(run.folder))
+    assert images["final"] == (run.folder / "refined_r2.png").resolve()
+    assert images["refined"] == (run.folder / "refined.png").resolve()
     await session.aclose()
 
 

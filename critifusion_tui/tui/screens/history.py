@@ -160,13 +160,15 @@ class RunSummary:
         )
 
     def image(self, stage: str) -> Path | None:
-        """The image a completed stage ("base", "refine") saved, if it is on disk."""
+        """The image a completed stage ("base", "refine"; "rounds": the final round) saved, if
+        it is on disk."""
         record = self.record.stages.records().get(stage)
-        name = getattr(record, "image", None)
+        field = "final_image" if stage == "rounds" else "image"
+        name = getattr(record, field, None)
         if not isinstance(name, str):
             return None
         try:  # a run folder from elsewhere: never show a file outside it
-            path = confined(self.folder, name, f"stages.{stage}.image")
+            path = confined(self.folder, name, f"stages.{stage}.{field}")
         except StoreError:
             return None
         return path if path.is_file() else None
@@ -675,7 +677,7 @@ class HistoryScreen(ScoringMixin, Screen[Path | None]):
             text.append(f" · {NOISE_LABEL}", style="dim")
         scores = run.scores
         if scores:
-            variant = next(v for v in ("refined", "base", "refined_original", "base_original") if v in scores)
+            variant = next(v for v in ("final", "refined", "base", "refined_original", "base_original") if v in scores)
             shown = " · ".join(f"{m} {format_score(x)}" for m, x in scores[variant].items())
             text.append(f"\nScores ({variant}): {shown}", style="dim")
         text.append("\n")
@@ -699,7 +701,7 @@ class HistoryScreen(ScoringMixin, Screen[Path | None]):
         if not self.has_class("-wide") or run is None:
             view.clear()
             return
-        for stage, title in (("refine", "Refined"), ("base", "Base (not refined)")):
+        for stage, title in (("rounds", "Final round"), ("refine", "Refined"), ("base", "Base (not refined)")):
             path = run.image(stage)
             if path is not None:
                 view.border_title = title
