@@ -284,7 +284,19 @@ class CritiFusionApp(EngineEventsView, RoundsView, App):
             f"model       {self._loaded_model or s.diffusion.model}{noise}\n"
             f"image       {self._size_summary()}, {s.diffusion.steps} steps, "
             f"seed {s.diffusion.seed}; SpecFusion {s.specfusion.mode}; variants {self.variants}"
+            f"{self._beyond_the_paper()}"
         )
+
+    def _beyond_the_paper(self) -> str:
+        """Best-of-N bases and critique rounds, when set (nothing for the paper's run)."""
+        s = self.loaded.settings
+        parts = []
+        if s.diffusion.base_candidates > 1:
+            parts.append(f"best of {s.diffusion.base_candidates} bases ({s.diffusion.base_pick_from})")
+        if s.loop.rounds > 1:
+            stop = f", stop at {s.loop.stop_at:g}" if s.loop.stop_at is not None else ""
+            parts.append(f"up to {s.loop.rounds} critique rounds ({s.loop.score_from}{stop})")
+        return "\nbeyond      " + "; ".join(parts) if parts else ""
 
     def _size_summary(self) -> str:
         from critifusion_tui.engine.model_source import native_size_hint

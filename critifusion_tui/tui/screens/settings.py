@@ -31,6 +31,7 @@ from critifusion_tui.config import (
     ConfigError,
     CriticoreConfig,
     DiffusionConfig,
+    LoopConfig,
     LoadedConfig,
     SpecFusionConfig,
 )
@@ -91,6 +92,7 @@ SECTIONS: list[tuple[str, str, list[Field]]] = [
             ),
             Field("diffusion.steps", "Steps", "input", "Denoising steps (1-1000)"),
             Field("diffusion.guidance", "Guidance", "input", "Classifier-free guidance (>= 0)"),
+            Field("diffusion.base_candidates", "Base candidates", "input", "Bases drawn, the best refined (1-8)"),
         ],
     ),
     (
@@ -103,6 +105,8 @@ SECTIONS: list[tuple[str, str, list[Field]]] = [
             Field("specfusion.guidance", "Guidance", "input", '"auto" (from last_k) or a number >= 0'),
             Field("specfusion.rho_t", "rho_t", "input", "Refined latent's low-frequency weight (0-1)"),
             Field("specfusion.base_c", "base_c", "input", "Low-frequency window size (0-1]"),
+            Field("loop.rounds", "Rounds", "input", "Critique rounds, the best kept (1-10)"),
+            Field("loop.stop_at", "Stop at", "input", 'Score (0-100) that ends the rounds, or "off"'),
         ],
     ),
 ]
@@ -111,22 +115,25 @@ MODELS: dict[str, type[BaseModel]] = {
     "criticore": CriticoreConfig,
     "diffusion": DiffusionConfig,
     "specfusion": SpecFusionConfig,
+    "loop": LoopConfig,
 }
+# Settings whose None is written and shown as a word (TOML has no null).
+NONE_AS = {"specfusion.guidance": "auto", "loop.stop_at": "off"}
 
 
 def _shown(field: Field, value: Any) -> str:
     """A setting as the form shows it."""
     if field.kind == "refs":
         return "\n".join(value)
-    if field.key == "specfusion.guidance" and value is None:
-        return "auto"
+    if field.key in NONE_AS and value is None:
+        return NONE_AS[field.key]
     return str(value)
 
 
 def _toml_value(field: Field, value: Any) -> Any:
     """A validated setting as it is written to config.toml (TOML has no null)."""
-    if field.key == "specfusion.guidance" and value is None:
-        return "auto"
+    if field.key in NONE_AS and value is None:
+        return NONE_AS[field.key]
     if isinstance(value, list):
         return list(value)
     return value
@@ -365,8 +372,8 @@ class SettingsScreen(ModalScreen[dict | None]):
             return widget.value
         assert isinstance(widget, Input)  # the third kind, "input" (compose)
         text = widget.value.strip()
-        if field.key == "specfusion.guidance" and text == "":
-            return "auto"
+        if field.key in NONE_AS and text == "":
+            return NONE_AS[field.key]
         return text
 
     def collect(self) -> tuple[dict[str, Any], dict[str, str]]:

@@ -81,6 +81,23 @@ async def test_routing_and_specfusion_changes_are_written(config_file: Path):
     assert '# Image size in pixels (multiples of 8), or "auto": the model\'s native size' in text
 
 
+async def test_rounds_and_base_candidates_are_settings_too(config_file: Path):
+    app = Host(SettingsScreen(load_config(config_file)))
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.screen
+        assert screen.query_one("#loop-stop_at", Input).value == "off"  # TOML has no null
+        screen.query_one("#loop-rounds", Input).value = "3"
+        screen.query_one("#loop-stop_at", Input).value = "80"
+        screen.query_one("#diffusion-base_candidates", Input).value = "2"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    assert app.results == [{"diffusion.base_candidates": 2, "loop.rounds": 3, "loop.stop_at": 80.0}]
+    settings = load_config(config_file).settings
+    assert (settings.loop.rounds, settings.loop.stop_at, settings.diffusion.base_candidates) == (3, 80.0, 2)
+    text = config_file.read_text(encoding="utf-8")
+    assert "rounds = 3\n" in text and "stop_at = 80.0\n" in text and "base_candidates = 2\n" in text
+
+
 async def test_invalid_values_show_errors_and_write_nothing(config_file: Path):
     before = config_file.read_bytes()
     stamp = config_file.stat().st_mtime_ns
