@@ -211,6 +211,16 @@ class Outcome:
         if rounds is not None and rounds.status == "done" and final and self.folder is not None:
             with suppress(StoreError):  # critique rounds: the best-scoring round's image
                 images["final"] = str(confined(self.folder, final, "stages.rounds.final_image"))
+        rounds_summary = None
+        if rounds is not None and rounds.status == "done":  # critique rounds: each with its score
+            rounds_summary = {
+                "final": getattr(rounds, "final", None),
+                "final_by": getattr(rounds, "final_by", None),
+                "stopped": getattr(rounds, "stopped", None),
+                "rounds": [
+                    {"round": r.round, "score": r.score, "image": r.image} for r in getattr(rounds, "rounds", [])
+                ],
+            }
         return {
             "folder": str(self.folder) if self.folder else None,
             "status": self.status,
@@ -220,6 +230,7 @@ class Outcome:
             "positive": record.prompt_value("positive") if record is not None else None,
             "refinement": record.prompt_value("refinement") if record is not None else None,
             "images": images,
+            "rounds": rounds_summary,
             "seconds": {name: stage.seconds for name, stage in stages.items()},
             "tiny_random": record.tiny_random if record is not None else False,
             "ledger": self.ledger_summary(),

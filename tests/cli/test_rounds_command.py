@@ -51,3 +51,12 @@ def test_a_headless_run_with_three_rounds_stops_at_80_and_keeps_every_round(env,
     assert (out / "refined_r2.png").is_file() and (out / "refined_r2_latent.safetensors").is_file()
     summary = json.loads(proc.stdout)
     assert summary["images"]["final"] == str(out / "refined_r2.png")
+    assert summary["rounds"] == {
+        "final": 2,
+        "final_by": "score",
+        "stopped": "the score 84 reached stop_at 80",
+        "rounds": [
+            {"round": 1, "score": 62.0, "image": "refined.png"},
+            {"round": 2, "score": 84.0, "image": "refined_r2.png"},
+        ],
+    }
