@@ -269,6 +269,16 @@ class RefineStage(DiffusionStage):
     latent: FileName | None = None  # the fused latent (full method): critique rounds refine from it
 
 
+class RoundCritique(ManifestModel):
+    """The critique of one round's image: every critic's answer and the merge."""
+
+    candidates: list[CriticAnswer] = Field(default_factory=list)
+    aggregator: list[AnswerRecord] = Field(default_factory=list)
+    aggregated_by: str | None = None
+    source: str | None = None
+    seconds: float | None = None
+
+
 class RoundRecord(ManifestModel):
     """One round of critique rounds: its image and latent, how it was made, and its score."""
 
@@ -281,6 +291,7 @@ class RoundRecord(ManifestModel):
     score: float | None = None  # 0-100, given when the next critique (or the metric) rated it
     issues: list[str] = Field(default_factory=list)  # what the critique of its image reported
     next_prompt: str | None = None  # the refinement prompt that critique wrote for the next round
+    critique: RoundCritique | None = None  # that critique's answers (none: scored by a metric alone)
     seconds: float | None = None
 
 

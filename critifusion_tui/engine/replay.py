@@ -48,15 +48,22 @@ class Replay:
             record = getattr(stages, name)
             if record is None:
                 continue
-            role = "vlm" if stage.startswith("critique") else "candidate"
-            for entry in record.candidates:
-                if entry.model:
-                    self._answers[stage, role, entry.model].append(entry)
-                    _add(self.roles["vlms" if role == "vlm" else "candidates"], entry.model)
-            for entry in record.aggregator:
-                if entry.model:
-                    self._answers[stage, "aggregator", entry.model].append(entry)
-                    _add(self.roles["aggregator"], entry.model)
+            self._keep(stage, record.candidates, record.aggregator)
+        # Critique rounds: each round's critics and merge, in the order the rounds asked them.
+        for round_record in stages.rounds.rounds if stages.rounds is not None else []:
+            if round_record.critique is not None:
+                self._keep("rounds", round_record.critique.candidates, round_record.critique.aggregator)
+
+    def _keep(self, stage: str, candidates, aggregator) -> None:
+        role = "vlm" if stage.startswith("critique") or stage == "rounds" else "candidate"
+        for entry in candidates:
+            if entry.model:
+                self._answers[stage, role, entry.model].append(entry)
+                _add(self.roles["vlms" if role == "vlm" else "candidates"], entry.model)
+        for entry in aggregator:
+            if entry.model:
+                self._answers[stage, "aggregator", entry.model].append(entry)
+                _add(self.roles["aggregator"], entry.model)
 
     def answer(self, stage: str, role: str, model: str) -> tuple[str, str | None]:
         """(text, output) recorded for this call; a recorded failure is raised again."""

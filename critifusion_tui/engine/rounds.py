@@ -222,6 +222,10 @@ async def _criticise(run: Run, entry: dict[str, Any], rounds, critique, *, rate:
         if result.alignment is None:
             run._emit(Notice(NAME, "warning", f"no critic rated round {entry['round']}: its score is unknown"))
     entry["issues"] = list(result.issues)
+    # Every critic's answer and the merge, as the critique stage keeps them: nothing a model
+    # said is lost, and --replay answers a round's critics from here.
+    full = result.record()
+    entry["critique"] = {key: full[key] for key in ("candidates", "aggregator", "aggregated_by", "source", "seconds")}
     tags_positive = run.text("positive") or run.prompt
     entry["next_prompt"] = run.criticore.refinement_prompt(result, tags_positive, run.prompt, style=run.criticore.style)
 

@@ -221,3 +221,22 @@ async def test_a_metric_scores_the_rounds_and_the_last_round_costs_no_critique(
     asked = critic_requests(server)
     assert len(asked) == 2 and not any("<alignment>" in text for text in asked)
     await session.aclose()
+
+
+async def test_a_replay_of_a_rounds_run_gives_the_same_rounds_and_images(tmp_path, engine, server, settings):
+    from critifusion_tui.engine.manifest import read_manifest
+    from critifusion_tui.engine.replay import Replay
+
+    critic_says(server, 40, 62, 84)
+    session, run, manifest, _ = await run_rounds(tmp_path, engine, settings, rounds=3, stop_at=80)
+    record = manifest["stages"]["rounds"]
+    assert [c["model"] for c in record["rounds"][0]["critique"]["candidates"]] == ["together:critic"]
+    asked = len(server.requests_to("/v1/chat/completions"))
+    again = session.new_run(PROMPT, out=tmp_path / "again")
+    again.use_replay(Replay(read_manifest(run.folder), str(run.folder)))
+    replayed = (await again.run_all())["stages"]["rounds"]
+    assert len(server.requests_to("/v1/chat/completions")) == asked  # nobody was asked
+    assert [(r["round"], r["score"]) for r in replayed["rounds"]] == [(1, 62.0), (2, 84.0)]
+    for entry in replayed["rounds"]:
+        assert (again.folder / entry["image"]).read_bytes() == (run.folder / entry["image"]).read_bytes()
+    await session.aclose()
