@@ -95,7 +95,10 @@ async def best_of_n(run: Run, *, prompt: str, negative: str, width: int, height:
         drawn.append(_Drawn(number, seed, image, latent, run._pngs[name][1]))
 
     source = cfg.base_pick_from
-    scores = await (_critic_scores(run, drawn, prompt) if source == "critic" else _metric_scores(run, drawn, source))
+    critiques: dict[int, dict[str, Any]] = {}
+    scores = await (
+        _critic_scores(run, drawn, prompt, critiques) if source == "critic" else _metric_scores(run, drawn, source)
+    )
     chosen = best([score for score, _ in scores])
     if chosen is None:
         chosen, picked_by = 0, NOT_RATED
@@ -120,6 +123,7 @@ async def best_of_n(run: Run, *, prompt: str, negative: str, width: int, height:
             "latent": candidate_files(d.number)[1],
             "score": score,
             **({"value": value} if value is not None else {}),
+            **({"critique": critiques[d.number]} if d.number in critiques else {}),
         }
         for d, (score, value) in zip(drawn, scores, strict=True)
     ]
@@ -141,17 +145,29 @@ async def best_of_n(run: Run, *, prompt: str, negative: str, width: int, height:
     return record
 
 
-async def _critic_scores(run: Run, drawn: list[_Drawn], prompt: str) -> list[tuple[float | None, float | None]]:
-    """Every candidate shown to the critics at once; each one's mean <alignment> rating."""
+async def _critic_scores(
+    run: Run, drawn: list[_Drawn], prompt: str, critiques: dict[int, dict[str, Any]]
+) -> list[tuple[float | None, float | None]]:
+    """Every candidate shown to the critics at once; each one's mean <alignment> rating. The
+    critics' answers go into `critiques`, by candidate number."""
     components = run.text("components") or []
 
     async def rate(candidate: _Drawn) -> tuple[float | None, float | None]:
-        result = await run.criticore.critique(candidate.png, prompt, components, ask_alignment=True, stage="base")
+        # Only the ratings are wanted: no aggregator merges these critiques.
+        result = await run.criticore.critique(
+            candidate.png, prompt, components, ask_alignment=True, stage="base", merge=False
+        )
+        full = result.record()  # every critic's answer is kept, and --replay reads it back
+        critiques[candidate.number] = {key: full[key] for key in ("candidates", "source", "seconds")}
         if result.alignment is None:
             run._emit(Notice("base", "warning", f"base candidate {candidate.number}: no critic gave a rating"))
             return None, None
         return float(result.alignment), None
 
+    if run.criticore.replay is not None:
+        # A replay hands out the recorded answers in the order they are asked for: one
+        # candidate after another, so each gets its own (answers come at once anyway).
+        return [await rate(d) for d in drawn]
     tasks = [asyncio.ensure_future(rate(d)) for d in drawn]
     try:
         return list(await asyncio.gather(*tasks))

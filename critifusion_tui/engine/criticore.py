@@ -830,12 +830,15 @@ class CritiCore:
         only: Iterable[str] | None = None,
         stage: str = "critique",
         history: tuple[int, str] | None = None,
+        merge: bool = True,
     ) -> CritiqueResult:
         """Every VLM criticises the image made from `image_prompt`; the aggregator merges them.
 
         `stage` names the calls in events, the ledger and a replay: ``critique_original`` for
         the comparison branch, whose critique may run beside the full method's. `history`:
-        (the round whose image this is, what earlier rounds reported), for critique rounds."""
+        (the round whose image this is, what earlier rounds reported), for critique rounds.
+        `merge` False: the critics' ratings are all that is wanted (rating best-of-N bases), so
+        no aggregator is asked; the first usable critic's report stands as the result's."""
         started = time.perf_counter()
         components = list(components)
         ins = self.instructions
@@ -885,6 +888,20 @@ class CritiCore:
         alignments = [c.alignment for c in usable if c.alignment is not None]
         alignment = round(sum(alignments) / len(alignments), 1) if alignments else None
         attempts: list[Answer] = []
+        if not merge:
+            first = usable[0] if usable else None
+            return CritiqueResult(
+                image_prompt,
+                components,
+                critics,
+                attempts,
+                list(first.issues) if first else [],
+                first.refined if first else clip77_strict(image_prompt),
+                alignment,
+                "critic" if first else "none",
+                time.perf_counter() - started,
+                self.instructions.record(used),
+            )
         if not usable:
             # SPEC 4: no critic answered, so the prompt stands and there are no issues.
             self.emit(Notice(stage, "warning", "no vision model answered usably: the refinement keeps the prompt"))

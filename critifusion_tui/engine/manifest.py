@@ -222,6 +222,17 @@ class DiffusionStage(StageRecord):
     guidance: float | None = None
 
 
+class ImageCritique(ManifestModel):
+    """A critique of one image beside the stages' own (a critique round's, a best-of-N base
+    candidate's rating): every critic's answer and the merge, if one was asked."""
+
+    candidates: list[CriticAnswer] = Field(default_factory=list)
+    aggregator: list[AnswerRecord] = Field(default_factory=list)
+    aggregated_by: str | None = None
+    source: str | None = None
+    seconds: float | None = None
+
+
 class BaseCandidate(ManifestModel):
     """One of the bases a best-of-N base stage drew (engine/base_candidates.py)."""
 
@@ -231,6 +242,7 @@ class BaseCandidate(ManifestModel):
     latent: FileName
     score: float | None = None  # 0-100 from base_pick_from; None: not rated
     value: float | None = None  # a metric's own score, before mapping to 0..100
+    critique: ImageCritique | None = None  # the critics' answers that rated it (critic only)
 
 
 class BaseStage(DiffusionStage):
@@ -269,16 +281,6 @@ class RefineStage(DiffusionStage):
     latent: FileName | None = None  # the fused latent (full method): critique rounds refine from it
 
 
-class RoundCritique(ManifestModel):
-    """The critique of one round's image: every critic's answer and the merge."""
-
-    candidates: list[CriticAnswer] = Field(default_factory=list)
-    aggregator: list[AnswerRecord] = Field(default_factory=list)
-    aggregated_by: str | None = None
-    source: str | None = None
-    seconds: float | None = None
-
-
 class RoundRecord(ManifestModel):
     """One round of critique rounds: its image and latent, how it was made, and its score."""
 
@@ -291,7 +293,7 @@ class RoundRecord(ManifestModel):
     score: float | None = None  # 0-100, given when the next critique (or the metric) rated it
     issues: list[str] = Field(default_factory=list)  # what the critique of its image reported
     next_prompt: str | None = None  # the refinement prompt that critique wrote for the next round
-    critique: RoundCritique | None = None  # that critique's answers (none: scored by a metric alone)
+    critique: ImageCritique | None = None  # that critique's answers (none: scored by a metric alone)
     seconds: float | None = None
 
 

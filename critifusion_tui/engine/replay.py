@@ -48,22 +48,24 @@ class Replay:
             record = getattr(stages, name)
             if record is None:
                 continue
-            self._keep(stage, record.candidates, record.aggregator)
-        # Critique rounds: each round's critics and merge, in the order the rounds asked them.
+            self._keep(stage, "vlm" if stage.startswith("critique") else "candidate", record.candidates)
+            self._keep(stage, "aggregator", record.aggregator)
+        # Critiques beside the stages' own, in the order the run asked them: the critics that
+        # rated best-of-N base candidates, and each critique round's critics and merge.
+        for candidate in stages.base.candidates if stages.base is not None else []:
+            if candidate.critique is not None:
+                self._keep("base", "vlm", candidate.critique.candidates)
         for round_record in stages.rounds.rounds if stages.rounds is not None else []:
             if round_record.critique is not None:
-                self._keep("rounds", round_record.critique.candidates, round_record.critique.aggregator)
+                self._keep("rounds", "vlm", round_record.critique.candidates)
+                self._keep("rounds", "aggregator", round_record.critique.aggregator)
 
-    def _keep(self, stage: str, candidates, aggregator) -> None:
-        role = "vlm" if stage.startswith("critique") or stage == "rounds" else "candidate"
-        for entry in candidates:
+    def _keep(self, stage: str, role: str, answers) -> None:
+        roles = {"vlm": "vlms", "candidate": "candidates", "aggregator": "aggregator"}
+        for entry in answers:
             if entry.model:
                 self._answers[stage, role, entry.model].append(entry)
-                _add(self.roles["vlms" if role == "vlm" else "candidates"], entry.model)
-        for entry in aggregator:
-            if entry.model:
-                self._answers[stage, "aggregator", entry.model].append(entry)
-                _add(self.roles["aggregator"], entry.model)
+                _add(self.roles[roles[role]], entry.model)
 
     def answer(self, stage: str, role: str, model: str) -> tuple[str, str | None]:
         """(text, output) recorded for this call; a recorded failure is raised again."""

@@ -338,3 +338,33 @@ def test_manifest_candidates_are_checked_like_every_file(tmp_path):
     (linked / "base_c1.png").symlink_to(outside)
     with pytest.raises(StoreError, match=r"candidates\[0\]\.image: .*link that leaves the run folder"):
         read_manifest(linked)
+
+
+async def test_ratings_ask_no_aggregator_and_a_replay_picks_the_same_base(tmp_path, engine, server, settings):
+    from critifusion_tui.engine.replay import Replay
+
+    for rating in (60, 90, 75):
+        server.script(
+            "critic", text=f"<issues>- x</issues><refined>a fox</refined><alignment>{rating}</alignment>", times=1
+        )
+    server.script("critic", text="<issues>- z</issues><refined>a fox in snow</refined><alignment>70</alignment>")
+    server.script("critic2", text="<issues>- y</issues><refined>a red fox</refined><alignment>50</alignment>")
+    server.script("agg", text="<issues>- merged</issues><refined>a red fox, merged</refined>")
+    data = critic_settings(tmp_path, engine, settings.providers).model_dump()
+    data["criticore"]["vlms"] = ["together:critic", "together:critic2"]
+    data["criticore"]["aggregator"] = ["together:agg"]
+    session, run, _ = await finished_run(Settings.model_validate(data), engine)
+    aggregated = [r for r in server.requests_to("/v1/chat/completions") if r.body.get("model") == "agg"]
+    assert len(aggregated) == 1  # the critique stage's merge only: the three ratings merged nothing
+    record = run.store.stage("base")
+    assert [len(c["critique"]["candidates"]) for c in record["candidates"]] == [2, 2, 2]
+    asked = len(server.requests_to("/v1/chat/completions"))
+    again = session.new_run(PROMPT, out=tmp_path / "again")
+    again.use_replay(Replay(read_manifest(run.folder), str(run.folder)))
+    await again.run_all()
+    assert len(server.requests_to("/v1/chat/completions")) == asked  # nobody was asked
+    replayed = again.store.stage("base")
+    assert [c["score"] for c in replayed["candidates"]] == [c["score"] for c in record["candidates"]]
+    assert replayed["picked"] == record["picked"]
+    assert (again.folder / "base.png").read_bytes() == (run.folder / "base.png").read_bytes()
+    await session.aclose()
