@@ -53,3 +53,13 @@ def screen_text(app) -> str:
 def screen_text_fixture():
     """The `screen_text(app)` helper, as a fixture."""
     return screen_text
+
+
+@pytest.fixture
+def together_config(together_config):
+    """Together for the app's tests, with a whole-answer timeout of 30 s instead of the shared
+    fixture's 2 s: the app loads the model in the same process while the providers answer,
+    and on a loaded machine (CI's two cores, xdist) an answered request sometimes took longer
+    than 2 s to read, so a model the test expected to answer was shown as failed. A test that
+    needs a hang to end waits for its own escape, never for this timeout."""
+    return together_config.model_copy(update={"timeout_s": 30.0})
