@@ -4,6 +4,8 @@ heavy red border), at 80x24 in every phase of a run. Also the header: ASCII only
 
 from __future__ import annotations
 
+import time
+
 from textual.color import Color
 from textual.widget import Widget
 from textual.widgets import Header, Input, TextArea
@@ -55,6 +57,16 @@ async def tab_stops(app, pilot, limit: int = 16) -> list[Widget]:
     return stops
 
 
+async def until_on_screen(app, pilot, widget: Widget, seconds: float = 5.0) -> None:
+    """Focusing scrolls the widget into view on a later refresh, which one pause does not
+    always reach on a loaded machine (CI saw a pane still 3 rows above the screen)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        await pilot.pause()
+        if widget.region.area and app.screen.region.contains_region(widget.region):
+            return
+
+
 async def check_stops(app, pilot, phase: str) -> list[Widget]:
     stops = await tab_stops(app, pilot)
     assert stops, phase
@@ -63,7 +75,7 @@ async def check_stops(app, pilot, phase: str) -> list[Widget]:
         name = f"{phase}: {type(widget).__name__}#{widget.id}"
         assert isinstance(widget, KEY_WIDGETS), name  # not a view that only scrolls
         widget.focus()
-        await pilot.pause()
+        await until_on_screen(app, pilot, widget)
         assert widget.region.area and app.screen.region.contains_region(widget.region), name  # on screen
         focused = edges(widget)
         app.set_focus(None)
