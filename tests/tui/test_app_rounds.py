@@ -4,6 +4,7 @@ comes, and its keys pick the final image, ask for one more round and stop rounds
 from __future__ import annotations
 
 import json
+import time
 
 from critifusion_tui.tui.app import DONE, REFINE_GATE, TAGS_GATE
 from critifusion_tui.tui.widgets.image_view import ImageView
@@ -76,11 +77,18 @@ async def test_s_stops_the_rounds_in_flight_and_keeps_the_rounds_done(tmp_path, 
         await until(pilot, settled(app, REFINE_GATE))
         await pilot.press("ctrl+r")
         strip = app.query_one(RoundStrip)
-        await until(pilot, lambda: len(strip.rounds) == 2 and strip.running)
+        # Round 2 is drawn and its critique is in flight (the third request to the critic).
+        critics = lambda: [r for r in server.requests_to("/v1/chat/completions") if r.body.get("model") == "critic"]  # noqa: E731
+        await until(pilot, lambda: len(critics()) == 3 and strip.running)
+        assert [(r["round"], r["score"]) for r in strip.rounds] == [(1, 50.0)]
+        started = time.monotonic()
         strip.focus()
         await pilot.press("s")
         await until(pilot, settled(app, DONE))
+        assert time.monotonic() - started < 10  # the stop, not the provider's 30 s timeout
         record = final_of(app)
         assert record["stopped"] == "stopped by you"
-        assert [(r["round"], r["score"]) for r in record["rounds"]] == [(1, 50.0), (2, None)]
+        # Round 2 was drawn, so it is kept; its critique was dropped, so it has no score.
+        assert [(r["round"], r.get("score")) for r in record["rounds"]] == [(1, 50.0), (2, None)]
         assert record["final"] == 1  # the only scored round
+        assert "r2 …" in str(strip.render()) and "stopped by you" in str(strip.render())
