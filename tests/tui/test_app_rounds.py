@@ -91,4 +91,4 @@ async def test_s_stops_the_rounds_in_flight_and_keeps_the_rounds_done(tmp_path, 
         # Round 2 was drawn, so it is kept; its critique was dropped, so it has no score.
         assert [(r["round"], r.get("score")) for r in record["rounds"]] == [(1, 50.0), (2, None)]
         assert record["final"] == 1  # the only scored round
-        assert "r2 …" in str(strip.render()) and "stopped by you" in str(strip.render())
+        assert "r2 –" in str(strip.render()) and "stopped by you" in str(strip.render())

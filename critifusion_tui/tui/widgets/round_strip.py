@@ -2,7 +2,8 @@
 
     Rounds  r1 62 · r2 84 ★ · r3 …        stopped: the score 84 reached stop_at 80
 
-One item per round with its score (… while it waits for one), ★ on the final image. Left and
+One item per round with its score (… while it waits for one, ? when nobody rated it, – when
+the rounds stopped before its critique), ★ on the final image. Left and
 right move the highlight (the app shows that round's image); enter makes the highlighted
 round the final image, `+` asks for one more round, `s` stops the rounds in flight. The strip
 only posts messages: the app makes the moves through the engine.
@@ -101,9 +102,13 @@ Enter makes the highlighted round the final image.
                 text.append(" · ", style="dim")
             number = entry.get("round", index + 1)
             score = entry.get("score")
-            label = f"r{number} " + (
-                "…" if score is None and "scored" not in entry else "?" if score is None else f"{score:g}"
-            )
+            if score is not None:
+                shown = f"{score:g}"
+            elif "scored" in entry:
+                shown = "?"  # asked, but nobody rated it
+            else:
+                shown = "…" if self.running else "–"  # waiting for its critique, or stopped before it
+            label = f"r{number} {shown}"
             if number == self.final:
                 label += " ★"
             style = "reverse" if self.has_focus and number == self.highlighted else ""
