@@ -38,6 +38,7 @@ from critifusion_tui.engine.events import (
     StageStarted,
 )
 from critifusion_tui.engine.stages import ORIGINAL, TABLE, branch_of, spec
+from critifusion_tui.tui.app_surface import AppSurface
 from critifusion_tui.tui.widgets.base_candidates import BaseCandidatesView
 from critifusion_tui.tui.widgets.candidate_pane import CandidatePane
 from critifusion_tui.tui.widgets.diffusion_progress import DiffusionProgress
@@ -84,12 +85,11 @@ class EngineEvent(Message):
         self.event = event
 
 
-class EngineEventsView:
+class EngineEventsView(AppSurface):
     """Mixed into the app: what a step in flight shows. The app supplies the widgets, the log
     buffer, the hint line and the run."""
 
     # Supplied by CritiFusionApp.
-    active_run: Any
     log_buffer: Any
     panes: dict[tuple[str, str, str], CandidatePane]
     stage_started: dict[str, float]
@@ -97,20 +97,8 @@ class EngineEventsView:
     _loading_since: float | None
     _loaded_model: str | None
 
-    if TYPE_CHECKING:  # the app's own (textual's App, and CritiFusionApp's helpers)
+    if TYPE_CHECKING:  # CritiFusionApp's own helpers (tui/app_surface.py has the rest)
 
-        def query_one(self, *args: Any, **kwargs: Any) -> Any: ...
-        def notify(
-            self,
-            message: str,
-            *,
-            title: str = "",
-            severity: Any = "information",
-            timeout: float | None = None,
-            markup: bool = True,
-        ) -> None: ...
-        def _refresh_keys(self) -> None: ...
-        def _hint(self, text: str, *, error: bool = False) -> None: ...
         def _config_summary(self) -> str: ...
         def _show(self, stage: str) -> None: ...
         def _show_critique_image(self, run: Any) -> None: ...

@@ -13,31 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 from critifusion_tui.engine.events import RoundScored
 from critifusion_tui.engine.stages import Stage
+from critifusion_tui.tui.app_surface import AppSurface
 from critifusion_tui.tui.widgets.image_view import ImageView
 from critifusion_tui.tui.widgets.round_strip import RoundStrip
 
 
-class RoundsView:
+class RoundsView(AppSurface):
     """Mixed into the app, beside EngineEventsView."""
 
-    active_run: Any
+    if TYPE_CHECKING:  # CritiFusionApp's own helpers (tui/app_surface.py has the rest)
 
-    if TYPE_CHECKING:  # the app's own
-
-        def query_one(self, *args: Any, **kwargs: Any) -> Any: ...
-        def notify(
-            self,
-            message: str,
-            *,
-            title: str = "",
-            severity: Any = "information",
-            timeout: float | None = None,
-            markup: bool = True,
-        ) -> None: ...
-        def _hint(self, text: str, *, error: bool = False) -> None: ...
         def _drive(self, move: Any, description: str) -> None: ...
         def _noise_label(self) -> str: ...
-        def bell(self) -> None: ...
 
         @property
         def busy(self) -> bool: ...
