@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 from rich.text import Text
@@ -58,6 +58,11 @@ class Field:
     def name(self) -> str:
         return self.key.split(".", 1)[1]
 
+    def choices(self) -> list[str]:
+        """A select's options: the values its config model accepts (a Literal)."""
+        annotation = MODELS[self.section].model_fields[self.name].annotation
+        return [str(value) for value in get_args(annotation)]
+
     @property
     def widget_id(self) -> str:
         return self.key.replace(".", "-")
@@ -93,6 +98,7 @@ SECTIONS: list[tuple[str, str, list[Field]]] = [
             Field("diffusion.steps", "Steps", "input", "Denoising steps (1-1000)"),
             Field("diffusion.guidance", "Guidance", "input", "Classifier-free guidance (>= 0)"),
             Field("diffusion.base_candidates", "Base candidates", "input", "Bases drawn, the best refined (1-8)"),
+            Field("diffusion.base_pick_from", "Pick bases by", "select", "What rates the base candidates"),
         ],
     ),
     (
@@ -107,6 +113,8 @@ SECTIONS: list[tuple[str, str, list[Field]]] = [
             Field("specfusion.base_c", "base_c", "input", "Low-frequency window size (0-1]"),
             Field("loop.rounds", "Rounds", "input", "Critique rounds, the best kept (1-10)"),
             Field("loop.stop_at", "Stop at", "input", 'Score (0-100) that ends the rounds, or "off"'),
+            Field("loop.min_gain", "Min gain", "input", 'Stop when a round gains less, or "off"'),
+            Field("loop.score_from", "Score rounds by", "select", "What scores each round's image"),
         ],
     ),
 ]
@@ -118,7 +126,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "loop": LoopConfig,
 }
 # Settings whose None is written and shown as a word (TOML has no null).
-NONE_AS = {"specfusion.guidance": "auto", "loop.stop_at": "off"}
+NONE_AS = {"specfusion.guidance": "auto", "loop.stop_at": "off", "loop.min_gain": "off"}
 
 
 def _shown(field: Field, value: Any) -> str:
@@ -340,7 +348,7 @@ class SettingsScreen(ModalScreen[dict | None]):
                     widget.styles.min_height = field.lines
                 elif field.kind == "select":
                     widget = Select(
-                        [("fixed", "fixed"), ("adaptive", "adaptive")],
+                        [(choice, choice) for choice in field.choices()],
                         value=value,
                         allow_blank=False,
                         id=field.widget_id,

@@ -89,9 +89,22 @@ async def test_rounds_and_base_candidates_are_settings_too(config_file: Path):
         screen.query_one("#loop-rounds", Input).value = "3"
         screen.query_one("#loop-stop_at", Input).value = "80"
         screen.query_one("#diffusion-base_candidates", Input).value = "2"
+        screen.query_one("#loop-min_gain", Input).value = "0"
+        score_from = screen.query_one("#loop-score_from", Select)
+        score_from.focus()
+        await pilot.press("enter", "down", "enter")  # critic -> pickscore
+        assert score_from.value == "pickscore"
         await pilot.press("ctrl+s")
         await pilot.pause()
-    assert app.results == [{"diffusion.base_candidates": 2, "loop.rounds": 3, "loop.stop_at": 80.0}]
+    assert app.results == [
+        {
+            "diffusion.base_candidates": 2,
+            "loop.rounds": 3,
+            "loop.stop_at": 80.0,
+            "loop.min_gain": 0.0,
+            "loop.score_from": "pickscore",
+        }
+    ]
     settings = load_config(config_file).settings
     assert (settings.loop.rounds, settings.loop.stop_at, settings.diffusion.base_candidates) == (3, 80.0, 2)
     text = config_file.read_text(encoding="utf-8")
