@@ -353,9 +353,12 @@ def hosted(server, *extra):
 
 
 def script_models(server):
-    server.script("a", text="red fox, pine forest, dusk light, 8k", times=1)
-    server.script("a", text="fox, snowy pines, blue hour, moss", times=1)
-    server.script("a", text='{"components": ["a red fox", "a pine forest", "dusk light"]}')
+    # Model a is listed twice and answers the tags and the components at once: four requests
+    # in any order. Each answer goes to the stage whose request holds its text (the tags' user
+    # turn starts "Idea:", the components' system turn starts "Break the user").
+    server.script("a", text="red fox, pine forest, dusk light, 8k", times=1, when="Idea:")
+    server.script("a", text="fox, snowy pines, blue hour, moss", times=1, when="Idea:")
+    server.script("a", text='{"components": ["a red fox", "a pine forest", "dusk light"]}', when="Break the user")
     server.script("b", text="fox, forest floor, moss, soft light")
     server.script("agg", text="red fox, pine forest, dusk light, moss, rim light")
     server.script(
@@ -418,6 +421,7 @@ def test_the_answer_cache_saves_the_second_request_and_says_so(env, tmp_path):
     one, two = manifest(tmp_path / "one"), manifest(tmp_path / "two")
     assert two["prompts"] == one["prompts"]
     # The two listings of together:a are kept apart in the cache too.
+    assert all(c["text"].startswith('{"components"') for c in one["stages"]["components"]["candidates"][::2])
     texts = [c["text"] for c in two["stages"]["tags"]["candidates"]]
     assert texts[0] != texts[2] and texts == [c["text"] for c in one["stages"]["tags"]["candidates"]]
     assert two["ledger"]["summary"]["total"]["free"] == two["ledger"]["summary"]["total"]["calls"]

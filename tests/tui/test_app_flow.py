@@ -99,8 +99,9 @@ async def test_a_retry_that_changes_the_merge_lets_the_person_choose(tmp_path, s
     # Its tags request fails once, then answers; its components request, sent at the same time,
     # must not take the failure (which of the two arrives first varies from run to run).
     server.script("flaky", status=500, times=1, when="Idea:")
-    server.script("agg", text="a red fox, forest, first merge", times=1)
-    server.script("agg", text="a red fox, forest, second merge")
+    # The merges are the tags aggregator's (its user turn starts "Idea:"), never the components'.
+    server.script("agg", text="a red fox, forest, first merge", times=1, when="Idea:")
+    server.script("agg", text="a red fox, forest, second merge", when="Idea:")
     app = make_app(three_candidates_and_an_aggregator(tmp_path, settings))
     async with app.run_test(size=(120, 40)) as pilot:
         await edit_the_tags_at_the_gate(app, pilot, "my own tags")
