@@ -92,7 +92,7 @@ async def best_of_n(run: Run, *, prompt: str, negative: str, width: int, height:
         image_name, latent_name = candidate_files(number)
         latent, image = await run.draw_base(name, prompt, negative, width, height, seed, latent_name)
         await run._save_png(name, image, prompt, negative, seed, name=image_name)
-        drawn.append(_Drawn(number, seed, image, latent, run._pngs[name][1]))
+        drawn.append(_Drawn(number, seed, image, latent, run._pngs[image_name]))
 
     source = cfg.base_pick_from
     critiques: dict[int, dict[str, Any]] = {}
@@ -245,7 +245,7 @@ def pick_base(run: Run, number: int) -> bool:
     atomic_write(run.store.path(record["image"]), lambda f: f.write(png))
     run.store.write_latent(record["latent"], latent)
     run._latents[Stage.BASE] = latent
-    run._pngs[Stage.BASE] = (record["image"], png)
+    run._pngs[record["image"]] = png
     for later in downstream(Stage.BASE):
         run.forget(later)
         run._results.pop(later, None)  # a retry of one critic must not keep answers about another image

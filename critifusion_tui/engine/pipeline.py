@@ -98,9 +98,9 @@ class Run(RunFlow):
         ledger = store.manifest.setdefault("ledger", {"calls": [], "summary": summarize([])})
         self.criticore.ledger = ledger.setdefault("calls", [])
         self._latents: dict[str, Any] = {}
-        # The PNG bytes this process wrote, by stage: (file name, bytes). The critique sends
-        # them as they were encoded, without reading the file back.
-        self._pngs: dict[str, tuple[str, bytes]] = {}
+        # The PNG bytes this process wrote, by file name. The critics are sent them as they
+        # were encoded, without reading the file back.
+        self._pngs: dict[str, bytes] = {}
         # The typed results of this process's stages: a re-run of one model keeps the others.
         self._results: dict[str, Any] = {}
         self.reopened = False  # set by Session.resume: the first stage run notes the resume
@@ -223,7 +223,9 @@ class Run(RunFlow):
         for name in (stage, *downstream(stage)):
             self.store.forget_stage(name)
             self._latents.pop(name, None)
-            self._pngs.pop(name, None)
+            image = spec(name).image
+            if image is not None:
+                self._pngs.pop(image, None)
 
     def _note_resume(self) -> None:
         """A reopened run starts working again: say so, with the settings it goes on with."""
@@ -594,8 +596,7 @@ class Run(RunFlow):
         name = name or spec(stage).image
         assert name is not None, f"the {stage} stage draws no image"  # the stage table names one for each drawing stage
         data = await asyncio.to_thread(self.store.save_png, name, image, chunks)
-        self._pngs[name] = (name, data)
-        self._pngs[stage] = (name, data)
+        self._pngs[name] = data
         self._emit(ImageReady(stage, path=self.store.path(name), label=label))
         return name
 
@@ -634,10 +635,8 @@ class Run(RunFlow):
         record = self.store.stage(base)
         if record is None:
             raise RunFailed(name, f"the {base} stage has not run")
-        kept = self._pngs.get(base)
-        if kept is not None and kept[0] == record["image"]:
-            png = kept[1]  # the bytes this process just wrote
-        else:
+        png = self._pngs.get(record["image"])  # the bytes this process just wrote, if it did
+        if png is None:
             png = self.store.read_file(record["image"], f"stages.{base}.image")
         components = self.text("components") or []
 

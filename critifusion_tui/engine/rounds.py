@@ -205,7 +205,7 @@ async def _score(run: Run, entry: dict[str, Any], rounds: list[dict[str, Any]], 
 
 
 async def _criticise(run: Run, entry: dict[str, Any], rounds, critique, *, rate: bool) -> None:
-    png = run._pngs.get(entry["image"], (None, None))[1]
+    png = run._pngs.get(entry["image"])
     if png is None:
         png = run.store.read_file(entry["image"], f"stages.{NAME}.rounds.image")
     earlier = [r for r in rounds if r["round"] < entry["round"]]
