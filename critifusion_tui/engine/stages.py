@@ -177,6 +177,12 @@ def spec(stage: str) -> StageSpec:
     return TABLE[Stage(stage)]
 
 
+def image_field(stage: str) -> str:
+    """The record field naming the image a completed stage stands for: its own image, or for
+    critique rounds the final round's (``final_image``)."""
+    return "final_image" if stage == Stage.ROUNDS else "image"
+
+
 def writer_of(name: str) -> Stage:
     """The stage that writes the steerable prompt `name` (its edits are recorded there)."""
     return next(s.stage for s in TABLE.values() if name in s.writes)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from critifusion_tui.engine.manifest import RunManifest, holds_manifest
-from critifusion_tui.engine.stages import FULL, ORIGINAL, Stage
+from critifusion_tui.engine.stages import FULL, ORIGINAL, Stage, image_field
 from critifusion_tui.engine.store import MANIFEST, RunStore, StoreError
 
 # The comparison variants of SPEC 7 in reading order (the names eval reports), and the stage
@@ -56,7 +56,7 @@ def variant_images(store: RunStore) -> dict[str, Path]:
     a run folder from elsewhere is data, and its paths must not point out of it)."""
     images: dict[str, Path] = {}
     for variant, stage in VARIANT_STAGES.items():
-        field = "final_image" if stage is Stage.ROUNDS else "image"
+        field = image_field(stage)
         name = getattr(store.record.stage(stage), field, None)
         if name is None:
             continue

@@ -42,6 +42,7 @@ from textual.widgets import DataTable, Footer, ProgressBar, Static
 from textual.worker import Worker, get_current_worker
 
 from critifusion_tui.engine.manifest import RunManifest, holds_manifest, read_manifest
+from critifusion_tui.engine.stages import image_field
 from critifusion_tui.engine.store_paths import MANIFEST, StoreError, confined
 from critifusion_tui.eval.runs import VARIANTS, scores_of
 from critifusion_tui.tui.widgets._safe import safe_str
@@ -163,7 +164,7 @@ class RunSummary:
         """The image a completed stage ("base", "refine"; "rounds": the final round) saved, if
         it is on disk."""
         record = self.record.stages.records().get(stage)
-        field = "final_image" if stage == "rounds" else "image"
+        field = image_field(stage)
         name = getattr(record, field, None)
         if not isinstance(name, str):
             return None
