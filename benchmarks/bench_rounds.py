@@ -35,14 +35,13 @@ sys.path.insert(0, str(ROOT))
 PROMPT = "a red fox in a snowy forest at golden hour"
 
 
-async def one_run(session_settings, server, rounds: int) -> dict:
+async def one_run(session_settings, engine, server, rounds: int) -> dict:
+    from critifusion_tui.config import Settings
     from critifusion_tui.engine.pipeline import Session
 
     data = session_settings.model_dump()
     data["loop"] = {"rounds": rounds}
-    from critifusion_tui.config import Settings
-
-    session = Session(Settings.model_validate(data), diffusion=one_run.engine)
+    session = Session(Settings.model_validate(data), diffusion=engine)
     before = len(server.requests_to("/v1/chat/completions"))  # the warm-up's are not counted
     started = time.perf_counter()
     run = session.new_run(PROMPT)
@@ -69,7 +68,7 @@ def main() -> None:
     from tests.loopback import KEY_VALUE, KEY_VAR, LoopbackServer
 
     os.environ[KEY_VAR] = KEY_VALUE
-    one_run.engine = Diffusion("tiny-random", device="cpu").load()
+    engine = Diffusion("tiny-random", device="cpu").load()  # loaded once, shared by every run
     rows = []
     with tempfile.TemporaryDirectory() as out:
         for latency in args.latencies:
@@ -102,9 +101,9 @@ def main() -> None:
                         "output": {"dir": out},
                     }
                 )
-                asyncio.run(one_run(settings, server, 1))  # warm-up: first-call costs out of the figures
-                paper = asyncio.run(one_run(settings, server, 1))
-                more = asyncio.run(one_run(settings, server, args.rounds))
+                asyncio.run(one_run(settings, engine, server, 1))  # warm-up: first-call costs out of the figures
+                paper = asyncio.run(one_run(settings, engine, server, 1))
+                more = asyncio.run(one_run(settings, engine, server, args.rounds))
                 record = more["manifest"]["stages"]["rounds"]
                 extra = [r["seconds"] for r in record["rounds"][1:]]
                 rows.append(
