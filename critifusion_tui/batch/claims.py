@@ -18,8 +18,9 @@ A claim whose holder is gone may be taken over:
   machines does not make a live claim look stale.
 
 Taking over is serialised by a second exclusive file, ``<name>.takeover``: its holder reads
-the claim again, and only if it is still stale replaces it. Two processes that both saw a
-stale claim therefore cannot both take it. A takeover file left by a process that died in
+the claim again, and only if it is still stale replaces it, renaming a new claim over the
+old one so that the file never disappears. Two processes that both saw a stale claim
+therefore cannot both take it, and a plain take cannot slip in between. A takeover file left by a process that died in
 that instant is itself stale after ``stale_after_s``.
 """
 
@@ -237,11 +238,15 @@ class ClaimBoard:
 
     def _hold(self, name: str, path: Path, took_over: Owner | None = None) -> Claim:
         owner = self._owner()
-        # The file exists already (it is the lock); its content says who we are.
-        with open(path, "w", encoding="utf-8") as handle:
+        # The file exists already (it is the lock); its content says who we are. It is
+        # written beside and renamed over the claim, so the claim never disappears and a
+        # reader never sees half of it.
+        draft = self.folder / f".{name}.{owner.pid}.draft"
+        with open(draft, "w", encoding="utf-8") as handle:
             json.dump(asdict(owner), handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.replace(draft, path)
         claim = Claim(name, path, owner, took_over)
         with self._lock:
             self._held[name] = claim
@@ -257,12 +262,15 @@ class ClaimBoard:
                 return self.read(name) or Owner(rank=-1, host="?", pid=-1, launch="?", since="taking over")
         try:
             holder = self.read(name)  # again, now that no one else can replace it
-            if holder is not None and not self.is_stale(name, holder):
+            if holder is None:
+                # Released since we looked: a plain take, which another process may win.
+                if not self._create(path):
+                    return self.read(name) or Owner(rank=-1, host="?", pid=-1, launch="?", since="just now")
+                return self._hold(name, path)
+            if not self.is_stale(name, holder):
                 return holder
-            path.unlink(missing_ok=True)
-            if not self._create(path):
-                # A plain take slipped in between: it is that process's now.
-                return self.read(name) or Owner(rank=-1, host="?", pid=-1, launch="?", since="just now")
+            # Replaced in place, never deleted first: a deleted claim would let a plain take
+            # slip in and run the prompt without knowing whose work it resumes.
             return self._hold(name, path, took_over=holder)
         finally:
             lock.unlink(missing_ok=True)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from critifusion_tui.batch.claims import Claim, ClaimBoard, Owner
 
 
@@ -84,3 +86,32 @@ def test_a_takeover_in_progress_elsewhere_is_respected(tmp_path):
     old = time.time() - 120
     os.utime(tmp_path / ".claims" / "006-a-cat.takeover", (old, old))  # ...and died doing so
     assert isinstance(mine.take("006-a-cat"), Claim)
+
+
+@pytest.mark.parametrize("at_create", [1, 2, 3])
+def test_a_takeover_raced_by_a_plain_take_is_won_once_and_names_the_dead_holder(tmp_path, monkeypatch, at_create):
+    # Two relaunched processes reach a dead process's claim together. Whichever wins must
+    # know whose work it resumes: the other one's take runs just before the first one's
+    # `at_create`-th exclusive create, the instants where a claim could have gone missing.
+    first, second = board(tmp_path, 0), board(tmp_path, 1)
+    pid = dead_pid()
+    write_claim(tmp_path, "007-a-dog", host=first.host, pid=pid)
+    creates, raced = 0, []
+    real_create = first._create
+
+    def create(path):
+        nonlocal creates
+        creates += 1
+        if creates == at_create:
+            raced.append(second.take("007-a-dog"))
+        return real_create(path)
+
+    monkeypatch.setattr(first, "_create", create)
+    taken = [first.take("007-a-dog"), *raced]
+    if not raced:
+        taken.append(second.take("007-a-dog"))
+    claims = [t for t in taken if isinstance(t, Claim)]
+    assert len(claims) == 1
+    assert claims[0].took_over is not None and claims[0].took_over.pid == pid
+    assert first.read("007-a-dog") == claims[0].owner
+    assert not list((tmp_path / ".claims").glob(".*.draft"))
