@@ -926,12 +926,6 @@ class Run(RunFlow):
 
         return pick_base(self, number)
 
-    def png_bytes(self, stage: str) -> bytes:
-        record = self.store.stage(stage)
-        if record is None:
-            raise RunFailed(stage, f"the {stage} stage has not run")
-        return self.store.read_file(record["image"], f"stages.{stage}.image")
-
 
 class _ModelState:
     """A run's diffusion model as :class:`~critifusion_tui.engine.schedule.Schedule` asks
