@@ -6,6 +6,9 @@
   library itself falls back to), which keeps image layouts and snapshots stable.
 - Pillow 13 deprecates `Image.getdata`, which textual-image's renderables call; that warning
   is ignored for TUI tests only (pyproject keeps `pillow < 14`).
+- Text cursors do not blink: a focused editor's cursor shows or hides every 0.5 s, so a
+  snapshot taken late on a loaded machine (CI's two cores) caught it hidden where the
+  recorded one shows it. Focus still shows and hides the cursor as in the app.
 """
 
 from __future__ import annotations
@@ -47,6 +50,14 @@ def screen_text(app) -> str:
     )
     console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
     return console.export_text()
+
+
+@pytest.fixture(autouse=True)
+def steady_cursors(monkeypatch):
+    from textual.widgets import Input, TextArea
+
+    monkeypatch.setattr(TextArea, "_toggle_cursor_blink_visible", lambda self: None)
+    monkeypatch.setattr(Input, "_toggle_cursor", lambda self: None)
 
 
 @pytest.fixture(name="screen_text")
