@@ -240,7 +240,9 @@ async def test_the_footer_fits_80_columns_and_shows_only_keys_that_act(tmp_path)
         return [key.action for key in app.screen.query("FooterKey")]
 
     def footer_width() -> int:
-        return sum(key.region.width for key in app.screen.query("FooterKey"))
+        # The last key's right edge, not the sum of the keys' widths: the footer puts a
+        # column between keys, which a sum leaves out.
+        return max(key.region.right for key in app.screen.query("FooterKey"))
 
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
@@ -253,6 +255,15 @@ async def test_the_footer_fits_80_columns_and_shows_only_keys_that_act(tmp_path)
             seen[phase] = footer_keys()
             assert footer_width() <= 80, (phase, seen[phase])
             assert "help" in seen[phase] and "advance" in seen[phase]
+            if phase == TAGS_GATE:  # a model's pane focused adds its own keys (retry, use)
+                pane = app.query(CandidatePane).first()
+                pane.focus()
+                await pilot.pause(0.2)
+                assert {"help", "history", "advance"} <= set(footer_keys())
+                assert footer_width() <= 80, footer_keys()
+                # Its own keys are told in its bottom line instead.
+                assert str(pane.border_subtitle).endswith(" · r retry · u use")
+                app.query_one("#positive", PromptEditor).text_area.focus()
         assert "skip_critique" in seen[TAGS_GATE] and "skip_critique" not in seen[REFINE_GATE]
         assert "step_back" not in seen[PROMPT] and "cancel" not in seen[TAGS_GATE]
 

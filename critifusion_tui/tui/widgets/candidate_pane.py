@@ -96,6 +96,7 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
             "r",
             "retry",
             "Retry",
+            show=False,  # told in the focused pane's bottom line: the footer keeps its 80 columns
             id="candidate-pane.retry",
             tooltip="Ask this model again for this stage",
         ),
@@ -103,6 +104,7 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
             "u",
             "use_answer",
             "Use answer",
+            show=False,  # told in the focused pane's bottom line: the footer keeps its 80 columns
             id="candidate-pane.use",
             tooltip="Use this model's answer for the stage (when it is done without error)",
         ),
@@ -359,7 +361,7 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
         self.post_message(self.Retry(self._stage, self._role, self._model))
 
     def action_use_answer(self) -> None:
-        if self._state == "done" and self._error is None:
+        if self._usable():
             self.post_message(self.UseAnswer(self._stage, self._role, self._model))
         else:
             self.app.bell()
@@ -423,6 +425,19 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
         origin = getattr(self, "_origin", "provider")
         if self._state in ("done", "failed") and origin in ORIGIN_LABELS:
             self.border_subtitle += f" · {ORIGIN_LABELS[origin]}"
+        if self.has_focus and self._state in ("done", "failed", "cancelled"):
+            # The pane's own keys, where the person is looking (the footer has no room).
+            self.border_subtitle += " · r retry" + (" · u use" if self._usable() else "")
+
+    def _usable(self) -> bool:
+        return self._state == "done" and self._error is None
+
+    # These handlers run before Widget's own, which update has_focus: show the state after.
+    def on_focus(self) -> None:
+        self.call_later(self._show_state)
+
+    def on_blur(self) -> None:
+        self.call_later(self._show_state)
 
     def _body(self) -> VerticalScroll:
         return self.query_one(".candidate-pane--body", VerticalScroll)

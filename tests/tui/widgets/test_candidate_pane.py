@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from textual.app import App, ComposeResult
+from textual.widgets import Input
 from textual.color import Color
 from textual.containers import VerticalScroll
 from textual.widgets import Static
@@ -121,8 +122,30 @@ async def test_finish_replaces_the_streamed_text():
         text = screen_text(app)
         assert "red fox, snow, forest" in text
         assert "partial" not in text
-        assert "─ done 3.4 s ─╯" in border_lines(app)[1]
+        assert "─ done 3.4 s · r retry · u use ─╯" in border_lines(app)[1]
         assert (pane.state, pane.text, pane.error) == ("done", "red fox, snow, forest", None)
+
+
+async def test_the_panes_keys_are_told_in_its_bottom_line_only_while_it_has_the_focus():
+    # Not in the footer: with the app's keys, a pane's two would push Help past 80 columns.
+    app = PaneApp(FakeClock())
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.query_one(CandidatePane)
+        pane.finish("red fox", None, 1.0)
+        await pilot.pause()
+        assert str(pane.border_subtitle) == "done 1.0 s · r retry · u use"
+        assert not {"retry", "use_answer"} & {key.action for key in app.screen.query("FooterKey")}
+        elsewhere = Input()
+        await app.mount(elsewhere)
+        elsewhere.focus()
+        await pilot.pause()
+        assert str(pane.border_subtitle) == "done 1.0 s"
+        pane.focus()
+        pane.finish("", "HTTP 500", 2.0)
+        await pilot.pause()
+        assert str(pane.border_subtitle) == "failed 2.0 s · r retry"  # nothing to use
+        await pilot.press("r")
+        assert app.messages[-1][0] == "retry"
 
 
 async def test_error_is_shown_in_place_in_the_error_colour_with_the_text_kept():
@@ -135,7 +158,7 @@ async def test_error_is_shown_in_place_in_the_error_colour_with_the_text_kept():
         lines = screen_text(app).splitlines()
         assert lines[1].startswith("│ red fox, sn ")
         assert lines[3].startswith("│ ✗ timed out after 30 s [retry 2/2] ")
-        assert "─ failed 30.0 s ─╯" in lines[-1]
+        assert "─ failed 30.0 s · r retry ─╯" in lines[-1]
         assert pane.state == "failed" and pane.error == "timed out after 30 s [retry 2/2]"
         error_view = pane.query_one(".candidate-pane--error", Static)
         assert error_view.styles.color == Color.parse(app.get_css_variables()["error"])
@@ -177,7 +200,7 @@ async def test_error_without_text_takes_the_first_line():
         await pilot.pause()
         lines = screen_text(app).splitlines()
         assert lines[1].startswith("│ ✗ HTTP 401: check TOGETHER_API_KEY ")
-        assert "─ failed 0.2 s ─╯" in lines[-1]
+        assert "─ failed 0.2 s · r retry ─╯" in lines[-1]
 
 
 async def test_r_posts_retry_and_u_posts_use_answer_when_done():
@@ -233,7 +256,7 @@ async def test_cancel_while_waiting_says_cancelled_dim_not_failed():
         await pilot.pause()
         assert (pane.state, pane.text, pane.error, pane.seconds) == ("cancelled", "", None, None)
         assert pane.has_class("-cancelled") and not pane.has_class("-failed")
-        assert "─ cancelled ─╯" in border_lines(app)[1]
+        assert "─ cancelled · r retry ─╯" in border_lines(app)[1]
         assert "cancelled before an answer" in screen_text(app)
         # Dim, not red: the border and the subtitle are not the error colour.
         error = app.get_css_variables()["error"]
@@ -257,7 +280,7 @@ async def test_cancel_while_answering_stops_the_clock_and_keeps_the_partial_answ
         await pilot.pause(0.6)  # two ticks of the pane's timer: the time does not move on
         assert (pane.state, pane.text) == ("cancelled", "red fox, snow")
         assert pane.seconds == pytest.approx(2.04)
-        assert "─ cancelled 2.0 s ─╯" in border_lines(app)[1]
+        assert "─ cancelled 2.0 s · r retry ─╯" in border_lines(app)[1]
         # r asks the model again: the pane starts over.
         await pilot.press("r")
         pane.start()
