@@ -48,8 +48,13 @@ async def test_the_strip_shows_the_rounds_and_its_keys_pick_and_add_one(tmp_path
         refined = app.query_one("#image-refine", ImageView)
         assert refined.path == app.active_run.folder / "refined_r2.png"  # the final round's image
 
+        # The second line: what the highlighted round's critique found (the third critic
+        # answer criticised round 2's image).
+        assert shown.splitlines()[1].startswith("r2 (seed ") and shown.endswith("its critique found: problem 2")
+
         await pilot.press("left")  # round 1's image is shown ...
         assert refined.path == app.active_run.folder / "refined.png"
+        assert str(strip.render()).splitlines()[1].endswith("its critique found: problem 1")
         await pilot.press("enter")  # ... and made the final image
         await pilot.pause()
         assert final_of(app)["final"] == 1 and final_of(app)["final_by"] == "user"
@@ -92,3 +97,20 @@ async def test_s_stops_the_rounds_in_flight_and_keeps_the_rounds_done(tmp_path, 
         assert [(r["round"], r.get("score")) for r in record["rounds"]] == [(1, 50.0), (2, None)]
         assert record["final"] == 1  # the only scored round
         assert "r2 –" in str(strip.render()) and "stopped by you" in str(strip.render())
+        assert str(strip.render()).splitlines()[1].endswith("its critique found: problem 1")  # r1, the final
+        strip.focus()
+        await pilot.press("right")
+        assert str(strip.render()).splitlines()[1].endswith("r2 (seed 5129): not criticised (the rounds ended first)")
+
+
+async def test_with_the_strip_focused_the_footer_still_fits_80_columns(tmp_path, server, settings):
+    critic_says(server, 40, 62, 84)
+    app = make_app(with_rounds(tmp_path, settings, rounds=2))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await run_to_the_end(app, pilot)
+        assert app.focused is app.query_one(RoundStrip)
+        await pilot.pause(0.2)
+        keys = list(app.screen.query("FooterKey"))
+        assert max(key.region.right for key in keys) <= 80  # the last key's right edge: gaps count
+        actions = [key.action for key in keys]
+        assert {"pick", "more", "help", "history"} <= {action.rsplit(".", 1)[-1] for action in actions}, actions

@@ -1,12 +1,14 @@
 """The strip of critique rounds (docs/method.md 10.1), under the images:
 
     Rounds  r1 62 · r2 84 ★ · r3 …        stopped: the score 84 reached stop_at 80
+    r2 (seed 5141): its critique found: the lantern is missing; the fox faces away
 
 One item per round with its score (… while it waits for one, ? when nobody rated it, – when
 the rounds stopped before its critique), ★ on the final image. Left and
 right move the highlight (the app shows that round's image); enter makes the highlighted
-round the final image, `+` asks for one more round, `s` stops the rounds in flight. The strip
-only posts messages: the app makes the moves through the engine.
+round the final image, `+` asks for one more round, `s` stops the rounds in flight. The second
+line says what the highlighted round's critique found in its image (what the next round was
+asked to fix). The strip only posts messages: the app makes the moves through the engine.
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ Enter makes the highlighted round the final image.
     BINDINGS = [
         Binding("left,h", "move(-1)", "Previous round", show=False, id="rounds.left"),
         Binding("right,l", "move(1)", "Next round", show=False, id="rounds.right"),
-        Binding("enter", "pick", "Make final", id="rounds.pick", tooltip="Make the highlighted round the final image"),
-        Binding("plus", "more", "One more round", id="rounds.more", tooltip="Run one more critique round"),
-        Binding("s", "stop", "Stop rounds", id="rounds.stop", tooltip="Stop the rounds, keeping the ones done"),
+        Binding("enter", "pick", "Final", id="rounds.pick", tooltip="Make the highlighted round the final image"),
+        Binding("plus", "more", "One more", id="rounds.more", tooltip="Run one more critique round"),
+        Binding("s", "stop", "Stop", id="rounds.stop", tooltip="Stop the rounds, keeping the ones done"),
     ]
 
     DEFAULT_CSS = """
-    RoundStrip { height: 1; width: 1fr; }
+    RoundStrip { height: 2; width: 1fr; }
     RoundStrip.-hidden { display: none; }
     """
 
@@ -118,7 +120,25 @@ Enter makes the highlighted round the final image.
         elif self.stopped:
             # The reason is the engine's words, never markup (Text.append takes it as is).
             text.append(f"  {safe_str(self.stopped)}", style="dim")
+        text.append("\n")
+        text.append(self.detail(), style="dim")
+        text.no_wrap, text.overflow = True, "ellipsis"
         return text
+
+    def detail(self) -> str:
+        """What the highlighted round's critique found: the critics' words, as plain text."""
+        entry = self.item(self.highlighted)
+        if entry is None:
+            return ""
+        head = f"r{self.highlighted}" + (f" (seed {entry['seed']})" if entry.get("seed") is not None else "")
+        issues = [safe_str(str(issue)) for issue in entry.get("issues") or []]
+        if issues:
+            return f"{head}: its critique found: " + "; ".join(issues)
+        if entry.get("critique"):
+            return f"{head}: its critique found nothing left to fix"
+        if entry.get("scored"):
+            return f"{head}: scored without a critique"
+        return f"{head}: " + ("waiting for its critique" if self.running else "not criticised (the rounds ended first)")
 
     def on_focus(self) -> None:
         self.refresh()
