@@ -402,12 +402,19 @@ async def test_tags_and_components_run_concurrently(server, make_core) -> None:
 
     print(f"\ntags_and_components at 1 s per request: {elapsed:.3f} s")
     assert isinstance(tags, TagsResult) and isinstance(components, ComponentsResult)
-    # One candidate round (1 s) and one aggregator (1 s), the two stages overlapping;
-    # one after the other would take 4 s.
-    assert 1.9 <= elapsed < 3.0, elapsed
     assert tags.source == components.source == "aggregator"
     assert components.components == ["a red fox", "snow on the ground", "a pine tree"]
-    assert len(chat_requests(server)) == 12  # 2 x (5 candidates + 1 aggregator)
+    requests = chat_requests(server)
+    assert len(requests) == 12  # 2 x (5 candidates + 1 aggregator)
+    # Overlapping, told by order rather than by the clock (a loaded CI machine stretches the
+    # wall time; benchmarks/ measures it): one stage after the other would send the first
+    # stage's aggregator request before the second stage's candidates; together, all ten
+    # candidate requests arrive before either aggregator request.
+    merges = [r.at for r in requests if r.body.get("model") == "agg"]
+    candidates = [r.at for r in requests if r.body.get("model") != "agg"]
+    assert len(merges) == 2 and len(candidates) == 10
+    assert max(candidates) < min(merges)
+    assert elapsed >= 1.9  # the aggregators waited for the candidates' 1 s answers
 
 
 # --- stage 4: critique ---------------------------------------------------------------------
