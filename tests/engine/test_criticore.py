@@ -382,12 +382,15 @@ async def test_five_candidates_run_in_parallel(server, make_core) -> None:
     elapsed = time.perf_counter() - started
 
     print(f"\ntags stage, 5 candidates + aggregator at 0.5 s each: {elapsed:.3f} s")
-    # Sequential would be 3 s; parallel is one candidate round plus the aggregator.
-    assert 0.95 <= elapsed < 1.6, elapsed
+    # Parallel: all five candidate requests reach the server before the first answer could
+    # have come (0.5 s); one after the other, they would arrive 0.5 s apart each. The wall
+    # time is bounded below only: a loaded machine stretches it (benchmarks/ measures it).
+    assert elapsed >= 0.95, elapsed  # one candidate round, then the aggregator
     arrivals = [r.at for r in chat_requests(server) if r.body["model"] != "agg"]
-    assert len(arrivals) == 5 and max(arrivals) - min(arrivals) < 0.3
-    assert all(0.45 <= a.seconds < 1.0 for a in result.candidates)
-    assert 0.95 <= result.seconds < 1.6
+    assert len(arrivals) == 5 and max(arrivals) - min(arrivals) < 0.5, arrivals
+    # Each candidate's seconds are its own call's, not the stage's (which adds the merge).
+    assert all(0.45 <= a.seconds < result.seconds - 0.4 for a in result.candidates)
+    assert result.seconds >= 0.95
 
 
 async def test_tags_and_components_run_concurrently(server, make_core) -> None:
@@ -534,7 +537,11 @@ async def test_critique_timing_is_one_round_plus_the_merge(server, make_core) ->
     result = await core.critique(PNG_1PX, IMAGE_PROMPT, COMPONENTS)
     elapsed = time.perf_counter() - started
     print(f"\ncritique, 2 VLMs + aggregator at 1 s per request: {elapsed:.3f} s")
-    assert 1.9 <= elapsed < 3.0, elapsed
+    assert elapsed >= 1.9, elapsed  # one critic round, then the merge
+    # The two critics at once: both requests reach the server within the first 1 s answer;
+    # one after the other, the second would come at least 1 s after the first.
+    critics = [r.at for r in chat_requests(server) if r.body["model"] != "agg"]
+    assert len(critics) == 2 and abs(critics[1] - critics[0]) < 1.0, critics
     assert result.source == "aggregator"
 
 

@@ -148,7 +148,12 @@ async def test_five_concurrent_calls_overlap(server, provider) -> None:
     elapsed = time.perf_counter() - started
 
     assert [r.text for r in results] == [f"answer {n}" for n in names]
-    assert elapsed < 1.2, f"five 0.5 s calls took {elapsed:.2f} s: they did not run concurrently"
+    # Overlapping: every request reached the server before the first answer could have come
+    # (0.5 s); one after the other, they would arrive at least 0.5 s apart each. The wall
+    # time is printed, not asserted: a loaded machine stretches it (benchmarks/ measures it).
+    arrivals = [r.at for r in server.requests_to(CHAT)]
+    print(f"five 0.5 s calls: {elapsed:.2f} s")
+    assert len(arrivals) == 5 and max(arrivals) - min(arrivals) < 0.5, arrivals
 
 
 async def test_list_models_and_vision(server, provider) -> None:

@@ -142,8 +142,11 @@ async def test_rate_limit_then_success_after_the_clients_own_retry(server, toget
 
     assert result.text == "fox, snow"
     assert len(server.requests_to(CHAT)) == 2
-    # The client waited the 0.05 s the server asked for, not its own 0.75-1 s back-off.
-    assert elapsed < 0.6
+    # The client waited the 0.05 s the server asked for, not its own 0.75-1 s back-off
+    # (measured between the two requests' arrivals, so a loaded machine's set-up time does
+    # not count).
+    first, second = server.requests_to(CHAT)
+    assert second.at - first.at < 0.6, (second.at - first.at, elapsed)
 
 
 async def test_hang_past_timeout_is_a_timeout(server, together_config) -> None:
@@ -182,7 +185,12 @@ async def test_five_concurrent_calls_overlap(server, provider) -> None:
     elapsed = time.perf_counter() - started
 
     assert [r.text for r in results] == [f"answer {n}" for n in names]
-    assert elapsed < 1.2, f"five 0.5 s calls took {elapsed:.2f} s: they did not run concurrently"
+    # Overlapping: every request reached the server before the first answer could have come
+    # (0.5 s); one after the other, they would arrive at least 0.5 s apart each. The wall
+    # time is printed, not asserted: a loaded machine stretches it (benchmarks/ measures it).
+    arrivals = [r.at for r in server.requests_to(CHAT)]
+    print(f"five 0.5 s calls: {elapsed:.2f} s")
+    assert len(arrivals) == 5 and max(arrivals) - min(arrivals) < 0.5, arrivals
     assert all(r.seconds >= 0.5 for r in results)
 
 
