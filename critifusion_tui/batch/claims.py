@@ -241,7 +241,7 @@ class ClaimBoard:
         # The file exists already (it is the lock); its content says who we are. It is
         # written beside and renamed over the claim, so the claim never disappears and a
         # reader never sees half of it.
-        draft = self.folder / f".{name}.{owner.pid}.draft"
+        draft = self.folder / f".{name}.{owner.host}.{owner.pid}.draft"
         with open(draft, "w", encoding="utf-8") as handle:
             json.dump(asdict(owner), handle)
             handle.flush()
