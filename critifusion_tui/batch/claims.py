@@ -20,8 +20,8 @@ A claim whose holder is gone may be taken over:
 Taking over is serialised by a second exclusive file, ``<name>.takeover``: its holder reads
 the claim again, and only if it is still stale replaces it, renaming a new claim over the
 old one so that the file never disappears. Two processes that both saw a stale claim
-therefore cannot both take it, and a plain take cannot slip in between. A takeover file left by a process that died in
-that instant is itself stale after ``stale_after_s``.
+therefore cannot both take it, and a plain take cannot slip in between. A takeover file
+left by a process that died in that instant is itself stale after ``stale_after_s``.
 """
 
 from __future__ import annotations

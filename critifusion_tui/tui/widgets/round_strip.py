@@ -31,7 +31,8 @@ class RoundStrip(Widget, can_focus=True):
     HELP = """\
 Critique rounds: each round criticised the image before it and refined it again.
 Each item is a round and its score (0-100); ★ marks the final image.
-Left/right (or h/l) highlight a round and show its image.
+Left/right (or h/l) highlight a round and show its image; the line under the
+strip says what that round's critique found in it.
 Enter makes the highlighted round the final image.
 + runs one more round (whatever the stop rules say); s stops rounds in flight."""
 
