@@ -432,12 +432,9 @@ Up/down, PgUp/PgDn, Home/End scroll a long answer."""
     def _usable(self) -> bool:
         return self._state == "done" and self._error is None
 
-    # These handlers run before Widget's own, which update has_focus: show the state after.
-    def on_focus(self) -> None:
-        self.call_later(self._show_state)
-
-    def on_blur(self) -> None:
-        self.call_later(self._show_state)
+    def watch_has_focus(self, has_focus: bool) -> None:
+        super().watch_has_focus(has_focus)  # Widget's: the :focus styles
+        self._show_state()  # the keys show in the bottom line only while focused
 
     def _body(self) -> VerticalScroll:
         return self.query_one(".candidate-pane--body", VerticalScroll)
