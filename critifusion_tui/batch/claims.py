@@ -86,6 +86,11 @@ class Owner:
         return f"rank {self.rank} on {self.host} (pid {self.pid}, since {self.since})"
 
 
+def _unknown_owner(since: str) -> Owner:
+    """A holder whose file could not be read (being written, garbage, or just released)."""
+    return Owner(rank=-1, host="?", pid=-1, launch="?", since=since)
+
+
 @dataclass(frozen=True)
 class Claim:
     """A claim this process holds."""
@@ -164,7 +169,7 @@ class ClaimBoard:
         except (OSError, ValueError, TypeError):
             # Being written this instant (created, not yet filled), or garbage: a claim file
             # is filled right after its exclusive create, so judge it by its age alone.
-            return Owner(rank=-1, host="?", pid=-1, launch="?", since="?")
+            return _unknown_owner("?")
 
     # ---------------------------------------------------------------- staleness
 
@@ -252,20 +257,24 @@ class ClaimBoard:
             self._held[name] = claim
         return claim
 
+    def _holder_of(self, name: str, since: str) -> Owner:
+        """Who holds `name` now that someone else got it; unknown when its file is gone again."""
+        return self.read(name) or _unknown_owner(since)
+
     def _take_over(self, name: str, path: Path) -> Claim | Owner:
         lock = path.with_suffix(".takeover")
         if not self._create(lock):
             if self.age(lock) <= self.stale_after_s:
-                return self.read(name) or Owner(rank=-1, host="?", pid=-1, launch="?", since="taking over")
+                return self._holder_of(name, "taking over")
             lock.unlink(missing_ok=True)  # its taker died mid-takeover
             if not self._create(lock):
-                return self.read(name) or Owner(rank=-1, host="?", pid=-1, launch="?", since="taking over")
+                return self._holder_of(name, "taking over")
         try:
             holder = self.read(name)  # again, now that no one else can replace it
             if holder is None:
                 # Released since we looked: a plain take, which another process may win.
                 if not self._create(path):
-                    return self.read(name) or Owner(rank=-1, host="?", pid=-1, launch="?", since="just now")
+                    return self._holder_of(name, "just now")
                 return self._hold(name, path)
             if not self.is_stale(name, holder):
                 return holder
