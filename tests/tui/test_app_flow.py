@@ -233,16 +233,19 @@ async def test_the_components_editor_has_a_key(tmp_path):
         assert app.focused is app.query_one("#components", ComponentsEditor).text_area
 
 
+def footer_keys(app) -> list[str]:
+    """The actions the footer shows."""
+    return [key.action for key in app.screen.query("FooterKey")]
+
+
+def footer_width(app) -> int:
+    """The last footer key's right edge, not the sum of the keys' widths: the footer puts a
+    column between keys, which a sum leaves out."""
+    return max(key.region.right for key in app.screen.query("FooterKey"))
+
+
 async def test_the_footer_fits_80_columns_and_shows_only_keys_that_act(tmp_path):
     app = make_app(app_settings(tmp_path))
-
-    def footer_keys() -> list[str]:
-        return [key.action for key in app.screen.query("FooterKey")]
-
-    def footer_width() -> int:
-        # The last key's right edge, not the sum of the keys' widths: the footer puts a
-        # column between keys, which a sum leaves out.
-        return max(key.region.right for key in app.screen.query("FooterKey"))
 
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
@@ -252,15 +255,15 @@ async def test_the_footer_fits_80_columns_and_shows_only_keys_that_act(tmp_path)
                 await pilot.press("ctrl+r")
                 await until(pilot, settled(app, phase))
             await pilot.pause(0.2)
-            seen[phase] = footer_keys()
-            assert footer_width() <= 80, (phase, seen[phase])
+            seen[phase] = footer_keys(app)
+            assert footer_width(app) <= 80, (phase, seen[phase])
             assert "help" in seen[phase] and "advance" in seen[phase]
             if phase == TAGS_GATE:  # a model's pane focused adds its own keys (retry, use)
                 pane = app.query(CandidatePane).first()
                 pane.focus()
                 await pilot.pause(0.2)
-                assert {"help", "history", "advance"} <= set(footer_keys())
-                assert footer_width() <= 80, footer_keys()
+                assert {"help", "history", "advance"} <= set(footer_keys(app))
+                assert footer_width(app) <= 80, footer_keys(app)
                 # Its own keys are told in its bottom line instead.
                 assert str(pane.border_subtitle).endswith(" · r retry · u use")
                 app.query_one("#positive", PromptEditor).text_area.focus()
